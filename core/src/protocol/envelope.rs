@@ -1,0 +1,467 @@
+//! The envelope every message travels in, parsed from and encoded to a text frame's bytes.
+
+use super::{Field, Id, MessageType, ProtocolError, Timestamp};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::{borrow::Cow, fmt};
+
+/// The only protocol version spoken.
+pub const PROTOCOL_VERSION: &str = "1.0";
+
+/// The default limit on a frame's size, in bytes.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// Which side sent a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Client,
+    Server,
+}
+
+impl Source {
+    fn parse(text: &str) -> Option<Source> {
+        match text {
+            "client" => Some(Source::Client),
+            "server" => Some(Source::Server),
+            _ => None,
+        }
+    }
+}
+
+/// A message's payload: a JSON object, kept as its raw text.
+///
+/// Payloads are routed far more often than they are read, so they are not turned into a tree
+/// on parse; a handler that wants the contents parses them into its own type with
+/// [`Payload::parse`]. Two payloads are equal when their text is.
+#[derive(Clone)]
+pub struct Payload(Box<RawValue>);
+
+impl Payload {
+    /// `{}`.
+    pub fn empty() -> Self {
+        Payload(RawValue::from_string("{}".to_owned()).expect("`{}` is JSON"))
+    }
+
+    /// Encodes `value`, which must serialise to a JSON object.
+    pub fn from_serialize<T: Serialize + ?Sized>(value: &T) -> Result<Self, ProtocolError> {
+        let raw = serde_json::value::to_raw_value(value)
+            .map_err(|e| ProtocolError::NotJson(e.to_string()))?;
+        Self::from_raw(raw)
+    }
+
+    /// Takes JSON text, which must be an object.
+    pub fn from_json(text: &str) -> Result<Self, ProtocolError> {
+        let raw: Box<RawValue> =
+            serde_json::from_str(text).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: Box<RawValue>) -> Result<Self, ProtocolError> {
+        if raw.get().starts_with('{') {
+            Ok(Payload(raw))
+        } else {
+            Err(ProtocolError::PayloadNotObject)
+        }
+    }
+
+    /// Parses the payload into `T`.
+    pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+
+    /// The payload's JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Eq for Payload {}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.get())
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// One protocol message.
+///
+/// Parsed with [`Envelope::parse`], which checks every rule of the wire protocol, and encoded
+/// with [`Envelope::encode`]. Unknown fields are ignored on parse; `version` is always
+/// [`PROTOCOL_VERSION`] and so is not stored. `sequence` is encoded last, so the encoding of a
+/// broadcast can be shared by all its recipients and each given its own sequence by appending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Unique id of this message.
+    pub id: Id,
+    /// `{plane}.{category}.{action}`.
+    pub message_type: MessageType,
+    /// When the message was created (wall clock).
+    pub timestamp: Timestamp,
+    /// Who sent it.
+    pub source: Source,
+    /// The conversation it belongs to, if any. `null` and `""` on the wire both mean none.
+    pub conversation_id: Option<Id>,
+    /// For a reply: the id of the message it answers.
+    pub correlation_id: Option<Id>,
+    /// The type's payload.
+    pub payload: Payload,
+    /// Server to client only: the per-session sequence number, from 1 and strictly increasing.
+    pub sequence: Option<u64>,
+}
+
+impl Envelope {
+    /// Builds a new message (the Phase 1 plan's `createMessage`): a fresh ULID id from
+    /// `timestamp` and `random` (80 bits are used), with no conversation, correlation or
+    /// sequence. The caller supplies the time and the random bits; the core has neither.
+    pub fn create(
+        source: Source,
+        message_type: MessageType,
+        payload: Payload,
+        timestamp: Timestamp,
+        random: u128,
+    ) -> Self {
+        let ulid_ms = u64::try_from(timestamp.unix_ms()).unwrap_or(0);
+        Envelope {
+            id: Id::ulid(ulid_ms, random),
+            message_type,
+            timestamp,
+            source,
+            conversation_id: None,
+            correlation_id: None,
+            payload,
+            sequence: None,
+        }
+    }
+
+    /// Sets the conversation.
+    pub fn in_conversation(mut self, conversation_id: Option<Id>) -> Self {
+        self.conversation_id = conversation_id;
+        self
+    }
+
+    /// Marks the message as the reply to message `request_id`.
+    pub fn replying_to(mut self, request_id: Id) -> Self {
+        self.correlation_id = Some(request_id);
+        self
+    }
+
+    /// Sets the sequence number.
+    pub fn with_sequence(mut self, sequence: u64) -> Self {
+        self.sequence = Some(sequence);
+        self
+    }
+
+    /// Parses and validates one text frame.
+    ///
+    /// Checks, in order: the size limit; JSON; an object; `version` (so that a newer client
+    /// hears `VERSION_MISMATCH` rather than complaints about fields it may have renamed); then
+    /// each field in wire order. Never panics, whatever the bytes.
+    pub fn parse(frame: &[u8], max_frame_bytes: usize) -> Result<Envelope, ProtocolError> {
+        if frame.len() > max_frame_bytes {
+            return Err(ProtocolError::FrameTooLarge { len: frame.len(), limit: max_frame_bytes });
+        }
+        let raw: RawEnvelope<'_> =
+            serde_json::from_slice(frame).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
+        raw.validate()
+    }
+
+    /// Appends the JSON encoding to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let wire = WireEnvelope {
+            id: &self.id,
+            message_type: &self.message_type,
+            version: PROTOCOL_VERSION,
+            timestamp: self.timestamp,
+            source: self.source,
+            conversation_id: self.conversation_id.as_ref(),
+            correlation_id: self.correlation_id.as_ref(),
+            payload: &self.payload,
+            sequence: self.sequence,
+        };
+        // Writing into a Vec cannot fail, and every field serialises infallibly.
+        let _ = serde_json::to_writer(out, &wire);
+    }
+
+    /// The JSON encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160 + self.payload.as_str().len());
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+/// The encoding's field order is the wire's; `sequence` must stay last.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireEnvelope<'a> {
+    id: &'a Id,
+    #[serde(rename = "type")]
+    message_type: &'a MessageType,
+    version: &'static str,
+    timestamp: Timestamp,
+    source: Source,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conversation_id: Option<&'a Id>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<&'a Id>,
+    payload: &'a Payload,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence: Option<u64>,
+}
+
+/// A field's value before validation. Any JSON value is accepted here so that the whole frame
+/// is always read and a wrong type can be reported for the field it is in.
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Unsigned(u64),
+    Null,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl<'de> Visitor<'de> for ScalarVisitor {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar::Unsigned(v))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// The fields of a frame as found, before validation.
+#[derive(Default)]
+struct RawEnvelope<'a> {
+    not_an_object: bool,
+    duplicate: Option<Field>,
+    id: Option<Scalar<'a>>,
+    message_type: Option<Scalar<'a>>,
+    version: Option<Scalar<'a>>,
+    timestamp: Option<Scalar<'a>>,
+    source: Option<Scalar<'a>>,
+    conversation_id: Option<Scalar<'a>>,
+    correlation_id: Option<Scalar<'a>>,
+    payload: Option<&'a RawValue>,
+    sequence: Option<Scalar<'a>>,
+}
+
+/// An object key: one of the envelope's fields, or something to ignore.
+struct Key(Option<Field>);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key, E> {
+                Ok(Key(match v {
+                    "id" => Some(Field::Id),
+                    "type" => Some(Field::Type),
+                    "version" => Some(Field::Version),
+                    "timestamp" => Some(Field::Timestamp),
+                    "source" => Some(Field::Source),
+                    "conversationId" => Some(Field::ConversationId),
+                    "correlationId" => Some(Field::CorrelationId),
+                    "payload" => Some(Field::Payload),
+                    "sequence" => Some(Field::Sequence),
+                    _ => None,
+                }))
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawEnvelope<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EnvelopeVisitor;
+        impl<'de> Visitor<'de> for EnvelopeVisitor {
+            type Value = RawEnvelope<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a message envelope")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut raw = RawEnvelope::default();
+                while let Some(Key(field)) = map.next_key()? {
+                    let Some(field) = field else {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    };
+                    let seen = match field {
+                        Field::Payload => raw.payload.replace(map.next_value()?).is_some(),
+                        Field::Id => raw.id.replace(map.next_value()?).is_some(),
+                        Field::Type => raw.message_type.replace(map.next_value()?).is_some(),
+                        Field::Version => raw.version.replace(map.next_value()?).is_some(),
+                        Field::Timestamp => raw.timestamp.replace(map.next_value()?).is_some(),
+                        Field::Source => raw.source.replace(map.next_value()?).is_some(),
+                        Field::ConversationId => {
+                            raw.conversation_id.replace(map.next_value()?).is_some()
+                        }
+                        Field::CorrelationId => {
+                            raw.correlation_id.replace(map.next_value()?).is_some()
+                        }
+                        Field::Sequence => raw.sequence.replace(map.next_value()?).is_some(),
+                    };
+                    if seen && raw.duplicate.is_none() {
+                        raw.duplicate = Some(field);
+                    }
+                }
+                Ok(raw)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(RawEnvelope::not_an_object())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(RawEnvelope::not_an_object())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(RawEnvelope::not_an_object())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(RawEnvelope::not_an_object())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(RawEnvelope::not_an_object())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(RawEnvelope::not_an_object())
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(RawEnvelope::not_an_object())
+            }
+        }
+        deserializer.deserialize_any(EnvelopeVisitor)
+    }
+}
+
+impl<'a> RawEnvelope<'a> {
+    fn not_an_object() -> Self {
+        RawEnvelope { not_an_object: true, ..RawEnvelope::default() }
+    }
+
+    fn validate(self) -> Result<Envelope, ProtocolError> {
+        if self.not_an_object {
+            return Err(ProtocolError::NotAnObject);
+        }
+        if let Some(field) = self.duplicate {
+            return Err(ProtocolError::DuplicateField(field));
+        }
+        // Version first: a client of another version deserves to hear that, not a complaint
+        // about a field it may have renamed.
+        match self.version {
+            Some(Scalar::Str(v)) if v == PROTOCOL_VERSION => {}
+            Some(Scalar::Str(v)) => return Err(ProtocolError::UnsupportedVersion(v.into_owned())),
+            Some(_) => return Err(wrong_type(Field::Version, "a string")),
+            None => return Err(ProtocolError::MissingField(Field::Version)),
+        }
+        let id = required_str(Field::Id, self.id)?;
+        let id =
+            Id::new(&id).map_err(|error| ProtocolError::InvalidId { field: Field::Id, error })?;
+        let message_type = required_str(Field::Type, self.message_type)?;
+        let message_type = MessageType::new(&message_type).map_err(|error| {
+            ProtocolError::InvalidMessageType { message_type: message_type.into_owned(), error }
+        })?;
+        let timestamp = required_str(Field::Timestamp, self.timestamp)?;
+        let timestamp = Timestamp::parse(&timestamp).map_err(ProtocolError::InvalidTimestamp)?;
+        let source = required_str(Field::Source, self.source)?;
+        let source = Source::parse(&source)
+            .ok_or_else(|| ProtocolError::InvalidSource(source.into_owned()))?;
+        let conversation_id = optional_id(Field::ConversationId, self.conversation_id)?;
+        let correlation_id = optional_id(Field::CorrelationId, self.correlation_id)?;
+        let payload = self.payload.ok_or(ProtocolError::MissingField(Field::Payload))?;
+        if !payload.get().starts_with('{') {
+            return Err(ProtocolError::PayloadNotObject);
+        }
+        let sequence = match self.sequence {
+            None | Some(Scalar::Null) => None,
+            Some(Scalar::Unsigned(n)) => Some(n),
+            Some(_) => return Err(wrong_type(Field::Sequence, "a non-negative integer")),
+        };
+        Ok(Envelope {
+            id,
+            message_type,
+            timestamp,
+            source,
+            conversation_id,
+            correlation_id,
+            payload: Payload(payload.to_owned()),
+            sequence,
+        })
+    }
+}
+
+fn wrong_type(field: Field, expected: &'static str) -> ProtocolError {
+    ProtocolError::WrongFieldType { field, expected }
+}
+
+fn required_str(field: Field, value: Option<Scalar<'_>>) -> Result<Cow<'_, str>, ProtocolError> {
+    match value {
+        Some(Scalar::Str(s)) => Ok(s),
+        Some(_) => Err(wrong_type(field, "a string")),
+        None => Err(ProtocolError::MissingField(field)),
+    }
+}
+
+/// An optional id: absent, `null` and `""` all mean none.
+fn optional_id(field: Field, value: Option<Scalar<'_>>) -> Result<Option<Id>, ProtocolError> {
+    match value {
+        None | Some(Scalar::Null) => Ok(None),
+        Some(Scalar::Str(s)) if s.is_empty() => Ok(None),
+        Some(Scalar::Str(s)) => {
+            Id::new(&s).map(Some).map_err(|error| ProtocolError::InvalidId { field, error })
+        }
+        Some(_) => Err(wrong_type(field, "a string or null")),
+    }
+}

@@ -1,0 +1,281 @@
+//! Message types (`{plane}.{category}.{action}`) and identifiers.
+
+use std::{fmt, sync::Arc};
+
+/// The plane a message type belongs to: its first segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Plane {
+    /// Connection management: heartbeat, resume, auth, errors. Handled by switchboard itself.
+    System,
+    /// Control of the agent host (flow, widgets' lifecycle).
+    Control,
+    /// Application data (messages, tool results, widget payloads).
+    Data,
+}
+
+impl Plane {
+    /// The plane's name as it appears in a type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plane::System => "system",
+            Plane::Control => "control",
+            Plane::Data => "data",
+        }
+    }
+}
+
+/// Why a string is not a valid message type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MessageTypeError {
+    #[error("must have at least three dot-separated segments ({{plane}}.{{category}}.{{action}})")]
+    TooFewSegments,
+    #[error("segments must be non-empty and use only ASCII letters, digits, '_' and '-'")]
+    BadSegment,
+    #[error("unknown plane (expected system, control or data)")]
+    UnknownPlane,
+    #[error("longer than {} bytes", MessageType::MAX_LEN)]
+    TooLong,
+}
+
+/// A validated message type such as `system.connection.resume` or `data.widget.submit`.
+///
+/// At least three segments (two dots), the first a known [`Plane`] (the protocol's own
+/// `system.ping`, `system.pong` and `system.error` are the only two-segment types); each segment non-empty and
+/// made of ASCII letters, digits, `_` and `-`; at most [`MessageType::MAX_LEN`] bytes. Cheap
+/// to clone.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageType(Arc<str>);
+
+impl MessageType {
+    /// The longest type accepted, in bytes.
+    pub const MAX_LEN: usize = 128;
+
+    /// Validates `text` as a message type.
+    pub fn new(text: &str) -> Result<Self, MessageTypeError> {
+        Self::check(text)?;
+        Ok(MessageType(Arc::from(text)))
+    }
+
+    fn check(text: &str) -> Result<Plane, MessageTypeError> {
+        if text.len() > Self::MAX_LEN {
+            return Err(MessageTypeError::TooLong);
+        }
+        let mut segments = 0;
+        for segment in text.split('.') {
+            segments += 1;
+            let ok = !segment.is_empty()
+                && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(MessageTypeError::BadSegment);
+            }
+        }
+        if segments < 3 && !TWO_SEGMENT_SYSTEM_TYPES.contains(&text) {
+            return Err(MessageTypeError::TooFewSegments);
+        }
+        plane_of(text).ok_or(MessageTypeError::UnknownPlane)
+    }
+
+    /// The type as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The plane, from the first segment.
+    pub fn plane(&self) -> Plane {
+        // Validated at construction.
+        plane_of(&self.0).unwrap_or(Plane::Data)
+    }
+
+    /// Whether this is a `system.*` type.
+    pub fn is_system(&self) -> bool {
+        self.plane() == Plane::System
+    }
+}
+
+/// The protocol's own exceptions to the three-segment rule.
+const TWO_SEGMENT_SYSTEM_TYPES: [&str; 3] = ["system.ping", "system.pong", "system.error"];
+
+fn plane_of(text: &str) -> Option<Plane> {
+    match text.split('.').next()? {
+        "system" => Some(Plane::System),
+        "control" => Some(Plane::Control),
+        "data" => Some(Plane::Data),
+        _ => None,
+    }
+}
+
+impl fmt::Display for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl AsRef<str> for MessageType {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for MessageType {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for MessageType {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+/// Why a string is not a valid identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("longer than {} bytes", Id::MAX_LEN)]
+    TooLong,
+}
+
+/// An identifier on the wire: a message id, a conversation id, a correlation id. Any non-empty
+/// string of at most [`Id::MAX_LEN`] bytes (we generate ULIDs, browsers send UUIDs). Cheap to
+/// clone, so the hub can key its maps with it.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(Arc<str>);
+
+impl Id {
+    /// The longest identifier accepted, in bytes.
+    pub const MAX_LEN: usize = 128;
+
+    /// Validates `text` as an identifier.
+    pub fn new(text: &str) -> Result<Self, IdError> {
+        match text.len() {
+            0 => Err(IdError::Empty),
+            n if n > Self::MAX_LEN => Err(IdError::TooLong),
+            _ => Ok(Id(Arc::from(text))),
+        }
+    }
+
+    /// A ULID from its 48-bit millisecond time and 80 random bits (higher bits are ignored).
+    /// The caller supplies both: the core has no clock and no OS randomness.
+    pub fn ulid(unix_ms: u64, random: u128) -> Self {
+        let ulid = ulid::Ulid::from_parts(unix_ms, random);
+        let mut buf = [0u8; ulid::ULID_LEN];
+        // `to_str` only fails for a buffer shorter than ULID_LEN.
+        let text = ulid.array_to_str(&mut buf);
+        Id(Arc::from(&*text))
+    }
+
+    /// The identifier as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl AsRef<str> for Id {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Id {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for Id {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Id {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl serde::Serialize for Id {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Id::new(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for MessageType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MessageType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        MessageType::new(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_types_and_their_planes() {
+        assert_eq!(MessageType::new("system.ping").unwrap().plane(), Plane::System);
+        assert_eq!(MessageType::new("control.flow.pause").unwrap().plane(), Plane::Control);
+        assert_eq!(MessageType::new("data.widget.form-submit.v2").unwrap().plane(), Plane::Data);
+        assert!(MessageType::new("system.connection.resume").unwrap().is_system());
+    }
+
+    #[test]
+    fn invalid_types() {
+        use MessageTypeError::*;
+        assert_eq!(MessageType::new("system.hello"), Err(TooFewSegments));
+        assert_eq!(MessageType::new("data.message"), Err(TooFewSegments));
+        assert!(MessageType::new("system.ping").is_ok());
+        assert!(MessageType::new("system.error").is_ok());
+        assert_eq!(MessageType::new("data"), Err(TooFewSegments));
+        assert_eq!(MessageType::new("chat.message.send"), Err(UnknownPlane));
+        assert_eq!(MessageType::new("data..send"), Err(BadSegment));
+        assert_eq!(MessageType::new("data.message.send "), Err(BadSegment));
+        assert_eq!(MessageType::new("data.message.*"), Err(BadSegment));
+        assert_eq!(MessageType::new(""), Err(BadSegment));
+        assert_eq!(MessageType::new(&format!("data.x.{}", "a".repeat(200))), Err(TooLong));
+    }
+
+    #[test]
+    fn ids() {
+        assert_eq!(Id::new(""), Err(IdError::Empty));
+        assert_eq!(Id::new(&"x".repeat(129)), Err(IdError::TooLong));
+        assert!(Id::new(&"x".repeat(128)).is_ok());
+        let ulid = Id::ulid(1_766_053_800_000, 0x1234_5678_9abc_def0_1234);
+        assert_eq!(ulid.as_str().len(), 26);
+        assert_eq!(ulid, Id::ulid(1_766_053_800_000, 0x1234_5678_9abc_def0_1234));
+        assert!(Id::ulid(1, 0) < Id::ulid(2, 0), "ULIDs sort by time");
+    }
+}
