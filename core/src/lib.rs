@@ -8,6 +8,11 @@
 //!
 //! - [`protocol`]: the bytes on the wire (envelope, system payloads, errors, close codes, type
 //!   patterns). It knows nothing about behaviour.
+//! - [`server`]: the hub, every connection of one server instance.
+//! - [`time`] and [`rng`]: the time and the randomness the caller passes in.
 #![forbid(unsafe_code)]
 
 pub mod protocol;
+pub mod rng;
+pub mod server;
+pub mod time;

@@ -1,2 +1,5 @@
-//! Cross-crate tests of switchboard: real servers on loopback, real Redis, real browsers.
-//! Shared harness code lives here; the tests are in `tests/tests/`.
+//! Cross-crate tests of switchboard: real servers on loopback, real Redis, real browsers, and
+//! the deterministic simulator of the core. Shared harness code lives here; the tests are in
+//! `tests/tests/`.
+
+pub mod sim;

@@ -24,6 +24,7 @@ mod envelope;
 mod error;
 mod message_type;
 mod pattern;
+mod shared_frame;
 mod system;
 mod timestamp;
 
@@ -32,6 +33,7 @@ pub use envelope::{DEFAULT_MAX_FRAME_BYTES, Envelope, PROTOCOL_VERSION, Payload,
 pub use error::{ErrorCategory, Field, ProtocolError, codes};
 pub use message_type::{Id, IdError, MessageType, MessageTypeError, Plane};
 pub use pattern::{PatternError, Specificity, TypePattern, type_matches};
+pub use shared_frame::SharedFrame;
 pub use system::{
     AuthRefresh, AuthRefreshed, ClientState, CloseReason, ConnectionClose, ConnectionEstablished,
     ConnectionResume, ConnectionResumed, ErrorPayload, Heartbeat, SystemMessage, types,

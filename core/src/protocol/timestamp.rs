@@ -28,6 +28,12 @@ const MAX_UNIX_MS: i64 = 253_402_300_799_999;
 pub struct TimestampError(&'static str);
 
 impl Timestamp {
+    /// 1970-01-01T00:00:00.000Z.
+    pub const UNIX_EPOCH: Timestamp = Timestamp { unix_ms: 0 };
+
+    /// 9999-12-31T23:59:59.999Z, the latest representable time.
+    pub const MAX: Timestamp = Timestamp { unix_ms: MAX_UNIX_MS };
+
     /// The length of the canonical form.
     pub const CANONICAL_LEN: usize = 24;
 

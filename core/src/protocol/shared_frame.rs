@@ -1,0 +1,93 @@
+//! One encoding of a message shared by every recipient.
+
+use super::Envelope;
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// An envelope encoded once, without `sequence`, to be sent to many sessions.
+///
+/// Each recipient's frame differs only in its `sequence`, which the encoding puts last, so a
+/// recipient's frame is this encoding with its closing `}` replaced by `,"sequence":N}`: a short
+/// copy, never a per-recipient JSON encoding. Cloning is a reference-count increment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFrame(Bytes);
+
+impl SharedFrame {
+    /// Encodes `envelope` without its sequence.
+    pub fn encode(envelope: &Envelope) -> Self {
+        if envelope.sequence.is_none() {
+            return SharedFrame(Bytes::from(envelope.encode()));
+        }
+        let mut unsequenced = envelope.clone();
+        unsequenced.sequence = None;
+        SharedFrame(Bytes::from(unsequenced.encode()))
+    }
+
+    /// Wraps bytes that are already such an encoding (from another instance). Returns `None`
+    /// if they do not end in `}`.
+    pub fn from_encoded(bytes: Bytes) -> Option<Self> {
+        bytes.ends_with(b"}").then_some(SharedFrame(bytes))
+    }
+
+    /// The frame without a sequence.
+    pub fn unsequenced(&self) -> Bytes {
+        self.0.clone()
+    }
+
+    /// The frame for a recipient whose sequence for it is `sequence`.
+    pub fn with_sequence(&self, sequence: u64) -> Bytes {
+        let body = &self.0[..self.0.len().saturating_sub(1)];
+        let mut frame = BytesMut::with_capacity(body.len() + 34);
+        frame.put_slice(body);
+        frame.put_slice(b",\"sequence\":");
+        frame.put_slice(itoa_u64(sequence, &mut [0; 20]));
+        frame.put_u8(b'}');
+        frame.freeze()
+    }
+
+    /// The encoded length without a sequence.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true for a real encoding; here for completeness.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{MessageType, Payload, Source, Timestamp};
+
+    #[test]
+    fn splicing_equals_encoding_with_the_sequence() {
+        let envelope = Envelope::create(
+            Source::Server,
+            MessageType::new("data.message.created").unwrap(),
+            Payload::from_json(r#"{"text":"hi","n":[1,{"sequence":2}]}"#).unwrap(),
+            Timestamp::UNIX_EPOCH,
+            9,
+        );
+        let shared = SharedFrame::encode(&envelope.clone().with_sequence(5));
+        for seq in [0, 1, 9, 10, 12345, u64::MAX] {
+            assert_eq!(
+                &shared.with_sequence(seq)[..],
+                &envelope.clone().with_sequence(seq).encode()[..]
+            );
+        }
+        assert_eq!(&shared.unsequenced()[..], &envelope.encode()[..]);
+    }
+}

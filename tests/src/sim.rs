@@ -1,0 +1,694 @@
+//! A deterministic world for the core: hubs, clients, a network and a pub/sub bus, all driven by
+//! one virtual clock and one master seed.
+//!
+//! Nothing here reads a clock or the OS RNG. The master seed (from `SWITCHBOARD_SEED` when set)
+//! is split per component; a failing test prints it (see [`SeedGuard`]) so the run can be
+//! repeated exactly. The network is itself sans-IO: a heap of timed deliveries with latency and
+//! jitter, cut sockets (with or without the server noticing: half-open), and clients that stop
+//! reading (slow consumers). Every hub output is checked against the invariants as it is
+//! drained: no output for a closed socket, per-socket sequence order, legal state transitions
+//! only, outbound bounds, deadlines that advance; and every output is folded into a trace hash
+//! so that two runs with the same seed can be compared.
+
+use bytes::Bytes;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::time::Duration;
+use switchboard_core::protocol::{
+    CloseCode, DEFAULT_MAX_FRAME_BYTES, Envelope, Heartbeat, Id, MessageType, Payload, Source,
+    SystemMessage, Timestamp, types,
+};
+use switchboard_core::rng::Rng;
+use switchboard_core::server::{
+    AuthFailure, Credentials, Hub, HubConfig, HubEvent, Input, OpenRequest, Outgoing, Output,
+    Principal, SocketId, VerifyId,
+};
+use switchboard_core::time::Instant;
+
+/// The seed for a test: `SWITCHBOARD_SEED` if set, else `default`.
+pub fn seed_or(default: u64) -> u64 {
+    std::env::var("SWITCHBOARD_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// Prints the seed if the test panics while this is alive.
+#[derive(Debug)]
+pub struct SeedGuard(pub u64);
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("simulation failed with seed {0}; rerun with SWITCHBOARD_SEED={0}", self.0);
+        }
+    }
+}
+
+/// How the simulated identity provider answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Tokens `user:<id>` are accepted after the given delay; anything else is refused.
+    Allow { delay_ms: u64 },
+    /// Every verification is refused.
+    Deny,
+    /// No verdict ever comes.
+    Hang,
+}
+
+/// One simulated browser: just enough client to check the server (the real client core is
+/// tested against the hub separately).
+#[derive(Debug, Clone)]
+pub struct SimClient {
+    pub user: String,
+    pub conversation: Option<String>,
+    pub node: usize,
+    pub socket: Option<SocketId>,
+    /// Whether the client reads its socket; one that does not is a slow consumer.
+    pub reading: bool,
+    pub auto_pong: bool,
+    /// Reconnect this long after losing the socket, and resume.
+    pub reconnect_after: Option<Duration>,
+    /// The session to resume.
+    pub session: Option<Id>,
+    pub last_sequence: u64,
+    /// Connection id from `established` while a resume is pending, and what arrived meanwhile.
+    pending_resume: Option<(Id, Vec<Envelope>)>,
+    /// Application payloads delivered, in order, duplicates dropped.
+    pub received: Vec<serde_json::Value>,
+    pub duplicates: u64,
+    pub gaps: u64,
+    /// Every system message received.
+    pub system: Vec<Envelope>,
+    /// Close codes seen (`None`: the socket dropped without one).
+    pub closes: Vec<Option<CloseCode>>,
+    pub established: u64,
+}
+
+impl SimClient {
+    fn new(user: &str, conversation: Option<&str>, node: usize) -> Self {
+        SimClient {
+            user: user.to_owned(),
+            conversation: conversation.map(str::to_owned),
+            node,
+            socket: None,
+            reading: true,
+            auto_pong: true,
+            reconnect_after: None,
+            session: None,
+            last_sequence: 0,
+            pending_resume: None,
+            received: Vec::new(),
+            duplicates: 0,
+            gaps: 0,
+            system: Vec::new(),
+            closes: Vec::new(),
+            established: 0,
+        }
+    }
+
+    /// The system messages of a type received so far.
+    pub fn system_of(&self, message_type: &str) -> Vec<&Envelope> {
+        self.system.iter().filter(|e| e.message_type == message_type).collect()
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    ServerOpen { node: usize, socket: SocketId, request: OpenRequest },
+    ServerText { node: usize, socket: SocketId, frame: Bytes },
+    ServerClosed { node: usize, socket: SocketId, code: Option<CloseCode> },
+    Verdict { node: usize, request: VerifyId, verdict: Result<Principal, AuthFailure> },
+    Remote { node: usize, channel: String, message: Bytes },
+    ClientFrame { client: usize, socket: SocketId, frame: Bytes },
+    ClientClosed { client: usize, socket: SocketId, code: Option<CloseCode> },
+    Reconnect { client: usize },
+}
+
+/// One server instance: a hub and its adapter's view of the sockets.
+#[derive(Debug)]
+pub struct Node {
+    pub hub: Hub,
+    pub events: Vec<HubEvent>,
+    /// Open sockets and their clients.
+    open: BTreeMap<SocketId, usize>,
+    /// Sockets the hub closed or was told are closed.
+    closed: BTreeSet<SocketId>,
+    /// Frames the hub sent that the adapter has not written (the client is not reading).
+    unwritten: BTreeMap<SocketId, VecDeque<Bytes>>,
+    /// The last application sequence written per socket.
+    last_sent: BTreeMap<SocketId, u64>,
+    pending_inputs: VecDeque<Input>,
+}
+
+/// The simulated world.
+#[derive(Debug)]
+pub struct World {
+    pub now: Instant,
+    pub seed: u64,
+    net_rng: Rng,
+    pub nodes: Vec<Node>,
+    pub clients: Vec<SimClient>,
+    queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    scheduled: BTreeMap<usize, Event>,
+    next_event: usize,
+    bus: BTreeMap<String, BTreeSet<usize>>,
+    pub auth: AuthMode,
+    /// One-way network latency range, milliseconds.
+    pub latency_ms: (u64, u64),
+    pub bus_latency_ms: u64,
+    trace: u64,
+    last_arrival: BTreeMap<(SocketId, bool), Instant>,
+    next_socket: u64,
+    next_message: u64,
+    pub steps: u64,
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The start of simulated wall-clock time: 2025-12-18T10:30:00Z.
+pub const WALL_START_MS: i64 = 1_766_053_800_000;
+
+impl World {
+    /// A world of `nodes` hubs with `config`, from `seed`.
+    pub fn new(seed: u64, nodes: usize, config: HubConfig) -> Self {
+        let mut master = Rng::new(seed);
+        let nodes = (0..nodes)
+            .map(|_| Node {
+                hub: Hub::new(config.clone(), master.next_u64(), Instant::ZERO, WALL_START_MS),
+                events: Vec::new(),
+                open: BTreeMap::new(),
+                closed: BTreeSet::new(),
+                unwritten: BTreeMap::new(),
+                last_sent: BTreeMap::new(),
+                pending_inputs: VecDeque::new(),
+            })
+            .collect();
+        let mut world = World {
+            now: Instant::ZERO,
+            seed,
+            net_rng: master.split(),
+            nodes,
+            clients: Vec::new(),
+            queue: BinaryHeap::new(),
+            scheduled: BTreeMap::new(),
+            next_event: 0,
+            bus: BTreeMap::new(),
+            auth: AuthMode::Allow { delay_ms: 0 },
+            latency_ms: (0, 0),
+            bus_latency_ms: 0,
+            trace: FNV_OFFSET,
+            last_arrival: BTreeMap::new(),
+            next_socket: 1,
+            next_message: 1,
+            steps: 0,
+        };
+        for node in 0..world.nodes.len() {
+            world.drain(node);
+        }
+        world
+    }
+
+    /// The hash of everything every hub has output so far.
+    pub fn trace_hash(&self) -> u64 {
+        self.trace
+    }
+
+    /// Adds a client (not yet connected) and returns its index.
+    pub fn add_client(&mut self, user: &str, conversation: Option<&str>, node: usize) -> usize {
+        self.clients.push(SimClient::new(user, conversation, node));
+        self.clients.len() - 1
+    }
+
+    /// Adds a client and connects it; returns its index.
+    pub fn connect_new(&mut self, user: &str, conversation: Option<&str>, node: usize) -> usize {
+        let client = self.add_client(user, conversation, node);
+        self.connect(client);
+        client
+    }
+
+    /// Opens a new socket for `client` (with its token `user:<id>`).
+    pub fn connect(&mut self, client: usize) {
+        let token = format!("user:{}", self.clients[client].user);
+        self.connect_with(client, vec![("token".to_owned(), token)]);
+    }
+
+    /// Opens a new socket for `client` with these query parameters (plus its conversation).
+    pub fn connect_with(&mut self, client: usize, mut query: Vec<(String, String)>) {
+        let socket = SocketId(self.next_socket);
+        self.next_socket += 1;
+        let c = &mut self.clients[client];
+        c.socket = Some(socket);
+        if let Some(conversation) = &c.conversation {
+            query.push(("conversation_id".to_owned(), conversation.clone()));
+        }
+        let node = c.node;
+        self.nodes[node].open.insert(socket, client);
+        let at = self.arrival(socket, true);
+        self.schedule(
+            at,
+            Event::ServerOpen {
+                node,
+                socket,
+                request: OpenRequest { query, ..OpenRequest::default() },
+            },
+        );
+    }
+
+    /// Sends a text frame from `client` (if it has a socket).
+    pub fn client_send(&mut self, client: usize, frame: Vec<u8>) {
+        let c = &self.clients[client];
+        let Some(socket) = c.socket else { return };
+        let node = c.node;
+        let at = self.arrival(socket, true);
+        self.schedule(at, Event::ServerText { node, socket, frame: Bytes::from(frame) });
+    }
+
+    /// Sends a message of `message_type` from `client`.
+    pub fn client_send_message(&mut self, client: usize, message_type: &str, payload: &str) {
+        let envelope = Envelope::create(
+            Source::Client,
+            MessageType::new(message_type).expect("a valid type"),
+            Payload::from_json(payload).expect("an object"),
+            self.wall(),
+            self.net_rng.next_u128(),
+        );
+        self.client_send(client, envelope.encode());
+    }
+
+    /// Cuts `client`'s socket: the client sees 1006 at once; the server notices after
+    /// `server_notices` (or never: a half-open socket only the heartbeat finds).
+    pub fn cut(&mut self, client: usize, server_notices: Option<Duration>) {
+        let c = &mut self.clients[client];
+        let Some(socket) = c.socket.take() else { return };
+        let node = c.node;
+        c.closes.push(None);
+        if let Some(after) = server_notices {
+            let at = self.now + after;
+            self.schedule(at, Event::ServerClosed { node, socket, code: None });
+        }
+        if let Some(delay) = self.clients[client].reconnect_after {
+            let at = self.now + delay;
+            self.schedule(at, Event::Reconnect { client });
+        }
+    }
+
+    /// Makes a client stop or start reading its socket.
+    pub fn set_reading(&mut self, client: usize, reading: bool) {
+        self.clients[client].reading = reading;
+        if reading {
+            let c = &self.clients[client];
+            if let Some(socket) = c.socket {
+                let node = c.node;
+                self.flush_socket(node, socket);
+                self.drain(node);
+            }
+        }
+    }
+
+    /// Publishes an application message numbered from a world-wide counter to a conversation
+    /// through hub `node`; returns its number.
+    pub fn publish(&mut self, node: usize, conversation: &str, except: Option<&Id>) -> u64 {
+        let n = self.next_message;
+        self.next_message += 1;
+        let outgoing = Outgoing {
+            message_type: MessageType::new("data.message.created").expect("valid"),
+            payload: Payload::from_json(&format!("{{\"n\":{n}}}")).expect("an object"),
+            conversation_id: Some(Id::new(conversation).expect("valid")),
+            correlation_id: None,
+        };
+        let now = self.now;
+        let conversation = Id::new(conversation).expect("valid");
+        self.nodes[node].hub.broadcast_to_conversation(now, &conversation, outgoing, except);
+        self.drain(node);
+        n
+    }
+
+    /// Runs an application call on hub `node`, then drains.
+    pub fn with_hub<T>(&mut self, node: usize, f: impl FnOnce(&mut Hub, Instant) -> T) -> T {
+        let now = self.now;
+        let result = f(&mut self.nodes[node].hub, now);
+        self.drain(node);
+        result
+    }
+
+    /// Feeds an input to hub `node`, then drains.
+    pub fn input(&mut self, node: usize, input: Input) {
+        let now = self.now;
+        self.nodes[node].hub.handle_input(now, input);
+        self.drain(node);
+    }
+
+    /// The wall-clock time now.
+    pub fn wall(&self) -> Timestamp {
+        Timestamp::from_unix_ms(WALL_START_MS + self.now.as_millis() as i64).expect("in range")
+    }
+
+    /// Runs every event and deadline up to `until`, then sets the clock to it.
+    pub fn run_until(&mut self, until: Instant) {
+        while let Some(at) = self.next_time() {
+            if at > until {
+                break;
+            }
+            self.step();
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Runs for `duration` of simulated time.
+    pub fn run_for(&mut self, duration: Duration) {
+        let until = self.now + duration;
+        self.run_until(until);
+    }
+
+    /// Runs until nothing is scheduled but hub deadlines later than `limit` from now.
+    pub fn settle(&mut self) {
+        self.run_for(Duration::from_millis(self.latency_ms.1 * 4 + self.bus_latency_ms * 2 + 1));
+    }
+
+    fn next_time(&mut self) -> Option<Instant> {
+        let net = self.queue.peek().map(|Reverse((at, _, _))| *at);
+        let timers =
+            self.nodes.iter_mut().filter_map(|n| n.hub.poll_timeout().map(|(at, _)| at)).min();
+        match (net, timers) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Processes the earliest event or deadline.
+    pub fn step(&mut self) {
+        let Some(at) = self.next_time() else { return };
+        self.now = self.now.max(at);
+        self.steps += 1;
+        for node in 0..self.nodes.len() {
+            if self.nodes[node].hub.poll_timeout().is_some_and(|(t, _)| t <= self.now) {
+                self.input(node, Input::Timeout);
+                let next = self.nodes[node].hub.poll_timeout();
+                assert!(
+                    next.is_none_or(|(t, _)| t > self.now),
+                    "deadline {next:?} did not advance past {:?}",
+                    self.now
+                );
+            }
+        }
+        while let Some(Reverse((t, _, id))) = self.queue.peek().copied() {
+            if t > self.now {
+                break;
+            }
+            self.queue.pop();
+            if let Some(event) = self.scheduled.remove(&id) {
+                self.run_event(event);
+            }
+        }
+    }
+
+    fn run_event(&mut self, event: Event) {
+        match event {
+            Event::ServerOpen { node, socket, request } => {
+                if !self.nodes[node].closed.contains(&socket) {
+                    self.input(node, Input::Opened { socket, request });
+                }
+            }
+            Event::ServerText { node, socket, frame } => {
+                self.input(node, Input::Text { socket, frame })
+            }
+            Event::ServerClosed { node, socket, code } => {
+                if self.nodes[node].open.remove(&socket).is_some() {
+                    self.nodes[node].closed.insert(socket);
+                    self.nodes[node].unwritten.remove(&socket);
+                    self.input(node, Input::Closed { socket, code });
+                }
+            }
+            Event::Verdict { node, request, verdict } => {
+                self.input(node, Input::AuthVerdict { request, verdict })
+            }
+            Event::Remote { node, channel, message } => {
+                self.input(node, Input::Remote { channel, message })
+            }
+            Event::ClientFrame { client, socket, frame } => {
+                self.client_frame(client, socket, &frame)
+            }
+            Event::ClientClosed { client, socket, code } => {
+                let c = &mut self.clients[client];
+                if c.socket == Some(socket) {
+                    c.socket = None;
+                    c.closes.push(code);
+                    let resumable = code.is_none_or(|c| {
+                        c.reconnect_advice()
+                            != switchboard_core::protocol::ReconnectAdvice::DoNotReconnect
+                    });
+                    if let (Some(delay), true) = (c.reconnect_after, resumable) {
+                        let at = self.now + delay;
+                        self.schedule(at, Event::Reconnect { client });
+                    }
+                }
+            }
+            Event::Reconnect { client } => {
+                if self.clients[client].socket.is_none() {
+                    self.connect(client);
+                }
+            }
+        }
+    }
+
+    fn client_frame(&mut self, client: usize, socket: SocketId, frame: &[u8]) {
+        if self.clients[client].socket != Some(socket) {
+            return;
+        }
+        let envelope =
+            Envelope::parse(frame, usize::MAX).expect("the server sends valid envelopes");
+        assert_eq!(envelope.source, Source::Server);
+        let c = &mut self.clients[client];
+        if let Some((_, held)) = &mut c.pending_resume {
+            if !envelope.message_type.is_system() {
+                held.push(envelope);
+                return;
+            }
+        }
+        if !envelope.message_type.is_system() {
+            self.accept_application(client, envelope);
+            return;
+        }
+        let message = SystemMessage::from_envelope(&envelope).expect("system payloads are valid");
+        let c = &mut self.clients[client];
+        c.system.push(envelope.clone());
+        match message {
+            SystemMessage::Ping(_) if c.auto_pong => {
+                let pong = Envelope::create(
+                    Source::Client,
+                    MessageType::new(types::PONG).expect("valid"),
+                    SystemMessage::Pong(Heartbeat { timestamp: Timestamp::UNIX_EPOCH })
+                        .to_payload(),
+                    Timestamp::UNIX_EPOCH,
+                    0,
+                );
+                self.client_send(client, pong.encode());
+            }
+            SystemMessage::ConnectionEstablished(established) => {
+                c.established += 1;
+                match c.session.clone() {
+                    Some(session) => {
+                        c.pending_resume = Some((established.connection_id, Vec::new()));
+                        let resume = format!(
+                            r#"{{"conversationId":"{}","lastMessageId":null,"lastItemIndex":0,"clientState":{{"pendingWidgetIds":[]}},"connectionId":"{}","lastSequence":{}}}"#,
+                            c.conversation.clone().unwrap_or_default(),
+                            session,
+                            c.last_sequence
+                        );
+                        self.client_send_message(client, types::CONNECTION_RESUME, &resume);
+                    }
+                    None => {
+                        c.session = Some(established.connection_id);
+                        c.last_sequence = 0;
+                    }
+                }
+            }
+            SystemMessage::ConnectionResumed(resumed) => {
+                let Some((fresh, held)) = c.pending_resume.take() else { return };
+                if resumed.state_valid {
+                    c.session = resumed.connection_id;
+                } else {
+                    c.gaps += 1;
+                    c.session = Some(fresh);
+                    c.last_sequence = 0;
+                    for envelope in held {
+                        self.accept_application(client, envelope);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn accept_application(&mut self, client: usize, envelope: Envelope) {
+        let c = &mut self.clients[client];
+        let sequence = envelope.sequence.expect("application messages carry a sequence");
+        if sequence <= c.last_sequence {
+            c.duplicates += 1;
+            return;
+        }
+        if sequence != c.last_sequence + 1 {
+            c.gaps += 1;
+        }
+        c.last_sequence = sequence;
+        c.received.push(envelope.payload.parse().expect("payloads are JSON"));
+    }
+
+    fn latency(&mut self) -> Instant {
+        let (lo, hi) = self.latency_ms;
+        self.now + Duration::from_millis(lo + self.net_rng.up_to(hi - lo))
+    }
+
+    /// When something sent now on `socket` towards the server (or the client) arrives: with
+    /// latency and jitter, but never before what was sent earlier the same way (TCP keeps order).
+    fn arrival(&mut self, socket: SocketId, to_server: bool) -> Instant {
+        let at = self.latency();
+        let last = self.last_arrival.entry((socket, to_server)).or_insert(Instant::ZERO);
+        *last = (*last).max(at);
+        *last
+    }
+
+    fn schedule(&mut self, at: Instant, event: Event) {
+        let id = self.next_event;
+        self.next_event += 1;
+        self.scheduled.insert(id, event);
+        self.queue.push(Reverse((at, id as u64, id)));
+    }
+
+    /// Carries out hub `node`'s outputs, checking the invariants on each.
+    pub fn drain(&mut self, node: usize) {
+        loop {
+            while let Some(output) = self.nodes[node].hub.poll_output() {
+                self.carry_out(node, output);
+            }
+            let Some(input) = self.nodes[node].pending_inputs.pop_front() else { break };
+            let now = self.now;
+            self.nodes[node].hub.handle_input(now, input);
+        }
+    }
+
+    fn carry_out(&mut self, node: usize, output: Output) {
+        self.trace = fnv(self.trace, &self.now.as_millis().to_le_bytes());
+        self.trace = fnv(self.trace, &[node as u8]);
+        let config = self.nodes[node].hub.config().clone();
+        match output {
+            Output::Send { socket, frame } => {
+                self.trace = fnv(self.trace, &socket.0.to_le_bytes());
+                self.trace = fnv(self.trace, &frame);
+                let n = &mut self.nodes[node];
+                assert!(!n.closed.contains(&socket), "output for closed socket {socket:?}");
+                assert!(frame.len() <= DEFAULT_MAX_FRAME_BYTES * 4, "absurd frame");
+                let envelope = Envelope::parse(&frame, usize::MAX).expect("valid frame");
+                if envelope.message_type == types::CONNECTION_RESUMED {
+                    // The socket now carries the resumed session's sequence.
+                    n.last_sent.remove(&socket);
+                }
+                if let Some(sequence) = envelope.sequence {
+                    let last = n.last_sent.entry(socket).or_insert(0);
+                    assert!(sequence > *last, "sequence {sequence} after {last} on {socket:?}");
+                    *last = sequence;
+                }
+                let queue = n.unwritten.entry(socket).or_default();
+                queue.push_back(frame);
+                let bytes: usize = queue.iter().map(Bytes::len).sum();
+                assert!(queue.len() <= config.max_outbound_frames, "outbound frame bound exceeded");
+                assert!(bytes <= config.max_outbound_bytes, "outbound byte bound exceeded");
+                self.flush_socket(node, socket);
+            }
+            Output::Close { socket, code, reason } => {
+                self.trace = fnv(self.trace, &code.0.to_le_bytes());
+                self.trace = fnv(self.trace, reason.as_bytes());
+                let n = &mut self.nodes[node];
+                assert!(n.closed.insert(socket), "second close of {socket:?}");
+                n.unwritten.remove(&socket);
+                if let Some(client) = n.open.remove(&socket) {
+                    let at = self.arrival(socket, false);
+                    self.schedule(at, Event::ClientClosed { client, socket, code: Some(code) });
+                }
+                self.nodes[node]
+                    .pending_inputs
+                    .push_back(Input::Closed { socket, code: Some(code) });
+            }
+            Output::Verify { request, socket: _, credentials, origin: _ } => {
+                self.trace = fnv(self.trace, &request.0.to_le_bytes());
+                let verdict = match (&credentials, self.auth) {
+                    (_, AuthMode::Hang) => return,
+                    (_, AuthMode::Deny) => Err(AuthFailure::Invalid("denied".to_owned())),
+                    (Credentials::Token(t), AuthMode::Allow { .. }) => {
+                        match t.strip_prefix("user:") {
+                            Some(user) => Ok(Principal::user(user)),
+                            None => match t.strip_prefix("expired:") {
+                                Some(_) => Err(AuthFailure::Expired),
+                                None => Err(AuthFailure::Invalid("bad token".to_owned())),
+                            },
+                        }
+                    }
+                    (Credentials::Cookie(_), AuthMode::Allow { .. }) => {
+                        Err(AuthFailure::Invalid("no sessions".to_owned()))
+                    }
+                };
+                let delay = match self.auth {
+                    AuthMode::Allow { delay_ms } => delay_ms,
+                    _ => 0,
+                };
+                let at = self.now + Duration::from_millis(delay);
+                self.schedule(at, Event::Verdict { node, request, verdict });
+            }
+            Output::Publish { channel, message } => {
+                self.trace = fnv(self.trace, channel.as_bytes());
+                self.trace = fnv(self.trace, &message);
+                let at = self.now + Duration::from_millis(self.bus_latency_ms);
+                for &target in self.bus.get(&channel).into_iter().flatten() {
+                    let event = Event::Remote {
+                        node: target,
+                        channel: channel.clone(),
+                        message: message.clone(),
+                    };
+                    self.scheduled.insert(self.next_event, event);
+                    self.queue.push(Reverse((at, self.next_event as u64, self.next_event)));
+                    self.next_event += 1;
+                }
+            }
+            Output::Subscribe { channel } => {
+                self.trace = fnv(self.trace, channel.as_bytes());
+                self.bus.entry(channel).or_default().insert(node);
+            }
+            Output::Unsubscribe { channel } => {
+                self.trace = fnv(self.trace, channel.as_bytes());
+                if let Some(nodes) = self.bus.get_mut(&channel) {
+                    nodes.remove(&node);
+                }
+            }
+            Output::Event(event) => {
+                self.trace = fnv(self.trace, format!("{event:?}").as_bytes());
+                assert!(!matches!(event, HubEvent::IllegalTransition { .. }), "{event:?}");
+                self.nodes[node].events.push(event);
+            }
+        }
+    }
+
+    /// Writes what a reading client's socket has queued, and tells the hub.
+    fn flush_socket(&mut self, node: usize, socket: SocketId) {
+        let Some(&client) = self.nodes[node].open.get(&socket) else { return };
+        if !self.clients[client].reading || self.clients[client].socket != Some(socket) {
+            return;
+        }
+        let frames: Vec<Bytes> = self.nodes[node]
+            .unwritten
+            .get_mut(&socket)
+            .map(|q| q.drain(..).collect())
+            .unwrap_or_default();
+        if frames.is_empty() {
+            return;
+        }
+        let bytes = frames.iter().map(Bytes::len).sum();
+        let count = frames.len();
+        for frame in frames {
+            let at = self.arrival(socket, false);
+            self.schedule(at, Event::ClientFrame { client, socket, frame });
+        }
+        self.nodes[node].pending_inputs.push_back(Input::Flushed { socket, frames: count, bytes });
+    }
+}
