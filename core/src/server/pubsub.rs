@@ -9,6 +9,7 @@ use crate::protocol::{Id, SharedFrame};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 
 /// A pub/sub channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,9 +56,9 @@ pub struct RemoteMessage {
 #[derive(Deserialize)]
 struct WireRemote<'a> {
     #[serde(borrow)]
-    origin: &'a str,
+    origin: Cow<'a, str>,
     #[serde(default, borrow)]
-    except: Option<&'a str>,
+    except: Option<Cow<'a, str>>,
     #[serde(borrow)]
     frame: &'a RawValue,
 }
@@ -90,8 +91,8 @@ impl RemoteMessage {
             return None;
         }
         Some(RemoteMessage {
-            origin: Id::new(wire.origin).ok()?,
-            except: wire.except.and_then(|e| Id::new(e).ok()),
+            origin: Id::new(&wire.origin).ok()?,
+            except: wire.except.and_then(|e| Id::new(&e).ok()),
             frame: SharedFrame::from_encoded(Bytes::copy_from_slice(frame.as_bytes()))?,
         })
     }

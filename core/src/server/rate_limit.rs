@@ -92,7 +92,7 @@ impl RateLimiter {
             return RateVerdict::Allow;
         };
         let window_start = now - config.abuse_window;
-        while self.rejections.front().is_some_and(|&t| t <= window_start) {
+        while self.rejections.front().is_some_and(|&t| t < window_start) {
             self.rejections.pop_front();
         }
         self.rejections.push_back(now);
