@@ -122,6 +122,14 @@ enum Event {
     Reconnect { client: usize },
 }
 
+impl Node {
+    /// Verifications asked for and not answered by the simulated identity provider (with
+    /// [`AuthMode::Hang`]), oldest first; the test answers them by hand.
+    pub fn hub_verifies(&mut self) -> Vec<VerifyId> {
+        std::mem::take(&mut self.unanswered)
+    }
+}
+
 /// One server instance: a hub and its adapter's view of the sockets.
 #[derive(Debug)]
 pub struct Node {
@@ -136,6 +144,7 @@ pub struct Node {
     /// The last application sequence written per socket.
     last_sent: BTreeMap<SocketId, u64>,
     pending_inputs: VecDeque<Input>,
+    unanswered: Vec<VerifyId>,
 }
 
 /// The simulated world.
@@ -183,6 +192,7 @@ impl World {
                 unwritten: BTreeMap::new(),
                 last_sent: BTreeMap::new(),
                 pending_inputs: VecDeque::new(),
+                unanswered: Vec::new(),
             })
             .collect();
         let mut world = World {
@@ -614,7 +624,10 @@ impl World {
             Output::Verify { request, socket: _, credentials, origin: _ } => {
                 self.trace = fnv(self.trace, &request.0.to_le_bytes());
                 let verdict = match (&credentials, self.auth) {
-                    (_, AuthMode::Hang) => return,
+                    (_, AuthMode::Hang) => {
+                        self.nodes[node].unanswered.push(request);
+                        return;
+                    }
                     (_, AuthMode::Deny) => Err(AuthFailure::Invalid("denied".to_owned())),
                     (Credentials::Token(t), AuthMode::Allow { .. }) => {
                         match t.strip_prefix("user:") {
