@@ -446,3 +446,155 @@ fn subscriptions_follow_local_membership() {
     assert!(w.clients[ok].closes.is_empty());
     assert_eq!(w.clients[refused].closes, [Some(CloseCode::SERVER_BUSY)]);
 }
+
+#[test]
+fn handlers_can_relay_to_the_conversation_and_close_the_sender() {
+    use switchboard_core::server::Target;
+    let (mut w, _g) = world(HubConfig::default());
+    w.with_hub(0, |hub, _| {
+        hub.router_mut()
+            .on(TypePattern::new("data.chat.say").unwrap(), |cx, envelope| {
+                cx.broadcast_to_conversation(
+                    MessageType::new("data.chat.said").unwrap(),
+                    envelope.payload.clone(),
+                    false,
+                );
+                Ok(())
+            })
+            .on(TypePattern::new("data.chat.shout").unwrap(), |cx, envelope| {
+                cx.broadcast_to_conversation(
+                    MessageType::new("data.chat.said").unwrap(),
+                    envelope.payload.clone(),
+                    true,
+                );
+                cx.send(
+                    Target::All,
+                    Outgoing {
+                        message_type: MessageType::new("data.chat.everyone").unwrap(),
+                        payload: Payload::from_json(r#"{"n":0}"#).unwrap(),
+                        conversation_id: None,
+                        correlation_id: None,
+                    },
+                );
+                Ok(())
+            })
+            .on(TypePattern::new("data.chat.quit").unwrap(), |cx, _| {
+                cx.close(CloseCode::NORMAL, "bye");
+                Ok(())
+            })
+            .on(TypePattern::new("data.chat.fail").unwrap(), |cx, _| {
+                cx.broadcast_to_conversation(
+                    MessageType::new("data.chat.said").unwrap(),
+                    Payload::empty(),
+                    true,
+                );
+                Err(switchboard_core::server::Rejection::new(
+                    switchboard_core::protocol::ErrorCategory::Business,
+                    "NOPE",
+                    "refused",
+                ))
+            });
+    });
+    let a = w.connect_new("alice", Some("conv-1"), 0);
+    let b = w.connect_new("bob", Some("conv-1"), 0);
+    let lone = w.connect_new("carol", None, 0);
+    w.settle();
+    w.client_send_message(a, "data.chat.say", r#"{"n":1}"#);
+    w.client_send_message(a, "data.chat.shout", r#"{"n":2}"#);
+    w.client_send_message(a, "data.chat.fail", r#"{"n":3}"#);
+    w.client_send_message(lone, "data.chat.say", r#"{"n":4}"#);
+    w.settle();
+    let ns = |c: usize| -> Vec<u64> {
+        w.clients[c].received.iter().map(|v| v["n"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(ns(a), [2, 0], "the sender is excluded from `say`, included in `shout`");
+    assert_eq!(ns(b), [1, 2, 0]);
+    assert_eq!(ns(lone), [0], "no conversation, nothing relayed");
+    assert_eq!(error_codes(&w, a), ["NOPE"], "a rejecting handler's sends are dropped");
+    w.client_send_message(b, "data.chat.quit", "{}");
+    w.settle();
+    assert_eq!(w.clients[b].closes, [Some(CloseCode::NORMAL)]);
+}
+
+#[test]
+fn an_empty_router_has_no_middleware_and_no_routes() {
+    let mut router = switchboard_core::server::Router::empty();
+    assert!(!router.knows("data.x.y"));
+    router.forward(TypePattern::new("data.*").unwrap());
+    router.forward(TypePattern::new("data.*").unwrap());
+    assert!(router.knows("data.x.y"));
+    assert!(!router.knows("control.x.y"));
+    let debug = format!("{router:?}");
+    assert!(debug.contains("data.*") && debug.contains("middleware: 0"), "{debug}");
+}
+
+#[test]
+fn credentials_never_show_in_debug_output() {
+    use switchboard_core::server::{Credentials, OpenRequest};
+    let request = OpenRequest {
+        query: vec![("token".into(), "eyJsecret".into())],
+        cookies: vec![("session".into(), "cookiesecret".into())],
+        origin: Some("https://app.example".into()),
+        peer: None,
+    };
+    let shown = format!(
+        "{request:?} {:?} {:?}",
+        Credentials::Token("eyJsecret".into()),
+        Credentials::Cookie("cookiesecret".into())
+    );
+    assert!(!shown.contains("secret"), "{shown}");
+    assert!(shown.contains("token") && shown.contains("session"));
+    let refresh = switchboard_core::protocol::AuthRefresh { token: "eyJsecret".into() };
+    assert!(!format!("{refresh:?}").contains("secret"));
+}
+
+#[test]
+fn remote_messages_from_the_bus_are_checked() {
+    let (mut w, _g, c) = connected(HubConfig::default());
+    w.input(
+        0,
+        Input::Remote {
+            channel: "conversation:conv-1".into(),
+            message: bytes::Bytes::from_static(b"garbage"),
+        },
+    );
+    w.input(
+        0,
+        Input::Remote {
+            channel: "nonsense".into(),
+            message: bytes::Bytes::from_static(br#"{"origin":"x","frame":{"a":1}}"#),
+        },
+    );
+    w.settle();
+    assert!(w.clients[c].received.is_empty());
+    let frame = br#"{"origin":"other-instance","except":null,"frame":{"id":"1","type":"data.x.y","version":"1.0","timestamp":"2025-12-18T10:30:00.000Z","source":"server","payload":{"n":8}}}"#;
+    w.input(
+        0,
+        Input::Remote { channel: "broadcast".into(), message: bytes::Bytes::from_static(frame) },
+    );
+    w.input(
+        0,
+        Input::Remote { channel: "user:alice".into(), message: bytes::Bytes::from_static(frame) },
+    );
+    w.settle();
+    assert_eq!(w.clients[c].received.len(), 2);
+    let info = w.nodes[0].hub.connection(w.clients[c].session.as_ref().unwrap()).unwrap();
+    assert_eq!(info.next_sequence, 3);
+    assert!(info.replay_len == 2 && info.outbound_frames <= 2);
+    assert_eq!(w.nodes[0].hub.conversation_members(&Id::new("conv-1").unwrap()).len(), 1);
+    assert!(w.nodes[0].hub.connection_of(w.clients[c].socket.unwrap()).is_some());
+    assert!(!w.nodes[0].hub.instance_id().as_str().is_empty());
+}
+
+#[test]
+fn shutdown_refuses_new_sockets_and_reports_drained_once_all_closed() {
+    let (mut w, _g, c) = connected(HubConfig::default());
+    w.input(0, Input::Shutdown);
+    assert!(w.nodes[0].hub.is_shutting_down());
+    w.input(0, Input::Shutdown);
+    let late = w.connect_new("late", None, 0);
+    w.settle();
+    assert_eq!(w.clients[late].closes, [Some(CloseCode::SERVICE_RESTART)]);
+    assert_eq!(w.clients[c].closes, [Some(CloseCode::SERVICE_RESTART)]);
+    assert_eq!(w.nodes[0].events.iter().filter(|e| **e == HubEvent::Drained).count(), 1);
+}
