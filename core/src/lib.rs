@@ -9,9 +9,11 @@
 //! - [`protocol`]: the bytes on the wire (envelope, system payloads, errors, close codes, type
 //!   patterns). It knows nothing about behaviour.
 //! - [`server`]: the hub, every connection of one server instance.
+//! - [`client`]: one client's connection that survives socket losses (reconnect, resume, bus).
 //! - [`time`] and [`rng`]: the time and the randomness the caller passes in.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod protocol;
 pub mod rng;
 pub mod server;

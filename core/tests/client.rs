@@ -1,0 +1,670 @@
+//! The client state machine driven by hand: the Phase 1 plan's WebSocketClient and
+//! ReconnectionManager cases by name, and the behaviour around them. (End-to-end runs against
+//! the real hub are in the tests crate.)
+
+use bytes::Bytes;
+use std::time::Duration;
+use switchboard_core::client::{
+    AttemptId, BackoffConfig, Client, ClientConfig, ClientEvent, ClientInput, ClientOutput,
+    ClientState, Jitter, OutgoingMessage, ResumeState, SendError, TokenSource,
+};
+use switchboard_core::protocol::{
+    CloseCode, ConnectionEstablished, ConnectionResumed, Envelope, Heartbeat, Id, MessageType,
+    Payload, Source, SystemMessage, Timestamp, types,
+};
+use switchboard_core::time::Instant;
+
+const WALL: i64 = 1_766_053_800_000;
+
+struct Harness {
+    client: Client,
+    now: Instant,
+    outputs: Vec<ClientOutput>,
+    attempt: Option<AttemptId>,
+}
+
+impl Harness {
+    fn new(config: ClientConfig) -> Self {
+        Harness {
+            client: Client::new(config, 42, Instant::ZERO, WALL),
+            now: Instant::ZERO,
+            outputs: Vec::new(),
+            attempt: None,
+        }
+    }
+
+    fn default() -> Self {
+        let mut config = ClientConfig::new("ws://127.0.0.1:8080/ws");
+        config.token = TokenSource::Static("tok en/+".to_owned());
+        config.conversation_id = Some("conv-1".to_owned());
+        Harness::new(config)
+    }
+
+    fn input(&mut self, input: ClientInput) {
+        self.client.handle_input(self.now, input);
+        while let Some(output) = self.client.poll_output() {
+            if let ClientOutput::OpenSocket { attempt, .. } = &output {
+                self.attempt = Some(*attempt);
+            }
+            self.outputs.push(output);
+        }
+    }
+
+    /// Advances the clock, firing every deadline on the way.
+    fn advance(&mut self, by: Duration) {
+        let until = self.now + by;
+        while let Some((at, _)) = self.client.poll_timeout() {
+            if at > until {
+                break;
+            }
+            self.now = self.now.max(at);
+            self.input(ClientInput::Timeout);
+            let next = self.client.poll_timeout();
+            assert!(
+                next.is_none_or(|(t, _)| t > self.now),
+                "deadline {next:?} did not advance past {:?}",
+                self.now
+            );
+        }
+        self.now = until;
+    }
+
+    fn take(&mut self) -> Vec<ClientOutput> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    fn opened(&self) -> Vec<(AttemptId, String)> {
+        self.outputs
+            .iter()
+            .filter_map(|o| match o {
+                ClientOutput::OpenSocket { attempt, url } => Some((*attempt, url.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn last_attempt(&self) -> AttemptId {
+        self.attempt.expect("a socket was opened")
+    }
+
+    fn sent(&self) -> Vec<Envelope> {
+        self.outputs
+            .iter()
+            .filter_map(|o| match o {
+                ClientOutput::SendFrame { frame, .. } => {
+                    Some(Envelope::parse(frame, usize::MAX).unwrap())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn events(&self) -> Vec<ClientEvent> {
+        self.outputs
+            .iter()
+            .filter_map(|o| match o {
+                ClientOutput::Event(e) => Some(e.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn server(&mut self, message: SystemMessage) {
+        let envelope = Envelope::create(
+            Source::Server,
+            message.message_type(),
+            message.to_payload(),
+            Timestamp::UNIX_EPOCH,
+            1,
+        );
+        let attempt = self.last_attempt();
+        self.input(ClientInput::Frame { attempt, text: Bytes::from(envelope.encode()) });
+    }
+
+    fn server_data(&mut self, n: u64, sequence: u64) {
+        let envelope = Envelope::create(
+            Source::Server,
+            MessageType::new("data.message.created").unwrap(),
+            Payload::from_json(&format!(r#"{{"n":{n}}}"#)).unwrap(),
+            Timestamp::UNIX_EPOCH,
+            u128::from(n),
+        )
+        .with_sequence(sequence);
+        let attempt = self.last_attempt();
+        self.input(ClientInput::Frame { attempt, text: Bytes::from(envelope.encode()) });
+    }
+
+    fn establish(&mut self, connection_id: &str) {
+        let attempt = self.last_attempt();
+        self.input(ClientInput::SocketOpened { attempt });
+        self.server(SystemMessage::ConnectionEstablished(ConnectionEstablished {
+            connection_id: Id::new(connection_id).unwrap(),
+            conversation_id: "conv-1".into(),
+            user_id: "alice".into(),
+            definition_id: None,
+            resuming: false,
+            server_time: Timestamp::UNIX_EPOCH,
+            heartbeat_interval_ms: Some(30_000),
+            resume_window_ms: Some(120_000),
+        }));
+    }
+
+    fn drop_socket(&mut self, code: Option<CloseCode>) {
+        let attempt = self.last_attempt();
+        self.input(ClientInput::SocketClosed { attempt, code, reason: String::new() });
+    }
+
+    fn received(&self) -> Vec<u64> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                ClientEvent::Message { envelope, .. } => {
+                    envelope.payload.parse::<serde_json::Value>().ok()?["n"].as_u64()
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn gaps(&self) -> usize {
+        self.events().iter().filter(|e| matches!(e, ClientEvent::Gap { .. })).count()
+    }
+}
+
+fn message(ty: &str, payload: &str) -> OutgoingMessage {
+    OutgoingMessage {
+        message_type: MessageType::new(ty).unwrap(),
+        payload: Payload::from_json(payload).unwrap(),
+        conversation_id: None,
+        correlation_id: None,
+    }
+}
+
+#[test]
+fn test_connect_establishes_connection() {
+    let mut h = Harness::default();
+    assert_eq!(h.client.state(), ClientState::Disconnected);
+    h.input(ClientInput::Connect);
+    assert_eq!(h.client.state(), ClientState::Connecting);
+    assert_eq!(h.opened().len(), 1);
+    h.establish("01ABC");
+    assert_eq!(h.client.state(), ClientState::Active);
+    assert_eq!(h.client.connection_id().map(Id::as_str), Some("01ABC"));
+    assert!(h.events().iter().any(|e| matches!(e, ClientEvent::Connected { resumed: false, .. })));
+}
+
+#[test]
+fn test_connect_includes_auth_token() {
+    let mut h = Harness::default();
+    h.input(ClientInput::Connect);
+    let (_, url) = &h.opened()[0];
+    assert_eq!(url, "ws://127.0.0.1:8080/ws?token=tok%20en%2F%2B&conversation_id=conv-1");
+    // The token never shows in debug output or events.
+    let shown = format!("{:?}", h.outputs);
+    assert!(!shown.contains("tok"), "{shown}");
+}
+
+#[test]
+fn test_send_serializes_message() {
+    let mut h = Harness::default();
+    h.input(ClientInput::Connect);
+    h.establish("01ABC");
+    h.take();
+    let id = h.client.send(h.now, message("data.message.send", r#"{"text":"hi"}"#)).unwrap();
+    while let Some(o) = h.client.poll_output() {
+        h.outputs.push(o);
+    }
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].id, id);
+    assert_eq!(sent[0].message_type, "data.message.send");
+    assert_eq!(sent[0].source, Source::Client);
+    assert_eq!(sent[0].conversation_id.as_ref().map(Id::as_str), Some("conv-1"));
+    assert_eq!(sent[0].payload.as_str(), r#"{"text":"hi"}"#);
+    assert_eq!(sent[0].timestamp, Timestamp::from_unix_ms(WALL).unwrap());
+}
+
+#[test]
+fn test_auto_responds_to_ping() {
+    let mut h = Harness::default();
+    h.input(ClientInput::Connect);
+    h.establish("01ABC");
+    h.take();
+    h.server(SystemMessage::Ping(Heartbeat { timestamp: Timestamp::UNIX_EPOCH }));
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].message_type, types::PONG);
+    assert!(sent[0].correlation_id.is_some());
+}
+
+#[test]
+fn test_disconnect_closes_socket() {
+    let mut h = Harness::default();
+    h.input(ClientInput::Connect);
+    h.establish("01ABC");
+    h.client.send(h.now, message("data.x.y", "{}")).unwrap();
+    h.input(ClientInput::Disconnect { code: CloseCode::NORMAL, reason: "bye".into() });
+    assert!(
+        h.outputs
+            .iter()
+            .any(|o| matches!(o, ClientOutput::CloseSocket { code: CloseCode::NORMAL, .. }))
+    );
+    assert_eq!(h.client.state(), ClientState::Closed);
+    assert_eq!(h.client.connection_id(), None, "a deliberate close ends the session");
+    assert_eq!(h.client.send(h.now, message("data.x.y", "{}")), Err(SendError::Closed));
+    h.advance(Duration::from_secs(600));
+    assert_eq!(h.opened().len(), 1, "no reconnect after disconnect");
+    // A token or a socket event arriving afterwards changes nothing.
+    let attempt = h.last_attempt();
+    h.input(ClientInput::SocketClosed { attempt, code: None, reason: String::new() });
+    h.input(ClientInput::Online);
+    assert_eq!(h.client.state(), ClientState::Closed);
+}
+
+#[test]
+fn test_emits_connection_events() {
+    let mut h = Harness::default();
+    h.input(ClientInput::Connect);
+    h.establish("01ABC");
+    h.drop_socket(Some(CloseCode::GOING_AWAY));
+    let states: Vec<(ClientState, ClientState)> = h
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            ClientEvent::StateChange(c) => Some((c.previous_state, c.new_state)),
+            _ => None,
+        })
+        .collect();
+    use ClientState::*;
+    assert_eq!(
+        states,
+        [
+            (Disconnected, Connecting),
+            (Connecting, Connected),
+            (Connected, Active),
+            (Active, Reconnecting)
+        ]
+    );
+    let last = h.events().into_iter().rev().find_map(|e| match e {
+        ClientEvent::StateChange(c) => Some(c),
+        _ => None,
+    });
+    let last = last.unwrap();
+    assert!(last.will_reconnect);
+    assert_eq!(last.code, Some(CloseCode::GOING_AWAY));
+    assert_eq!(last.attempt, 1);
+    let retry = last.next_retry_at.expect("a countdown target");
+    assert!(retry <= h.now + Duration::from_secs(1));
+    assert!(
+        h.events().iter().any(|e| matches!(
+            e,
+            ClientEvent::Disconnected { code: Some(CloseCode::GOING_AWAY), .. }
+        ))
+    );
+}
+
+fn no_jitter() -> Harness {
+    let mut config = ClientConfig::new("ws://h/ws");
+    config.backoff.jitter = Jitter::None;
+    Harness::new(config)
+}
+
+#[test]
+fn test_reconnection_after_disconnect() {
+    let mut h = no_jitter();
+    h.input(ClientInput::Connect);
+    h.establish("01ABC");
+    h.drop_socket(None);
+    assert_eq!(h.client.state(), ClientState::Reconnecting);
+    h.advance(Duration::from_millis(999));
+    assert_eq!(h.opened().len(), 1);
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.opened().len(), 2);
+    assert_eq!(h.client.state(), ClientState::Connecting);
+}
+
+#[test]
+fn test_exponential_backoff() {
+    let mut h = no_jitter();
+    h.input(ClientInput::Connect);
+    h.establish("01ABC");
+    h.drop_socket(None);
+    let mut opened_at = Vec::new();
+    for _ in 0..7 {
+        let before = h.opened().len();
+        while h.opened().len() == before {
+            h.advance(Duration::from_millis(100));
+        }
+        opened_at.push(h.now.as_millis());
+        // The attempt fails at once (connection refused).
+        h.drop_socket(None);
+    }
+    let gaps: Vec<u64> = opened_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(opened_at[0], 1000);
+    assert_eq!(gaps, [2000, 4000, 8000, 16000, 30000, 30000]);
+}
+
+#[test]
+fn test_max_attempts_exceeded() {
+    let mut config = ClientConfig::new("ws://h/ws");
+    config.backoff =
+        BackoffConfig { max_attempts: 3, jitter: Jitter::None, ..BackoffConfig::default() };
+    let mut h = Harness::new(config);
+    h.input(ClientInput::Connect);
+    h.establish("01ABC");
+    for _ in 0..4 {
+        h.drop_socket(None);
+        h.advance(Duration::from_secs(60));
+    }
+    assert_eq!(h.opened().len(), 4, "the first socket and three attempts");
+    assert_eq!(h.client.state(), ClientState::Closed);
+    let last = h.events().into_iter().rev().find_map(|e| match e {
+        ClientEvent::StateChange(c) => Some(c),
+        _ => None,
+    });
+    assert!(!last.unwrap().will_reconnect);
+    // `online` starts a fresh series.
+    h.input(ClientInput::Online);
+    assert_eq!(h.opened().len(), 5);
+    assert_eq!(h.client.attempt(), 0);
+}
+
+#[test]
+fn test_resume_with_previous_connection_id() {
+    let mut h = Harness::default();
+    h.input(ClientInput::Connect);
+    h.establish("01OLD");
+    h.server_data(1, 1);
+    h.server_data(2, 2);
+    h.drop_socket(None);
+    h.advance(Duration::from_secs(2));
+    h.take();
+    h.establish("01NEW");
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1, "the resume is the first message");
+    assert_eq!(sent[0].message_type, types::CONNECTION_RESUME);
+    let SystemMessage::ConnectionResume(resume) = SystemMessage::from_envelope(&sent[0]).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(resume.connection_id.as_ref().map(Id::as_str), Some("01OLD"));
+    assert_eq!(resume.last_sequence, Some(2));
+    assert_eq!(resume.conversation_id, "conv-1");
+    assert!(resume.last_message_id.is_some());
+    assert_eq!(h.client.state(), ClientState::Connected, "active only after the answer");
+}
+
+#[test]
+fn test_message_replay_after_resume() {
+    let mut h = Harness::default();
+    h.input(ClientInput::Connect);
+    h.establish("01OLD");
+    h.server_data(1, 1);
+    h.drop_socket(None);
+    h.advance(Duration::from_secs(2));
+    // Queued while away: sent after the replay.
+    h.client.send(h.now, message("data.message.send", r#"{"text":"queued"}"#)).unwrap();
+    h.establish("01NEW");
+    // A message of the temporary session arrives before the answer: held.
+    h.server_data(2, 1);
+    h.take();
+    h.server(SystemMessage::ConnectionResumed(ConnectionResumed {
+        conversation_id: "conv-1".into(),
+        resumed_from_message_id: None,
+        current_item_index: None,
+        missed_messages: 2,
+        state_valid: true,
+        connection_id: Some(Id::new("01OLD").unwrap()),
+    }));
+    let queued = h.sent();
+    assert_eq!(queued.len(), 1, "the queue is flushed once active");
+    h.server_data(2, 2);
+    h.server_data(3, 3);
+    h.server_data(3, 3);
+    assert_eq!(h.received(), [2, 3], "replayed once each; the held copy and the duplicate dropped");
+    assert_eq!(h.gaps(), 0);
+    assert!(
+        h.events()
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Connected { resumed: true, replayed: 2, .. }))
+    );
+    assert_eq!(h.client.resume_state().last_sequence, 3);
+}
+
+#[test]
+fn a_refused_resume_is_a_gap_and_the_new_session_is_adopted() {
+    let mut h = Harness::default();
+    h.input(ClientInput::Connect);
+    h.establish("01OLD");
+    h.server_data(1, 1);
+    h.drop_socket(None);
+    h.advance(Duration::from_secs(2));
+    h.establish("01NEW");
+    h.server_data(7, 1);
+    h.take();
+    h.server(SystemMessage::ConnectionResumed(ConnectionResumed {
+        conversation_id: "conv-1".into(),
+        resumed_from_message_id: None,
+        current_item_index: None,
+        missed_messages: 0,
+        state_valid: false,
+        connection_id: Some(Id::new("01NEW").unwrap()),
+    }));
+    assert_eq!(h.gaps(), 1);
+    assert_eq!(h.received(), [7], "the held message of the new session is delivered");
+    assert_eq!(h.client.connection_id().map(Id::as_str), Some("01NEW"));
+    h.server_data(8, 3);
+    assert_eq!(h.gaps(), 2, "a sequence jump is a gap too");
+}
+
+#[test]
+fn restored_state_resumes_after_a_reload() {
+    let mut h = Harness::default();
+    h.client.restore(ResumeState {
+        connection_id: Some(Id::new("01PAGE").unwrap()),
+        last_sequence: 41,
+        last_message_id: None,
+    });
+    h.input(ClientInput::Connect);
+    h.establish("01NEW");
+    let SystemMessage::ConnectionResume(resume) =
+        SystemMessage::from_envelope(&h.sent()[0]).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(resume.last_sequence, Some(41));
+}
+
+#[test]
+fn close_codes_decide_the_next_step() {
+    for (code, state) in [
+        (CloseCode::AUTH_FAILED, ClientState::Closed),
+        (CloseCode::VERSION_MISMATCH, ClientState::Closed),
+        (CloseCode::NORMAL, ClientState::Closed),
+        (CloseCode::SERVICE_RESTART, ClientState::Reconnecting),
+        (CloseCode::HEARTBEAT_TIMEOUT, ClientState::Reconnecting),
+        (CloseCode::TOKEN_EXPIRED, ClientState::Closed),
+    ] {
+        let mut h = Harness::default();
+        h.input(ClientInput::Connect);
+        h.establish("01A");
+        h.drop_socket(Some(code));
+        assert_eq!(h.client.state(), state, "{code}");
+    }
+}
+
+#[test]
+fn a_shutdown_hint_sets_the_first_delay() {
+    let mut h = no_jitter();
+    h.input(ClientInput::Connect);
+    h.establish("01A");
+    h.server(SystemMessage::ConnectionClose(switchboard_core::protocol::ConnectionClose {
+        reason: switchboard_core::protocol::CloseReason::ServerShutdown,
+        code: 1012,
+        retry_after_ms: Some(4321),
+    }));
+    h.drop_socket(Some(CloseCode::SERVICE_RESTART));
+    h.advance(Duration::from_millis(4320));
+    assert_eq!(h.opened().len(), 1);
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.opened().len(), 2);
+}
+
+#[test]
+fn application_tokens_are_requested_once_and_refreshed_in_band() {
+    let mut config = ClientConfig::new("ws://h/ws");
+    config.token = TokenSource::Application;
+    let mut h = Harness::new(config);
+    h.input(ClientInput::Connect);
+    h.input(ClientInput::Connect);
+    let requests =
+        |h: &Harness| h.outputs.iter().filter(|o| matches!(o, ClientOutput::RequestToken)).count();
+    assert_eq!(requests(&h), 1);
+    assert!(h.opened().is_empty(), "no socket before the token");
+    h.input(ClientInput::Token { token: "t1".into(), expires_at_unix_ms: Some(WALL + 300_000) });
+    assert!(h.opened()[0].1.contains("token=t1"));
+    h.establish("01A");
+    for _ in 0..9 {
+        h.advance(Duration::from_secs(29));
+        h.server(SystemMessage::Ping(Heartbeat { timestamp: Timestamp::UNIX_EPOCH }));
+    }
+    h.advance(Duration::from_secs(8));
+    assert_eq!(requests(&h), 1);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(requests(&h), 2, "asked 30 s before expiry");
+    h.take();
+    h.input(ClientInput::Token { token: "t2".into(), expires_at_unix_ms: Some(WALL + 600_000) });
+    let sent = h.sent();
+    assert_eq!(sent[0].message_type, types::AUTH_REFRESH);
+}
+
+#[test]
+fn an_expired_token_close_refreshes_once_then_gives_up() {
+    let mut config = ClientConfig::new("ws://h/ws");
+    config.token = TokenSource::Application;
+    let mut h = Harness::new(config);
+    h.input(ClientInput::Connect);
+    h.input(ClientInput::Token { token: "t1".into(), expires_at_unix_ms: None });
+    h.establish("01A");
+    h.drop_socket(Some(CloseCode::TOKEN_EXPIRED));
+    assert!(matches!(
+        h.outputs.last(),
+        Some(ClientOutput::RequestToken) | Some(ClientOutput::Event(_))
+    ));
+    h.input(ClientInput::Token { token: "t2".into(), expires_at_unix_ms: None });
+    assert_eq!(h.opened().len(), 2);
+    h.drop_socket(Some(CloseCode::TOKEN_EXPIRED));
+    assert_eq!(h.client.state(), ClientState::Closed, "a fresh token rejected again closes");
+}
+
+#[test]
+fn silence_kills_the_socket_but_a_late_timer_only_probes() {
+    let mut h = Harness::default();
+    h.input(ClientInput::Connect);
+    h.establish("01A");
+    // On time: 60 s of silence (2 × 30 s) closes.
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.client.state(), ClientState::Reconnecting);
+
+    let mut h = Harness::default();
+    h.input(ClientInput::Connect);
+    h.establish("01A");
+    h.take();
+    // The tab was frozen: the timer fires 5 minutes late. A probe, not a kill.
+    h.now = h.now + Duration::from_secs(300);
+    h.input(ClientInput::Timeout);
+    assert_eq!(h.client.state(), ClientState::Active);
+    assert_eq!(h.sent()[0].message_type, types::PING);
+    // The frames that were waiting arrive: alive.
+    h.server(SystemMessage::Pong(Heartbeat { timestamp: Timestamp::UNIX_EPOCH }));
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.client.state(), ClientState::Active);
+    // Really dead: the probe goes unanswered.
+    h.now = h.now + Duration::from_secs(300);
+    h.input(ClientInput::Timeout);
+    h.advance(Duration::from_secs(3));
+    assert_eq!(h.client.state(), ClientState::Reconnecting);
+}
+
+#[test]
+fn online_and_visible_probe_an_active_socket() {
+    let mut h = Harness::default();
+    h.input(ClientInput::Connect);
+    h.establish("01A");
+    h.take();
+    h.input(ClientInput::Visible);
+    assert_eq!(h.sent()[0].message_type, types::PING);
+    h.advance(Duration::from_secs(3));
+    assert_eq!(
+        h.client.state(),
+        ClientState::Reconnecting,
+        "a half-open socket found within seconds"
+    );
+}
+
+#[test]
+fn offline_pauses_retries_until_online() {
+    let mut h = no_jitter();
+    h.input(ClientInput::Connect);
+    h.establish("01A");
+    h.input(ClientInput::Offline);
+    h.drop_socket(None);
+    h.advance(Duration::from_secs(600));
+    assert_eq!(h.opened().len(), 1);
+    h.input(ClientInput::Online);
+    assert_eq!(h.opened().len(), 2);
+}
+
+#[test]
+fn the_send_queue_is_bounded_and_expires() {
+    let mut config = ClientConfig::new("ws://h/ws");
+    config.queue_max_messages = 2;
+    config.queue_ttl = Duration::from_secs(5);
+    let mut h = Harness::new(config);
+    h.input(ClientInput::Connect);
+    let a = h.client.send(h.now, message("data.x.y", r#"{"n":1}"#)).unwrap();
+    h.client.send(h.now, message("data.x.y", r#"{"n":2}"#)).unwrap();
+    assert_eq!(
+        h.client.send(h.now, message("data.x.y", r#"{"n":3}"#)),
+        Err(SendError::QueueFull("messages"))
+    );
+    h.advance(Duration::from_secs(6));
+    assert!(h.events().iter().any(
+        |e| matches!(e, ClientEvent::SendFailed { id, error: SendError::Expired } if *id == a)
+    ));
+}
+
+#[test]
+fn events_of_an_old_socket_are_ignored_and_there_is_one_socket() {
+    let mut h = no_jitter();
+    h.input(ClientInput::Connect);
+    let first = h.last_attempt();
+    h.advance(Duration::from_secs(10)); // connect timeout: the first attempt is abandoned
+    h.advance(Duration::from_secs(1));
+    let second = h.last_attempt();
+    assert_ne!(first, second);
+    assert!(
+        h.outputs
+            .iter()
+            .any(|o| matches!(o, ClientOutput::CloseSocket { attempt, .. } if *attempt == first))
+    );
+    h.input(ClientInput::SocketOpened { attempt: first });
+    assert_eq!(h.client.state(), ClientState::Connecting, "the old socket's open is ignored");
+    h.input(ClientInput::ReconnectNow);
+    assert_eq!(h.last_attempt(), second, "no second socket while one is opening");
+}
+
+#[test]
+fn the_bus_names_subscribers_in_order() {
+    let mut h = Harness::default();
+    let all = h.client.bus_mut().subscribe("*").unwrap();
+    let exact = h.client.bus_mut().subscribe("data.message.created").unwrap();
+    h.input(ClientInput::Connect);
+    h.establish("01A");
+    h.server_data(1, 1);
+    let subscribers = h.events().into_iter().find_map(|e| match e {
+        ClientEvent::Message { subscribers, .. } => Some(subscribers),
+        _ => None,
+    });
+    assert_eq!(subscribers, Some(vec![exact, all]));
+}
