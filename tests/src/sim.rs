@@ -14,6 +14,10 @@ use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::Duration;
+use switchboard_core::client::{
+    AttemptId, Client, ClientConfig, ClientEvent, ClientInput, ClientOutput, ClientState,
+    TokenSource,
+};
 use switchboard_core::protocol::{
     CloseCode, DEFAULT_MAX_FRAME_BYTES, Envelope, Heartbeat, Id, MessageType, Payload, Source,
     SystemMessage, Timestamp, types,
@@ -110,6 +114,42 @@ impl SimClient {
     }
 }
 
+/// Who is at the client end of a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// A [`SimClient`].
+    Sim(usize),
+    /// A [`CoreClient`]: the real client state machine.
+    Core(usize),
+}
+
+/// The real client core, wired into the world.
+#[derive(Debug)]
+pub struct CoreClient {
+    pub client: Client,
+    pub node: usize,
+    sockets: BTreeMap<AttemptId, SocketId>,
+    attempts: BTreeMap<SocketId, AttemptId>,
+    /// Attempts opened and not yet closed: never more than one.
+    live: BTreeSet<AttemptId>,
+    pub events: Vec<ClientEvent>,
+    /// Application payloads' `n`, in delivery order, with a `None` where a gap was reported.
+    pub timeline: Vec<Option<u64>>,
+    pub gaps: u64,
+    /// When each socket attempt was made.
+    pub attempts_at: Vec<Instant>,
+    /// When the client became active.
+    pub active_at: Vec<Instant>,
+    pub state: ClientState,
+}
+
+impl CoreClient {
+    /// The `n` of every application message received, in order.
+    pub fn received(&self) -> Vec<u64> {
+        self.timeline.iter().flatten().copied().collect()
+    }
+}
+
 #[derive(Debug)]
 enum Event {
     ServerOpen { node: usize, socket: SocketId, request: OpenRequest },
@@ -117,8 +157,11 @@ enum Event {
     ServerClosed { node: usize, socket: SocketId, code: Option<CloseCode> },
     Verdict { node: usize, request: VerifyId, verdict: Result<Principal, AuthFailure> },
     Remote { node: usize, channel: String, message: Bytes },
-    ClientFrame { client: usize, socket: SocketId, frame: Bytes },
-    ClientClosed { client: usize, socket: SocketId, code: Option<CloseCode> },
+    ClientFrame { peer: Peer, socket: SocketId, frame: Bytes },
+    ClientClosed { peer: Peer, socket: SocketId, code: Option<CloseCode> },
+    CoreOpened { client: usize, attempt: AttemptId },
+    CoreRefused { client: usize, attempt: AttemptId },
+    CoreToken { client: usize },
     Reconnect { client: usize },
 }
 
@@ -136,7 +179,9 @@ pub struct Node {
     pub hub: Hub,
     pub events: Vec<HubEvent>,
     /// Open sockets and their clients.
-    open: BTreeMap<SocketId, usize>,
+    open: BTreeMap<SocketId, Peer>,
+    /// The instance is down: sockets are refused.
+    pub down: bool,
     /// Sockets the hub closed or was told are closed.
     closed: BTreeSet<SocketId>,
     /// Frames the hub sent that the adapter has not written (the client is not reading).
@@ -155,6 +200,11 @@ pub struct World {
     net_rng: Rng,
     pub nodes: Vec<Node>,
     pub clients: Vec<SimClient>,
+    pub core: Vec<CoreClient>,
+    /// Deadlines of core clients (stale entries are skipped).
+    core_timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    config: HubConfig,
+    master: Rng,
     queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     scheduled: BTreeMap<usize, Event>,
     next_event: usize,
@@ -163,6 +213,7 @@ pub struct World {
     /// One-way network latency range, milliseconds.
     pub latency_ms: (u64, u64),
     pub bus_latency_ms: u64,
+    core_users: Vec<String>,
     trace: u64,
     last_arrival: BTreeMap<(SocketId, bool), Instant>,
     next_socket: u64,
@@ -183,11 +234,13 @@ impl World {
     /// A world of `nodes` hubs with `config`, from `seed`.
     pub fn new(seed: u64, nodes: usize, config: HubConfig) -> Self {
         let mut master = Rng::new(seed);
+        let net_rng = master.split();
         let nodes = (0..nodes)
             .map(|_| Node {
                 hub: Hub::new(config.clone(), master.next_u64(), Instant::ZERO, WALL_START_MS),
                 events: Vec::new(),
                 open: BTreeMap::new(),
+                down: false,
                 closed: BTreeSet::new(),
                 unwritten: BTreeMap::new(),
                 last_sent: BTreeMap::new(),
@@ -198,9 +251,13 @@ impl World {
         let mut world = World {
             now: Instant::ZERO,
             seed,
-            net_rng: master.split(),
+            net_rng,
             nodes,
             clients: Vec::new(),
+            core: Vec::new(),
+            core_timers: BinaryHeap::new(),
+            config,
+            master,
             queue: BinaryHeap::new(),
             scheduled: BTreeMap::new(),
             next_event: 0,
@@ -208,6 +265,7 @@ impl World {
             auth: AuthMode::Allow { delay_ms: 0 },
             latency_ms: (0, 0),
             bus_latency_ms: 0,
+            core_users: Vec::new(),
             trace: FNV_OFFSET,
             last_arrival: BTreeMap::new(),
             next_socket: 1,
@@ -254,7 +312,7 @@ impl World {
             query.push(("conversation_id".to_owned(), conversation.clone()));
         }
         let node = c.node;
-        self.nodes[node].open.insert(socket, client);
+        self.nodes[node].open.insert(socket, Peer::Sim(client));
         let at = self.arrival(socket, true);
         self.schedule(
             at,
@@ -381,10 +439,19 @@ impl World {
         let net = self.queue.peek().map(|Reverse((at, _, _))| *at);
         let timers =
             self.nodes.iter_mut().filter_map(|n| n.hub.poll_timeout().map(|(at, _)| at)).min();
-        match (net, timers) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let core = self.next_core_timer().map(|(at, _)| at);
+        [net, timers, core].into_iter().flatten().min()
+    }
+
+    /// The earliest core-client deadline that is still wanted.
+    fn next_core_timer(&mut self) -> Option<(Instant, usize)> {
+        while let Some(&Reverse((at, client))) = self.core_timers.peek() {
+            if self.core[client].client.poll_timeout().map(|(t, _)| t) == Some(at) {
+                return Some((at, client));
+            }
+            self.core_timers.pop();
         }
+        None
     }
 
     /// Processes the earliest event or deadline.
@@ -402,6 +469,18 @@ impl World {
                     self.now
                 );
             }
+        }
+        while let Some((at, client)) = self.next_core_timer() {
+            if at > self.now {
+                break;
+            }
+            self.core_timers.pop();
+            self.core_input(client, ClientInput::Timeout);
+            let next = self.core[client].client.poll_timeout();
+            assert!(
+                next.is_none_or(|(t, _)| t > self.now),
+                "client deadline {next:?} did not advance"
+            );
         }
         while let Some(Reverse((t, _, id))) = self.queue.peek().copied() {
             if t > self.now {
@@ -437,10 +516,47 @@ impl World {
             Event::Remote { node, channel, message } => {
                 self.input(node, Input::Remote { channel, message })
             }
-            Event::ClientFrame { client, socket, frame } => {
+            Event::ClientFrame { peer: Peer::Sim(client), socket, frame } => {
                 self.client_frame(client, socket, &frame)
             }
-            Event::ClientClosed { client, socket, code } => {
+            Event::ClientFrame { peer: Peer::Core(client), socket, frame } => {
+                let attempt = self.core.get(client).and_then(|c| c.attempts.get(&socket)).copied();
+                if let Some(attempt) = attempt {
+                    self.core_input(client, ClientInput::Frame { attempt, text: frame });
+                }
+            }
+            Event::ClientClosed { peer: Peer::Core(client), socket, code } => {
+                let attempt = self.core.get_mut(client).and_then(|c| c.attempts.remove(&socket));
+                if let Some(attempt) = attempt {
+                    self.core[client].sockets.remove(&attempt);
+                    self.core[client].live.remove(&attempt);
+                    self.core_input(
+                        client,
+                        ClientInput::SocketClosed { attempt, code, reason: String::new() },
+                    );
+                }
+            }
+            Event::CoreOpened { client, attempt } => {
+                if self.core[client].sockets.contains_key(&attempt) {
+                    self.core_input(client, ClientInput::SocketOpened { attempt });
+                }
+            }
+            Event::CoreRefused { client, attempt } => {
+                if self.core[client].live.remove(&attempt) {
+                    self.core_input(
+                        client,
+                        ClientInput::SocketClosed { attempt, code: None, reason: "refused".into() },
+                    );
+                }
+            }
+            Event::CoreToken { client } => {
+                let user = self.core_user(client);
+                self.core_input(
+                    client,
+                    ClientInput::Token { token: format!("user:{user}"), expires_at_unix_ms: None },
+                );
+            }
+            Event::ClientClosed { peer: Peer::Sim(client), socket, code } => {
                 let c = &mut self.clients[client];
                 if c.socket == Some(socket) {
                     c.socket = None;
@@ -613,9 +729,9 @@ impl World {
                 let n = &mut self.nodes[node];
                 assert!(n.closed.insert(socket), "second close of {socket:?}");
                 n.unwritten.remove(&socket);
-                if let Some(client) = n.open.remove(&socket) {
+                if let Some(peer) = n.open.remove(&socket) {
                     let at = self.arrival(socket, false);
-                    self.schedule(at, Event::ClientClosed { client, socket, code: Some(code) });
+                    self.schedule(at, Event::ClientClosed { peer, socket, code: Some(code) });
                 }
                 self.nodes[node]
                     .pending_inputs
@@ -682,11 +798,185 @@ impl World {
         }
     }
 
+    /// Adds a real client core for `user` on hub `node`; returns its index. Its URL carries
+    /// `user:<user>` as token unless the config says tokens come from the application (then
+    /// the world answers each request at once).
+    pub fn add_core_client(&mut self, user: &str, mut config: ClientConfig, node: usize) -> usize {
+        if config.token == TokenSource::None {
+            config.token = TokenSource::Static(format!("user:{user}"));
+        }
+        let seed = self.master.next_u64();
+        let wall = WALL_START_MS + self.now.as_millis() as i64;
+        self.core.push(CoreClient {
+            client: Client::new(config, seed, self.now, wall),
+            node,
+            sockets: BTreeMap::new(),
+            attempts: BTreeMap::new(),
+            live: BTreeSet::new(),
+            events: Vec::new(),
+            timeline: Vec::new(),
+            gaps: 0,
+            attempts_at: Vec::new(),
+            active_at: Vec::new(),
+            state: ClientState::Disconnected,
+        });
+        self.core_users.push(user.to_owned());
+        self.core.len() - 1
+    }
+
+    fn core_user(&self, client: usize) -> String {
+        self.core_users[client].clone()
+    }
+
+    /// Feeds an input to core client `client` and carries out its outputs.
+    pub fn core_input(&mut self, client: usize, input: ClientInput) {
+        let now = self.now;
+        self.core[client].client.handle_input(now, input);
+        while let Some(output) = self.core[client].client.poll_output() {
+            self.core_output(client, output);
+        }
+        assert!(
+            self.core[client].live.len() <= 1,
+            "client {client} has two sockets: {:?}",
+            self.core[client].live
+        );
+        if let Some((at, _)) = self.core[client].client.poll_timeout() {
+            self.core_timers.push(Reverse((at, client)));
+        }
+    }
+
+    fn core_output(&mut self, client: usize, output: ClientOutput) {
+        let node = self.core[client].node;
+        match output {
+            ClientOutput::OpenSocket { attempt, url } => {
+                self.core[client].attempts_at.push(self.now);
+                self.core[client].live.insert(attempt);
+                if self.nodes[node].down {
+                    let at = self.now + Duration::from_millis(self.latency_ms.1.max(1));
+                    self.schedule(at, Event::CoreRefused { client, attempt });
+                    return;
+                }
+                let socket = SocketId(self.next_socket);
+                self.next_socket += 1;
+                self.core[client].sockets.insert(attempt, socket);
+                self.core[client].attempts.insert(socket, attempt);
+                self.nodes[node].open.insert(socket, Peer::Core(client));
+                let query = parse_query(&url);
+                let at = self.arrival(socket, true);
+                self.schedule(
+                    at,
+                    Event::ServerOpen {
+                        node,
+                        socket,
+                        request: OpenRequest { query, ..OpenRequest::default() },
+                    },
+                );
+                self.schedule(at, Event::CoreOpened { client, attempt });
+            }
+            ClientOutput::SendFrame { attempt, frame } => {
+                if let Some(&socket) = self.core[client].sockets.get(&attempt) {
+                    if self.nodes[node].open.contains_key(&socket) {
+                        let at = self.arrival(socket, true);
+                        self.schedule(at, Event::ServerText { node, socket, frame });
+                    }
+                }
+            }
+            ClientOutput::CloseSocket { attempt, code, .. } => {
+                self.core[client].live.remove(&attempt);
+                if let Some(socket) = self.core[client].sockets.remove(&attempt) {
+                    self.core[client].attempts.remove(&socket);
+                    let at = self.arrival(socket, true);
+                    self.schedule(at, Event::ServerClosed { node, socket, code: Some(code) });
+                }
+            }
+            ClientOutput::RequestToken => {
+                let at = self.now;
+                self.schedule(at, Event::CoreToken { client });
+            }
+            ClientOutput::Persist(_) => {}
+            ClientOutput::Event(event) => {
+                let c = &mut self.core[client];
+                match &event {
+                    ClientEvent::Message { envelope, .. } => {
+                        let value: serde_json::Value = envelope.payload.parse().expect("JSON");
+                        c.timeline.push(value["n"].as_u64());
+                    }
+                    ClientEvent::Gap { .. } => {
+                        c.gaps += 1;
+                        c.timeline.push(None);
+                    }
+                    ClientEvent::StateChange(change) => {
+                        c.state = change.new_state;
+                        if change.new_state == ClientState::Active {
+                            c.active_at.push(self.now);
+                        }
+                    }
+                    _ => {}
+                }
+                c.events.push(event);
+            }
+        }
+    }
+
+    /// Takes instance `node` down: every socket drops (clients see no close frame) and new ones
+    /// are refused. Its hub, and every session in it, is gone.
+    pub fn crash(&mut self, node: usize) {
+        let sockets: Vec<(SocketId, Peer)> =
+            std::mem::take(&mut self.nodes[node].open).into_iter().collect();
+        for (socket, peer) in sockets {
+            self.nodes[node].closed.insert(socket);
+            let at = self.now;
+            self.schedule(at, Event::ClientClosed { peer, socket, code: None });
+        }
+        self.nodes[node].unwritten.clear();
+        self.nodes[node].last_sent.clear();
+        self.nodes[node].pending_inputs.clear();
+        self.nodes[node].down = true;
+        for channels in self.bus.values_mut() {
+            channels.remove(&node);
+        }
+        // The process is gone, and every session with it; a fresh hub waits for the restart.
+        let seed = self.master.next_u64();
+        let wall = WALL_START_MS + self.now.as_millis() as i64;
+        self.nodes[node].hub = Hub::new(self.config.clone(), seed, self.now, wall);
+        self.drain(node);
+    }
+
+    /// Brings instance `node` back up after [`World::crash`].
+    pub fn restart(&mut self, node: usize) {
+        self.nodes[node].down = false;
+    }
+
+    /// Cuts core client `client`'s socket: the client sees it drop; the server notices after
+    /// `server_notices` (or never: half-open).
+    pub fn cut_core(&mut self, client: usize, server_notices: Option<Duration>) {
+        let Some((&socket, &attempt)) = self.core[client].attempts.iter().next() else { return };
+        let node = self.core[client].node;
+        self.core[client].attempts.remove(&socket);
+        self.core[client].sockets.remove(&attempt);
+        self.core[client].live.remove(&attempt);
+        if let Some(after) = server_notices {
+            let at = self.now + after;
+            self.schedule(at, Event::ServerClosed { node, socket, code: None });
+        } else {
+            // The server keeps writing into the void.
+            if let Some(peer) = self.nodes[node].open.get_mut(&socket) {
+                *peer = Peer::Core(usize::MAX);
+            }
+        }
+        self.core_input(
+            client,
+            ClientInput::SocketClosed { attempt, code: None, reason: "cut".into() },
+        );
+    }
+
     /// Writes what a reading client's socket has queued, and tells the hub.
     fn flush_socket(&mut self, node: usize, socket: SocketId) {
-        let Some(&client) = self.nodes[node].open.get(&socket) else { return };
-        if !self.clients[client].reading || self.clients[client].socket != Some(socket) {
-            return;
+        let Some(&peer) = self.nodes[node].open.get(&socket) else { return };
+        if let Peer::Sim(client) = peer {
+            if !self.clients[client].reading || self.clients[client].socket != Some(socket) {
+                return;
+            }
         }
         let frames: Vec<Bytes> = self.nodes[node]
             .unwritten
@@ -700,8 +990,44 @@ impl World {
         let count = frames.len();
         for frame in frames {
             let at = self.arrival(socket, false);
-            self.schedule(at, Event::ClientFrame { client, socket, frame });
+            self.schedule(at, Event::ClientFrame { peer, socket, frame });
         }
         self.nodes[node].pending_inputs.push_back(Input::Flushed { socket, frames: count, bytes });
     }
+}
+
+/// The query parameters of a URL, percent-decoded.
+pub fn parse_query(url: &str) -> Vec<(String, String)> {
+    let Some((_, query)) = url.split_once('?') else { return Vec::new() };
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) => {
+                let value =
+                    std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match value {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            (b'+', _) => out.push(b' '),
+            (b, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
