@@ -33,6 +33,15 @@ fn parse(bencher: Bencher, size: &str) {
         .bench(|| Envelope::parse(black_box(&frame), DEFAULT_MAX_FRAME_BYTES).unwrap());
 }
 
+/// What the hub does: the frame arrives as `Bytes` and the envelope shares them.
+#[divan::bench(args = ["small", "4KiB"])]
+fn parse_shared(bencher: Bencher, size: &str) {
+    let frame = bytes::Bytes::from(if size == "small" { small() } else { large() });
+    bencher.counter(BytesCount::of_slice(&frame)).bench(|| {
+        Envelope::parse_shared(black_box(frame.clone()), DEFAULT_MAX_FRAME_BYTES).unwrap()
+    });
+}
+
 #[divan::bench(args = ["small", "4KiB"])]
 fn encode(bencher: Bencher, size: &str) {
     let frame = if size == "small" { small() } else { large() };

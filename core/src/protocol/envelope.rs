@@ -1,6 +1,9 @@
 //! The envelope every message travels in, parsed from and encoded to a text frame's bytes.
 
+use super::message_type::share;
 use super::{Field, Id, MessageType, ProtocolError, Timestamp};
+use bytes::Bytes;
+use bytestring::ByteString;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -34,66 +37,57 @@ impl Source {
 ///
 /// Payloads are routed far more often than they are read, so they are not turned into a tree
 /// on parse; a handler that wants the contents parses them into its own type with
-/// [`Payload::parse`]. Two payloads are equal when their text is.
-#[derive(Clone)]
-pub struct Payload(Box<RawValue>);
+/// [`Payload::parse`]. A payload parsed from a frame shares the frame's bytes (no copy). Two
+/// payloads are equal when their text is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Payload(ByteString);
 
 impl Payload {
     /// `{}`.
     pub fn empty() -> Self {
-        Payload(RawValue::from_string("{}".to_owned()).expect("`{}` is JSON"))
+        Payload(ByteString::from_static("{}"))
     }
 
     /// Encodes `value`, which must serialise to a JSON object.
     pub fn from_serialize<T: Serialize + ?Sized>(value: &T) -> Result<Self, ProtocolError> {
-        let raw = serde_json::value::to_raw_value(value)
-            .map_err(|e| ProtocolError::NotJson(e.to_string()))?;
-        Self::from_raw(raw)
+        let text =
+            serde_json::to_string(value).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
+        Self::checked(ByteString::from(text))
     }
 
     /// Takes JSON text, which must be an object.
     pub fn from_json(text: &str) -> Result<Self, ProtocolError> {
-        let raw: Box<RawValue> =
+        let raw: &RawValue =
             serde_json::from_str(text).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
-        Self::from_raw(raw)
+        Self::checked(ByteString::from(raw.get()))
     }
 
-    fn from_raw(raw: Box<RawValue>) -> Result<Self, ProtocolError> {
-        if raw.get().starts_with('{') {
-            Ok(Payload(raw))
-        } else {
-            Err(ProtocolError::PayloadNotObject)
-        }
+    fn checked(text: ByteString) -> Result<Self, ProtocolError> {
+        if text.starts_with('{') { Ok(Payload(text)) } else { Err(ProtocolError::PayloadNotObject) }
     }
 
     /// Parses the payload into `T`.
     pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(self.0.get())
+        serde_json::from_str(&self.0)
     }
 
     /// The payload's JSON text.
     pub fn as_str(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 }
-
-impl PartialEq for Payload {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.get() == other.0.get()
-    }
-}
-
-impl Eq for Payload {}
 
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.get())
+        f.write_str(&self.0)
     }
 }
 
 impl Serialize for Payload {
+    /// As the JSON it is, not as a string.
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
     }
 }
 
@@ -174,26 +168,49 @@ impl Envelope {
         if frame.len() > max_frame_bytes {
             return Err(ProtocolError::FrameTooLarge { len: frame.len(), limit: max_frame_bytes });
         }
-        let raw: RawEnvelope<'_> =
-            serde_json::from_slice(frame).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
-        raw.validate()
+        Self::parse_shared(Bytes::copy_from_slice(frame), max_frame_bytes)
     }
 
-    /// Appends the JSON encoding to `out`.
+    /// [`Envelope::parse`] for a frame already in a [`Bytes`]: the envelope's strings and
+    /// payload are slices of it, not copies (so keeping the envelope keeps the frame).
+    pub fn parse_shared(frame: Bytes, max_frame_bytes: usize) -> Result<Envelope, ProtocolError> {
+        if frame.len() > max_frame_bytes {
+            return Err(ProtocolError::FrameTooLarge { len: frame.len(), limit: max_frame_bytes });
+        }
+        let frame = ByteString::try_from(frame)
+            .map_err(|_| ProtocolError::NotJson("the frame is not valid UTF-8".to_owned()))?;
+        let raw: RawEnvelope<'_> =
+            serde_json::from_str(&frame).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
+        raw.validate(&frame)
+    }
+
+    /// Appends the JSON encoding to `out`, fields in wire order, `sequence` last.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        let wire = WireEnvelope {
-            id: &self.id,
-            message_type: &self.message_type,
-            version: PROTOCOL_VERSION,
-            timestamp: self.timestamp,
-            source: self.source,
-            conversation_id: self.conversation_id.as_ref(),
-            correlation_id: self.correlation_id.as_ref(),
-            payload: &self.payload,
-            sequence: self.sequence,
-        };
-        // Writing into a Vec cannot fail, and every field serialises infallibly.
-        let _ = serde_json::to_writer(out, &wire);
+        out.extend_from_slice(b"{\"id\":");
+        json_string(out, self.id.as_str());
+        out.extend_from_slice(b",\"type\":");
+        json_string(out, self.message_type.as_str());
+        out.extend_from_slice(b",\"version\":\"1.0\",\"timestamp\":\"");
+        out.extend_from_slice(self.timestamp.format(&mut [0; Timestamp::CANONICAL_LEN]).as_bytes());
+        out.extend_from_slice(match self.source {
+            Source::Client => b"\",\"source\":\"client\"",
+            Source::Server => b"\",\"source\":\"server\"",
+        });
+        if let Some(id) = &self.conversation_id {
+            out.extend_from_slice(b",\"conversationId\":");
+            json_string(out, id.as_str());
+        }
+        if let Some(id) = &self.correlation_id {
+            out.extend_from_slice(b",\"correlationId\":");
+            json_string(out, id.as_str());
+        }
+        out.extend_from_slice(b",\"payload\":");
+        out.extend_from_slice(self.payload.as_str().as_bytes());
+        if let Some(sequence) = self.sequence {
+            out.extend_from_slice(b",\"sequence\":");
+            write_u64(out, sequence);
+        }
+        out.push(b'}');
     }
 
     /// The JSON encoding.
@@ -204,23 +221,25 @@ impl Envelope {
     }
 }
 
-/// The encoding's field order is the wire's; `sequence` must stay last.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct WireEnvelope<'a> {
-    id: &'a Id,
-    #[serde(rename = "type")]
-    message_type: &'a MessageType,
-    version: &'static str,
-    timestamp: Timestamp,
-    source: Source,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    conversation_id: Option<&'a Id>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    correlation_id: Option<&'a Id>,
-    payload: &'a Payload,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sequence: Option<u64>,
+/// Appends the decimal digits of `n`.
+pub(crate) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `s` as a JSON string literal.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// A field's value before validation. Any JSON value is accepted here so that the whole frame
@@ -391,7 +410,7 @@ impl<'a> RawEnvelope<'a> {
         RawEnvelope { not_an_object: true, ..RawEnvelope::default() }
     }
 
-    fn validate(self) -> Result<Envelope, ProtocolError> {
+    fn validate(self, frame: &ByteString) -> Result<Envelope, ProtocolError> {
         if self.not_an_object {
             return Err(ProtocolError::NotAnObject);
         }
@@ -407,19 +426,20 @@ impl<'a> RawEnvelope<'a> {
             None => return Err(ProtocolError::MissingField(Field::Version)),
         }
         let id = required_str(Field::Id, self.id)?;
-        let id =
-            Id::new(&id).map_err(|error| ProtocolError::InvalidId { field: Field::Id, error })?;
+        let id = Id::from_frame(frame, id)
+            .map_err(|error| ProtocolError::InvalidId { field: Field::Id, error })?;
         let message_type = required_str(Field::Type, self.message_type)?;
-        let message_type = MessageType::new(&message_type).map_err(|error| {
-            ProtocolError::InvalidMessageType { message_type: message_type.into_owned(), error }
-        })?;
+        let message_type =
+            MessageType::from_frame(frame, message_type).map_err(|(error, message_type)| {
+                ProtocolError::InvalidMessageType { message_type, error }
+            })?;
         let timestamp = required_str(Field::Timestamp, self.timestamp)?;
         let timestamp = Timestamp::parse(&timestamp).map_err(ProtocolError::InvalidTimestamp)?;
         let source = required_str(Field::Source, self.source)?;
         let source = Source::parse(&source)
             .ok_or_else(|| ProtocolError::InvalidSource(source.into_owned()))?;
-        let conversation_id = optional_id(Field::ConversationId, self.conversation_id)?;
-        let correlation_id = optional_id(Field::CorrelationId, self.correlation_id)?;
+        let conversation_id = optional_id(frame, Field::ConversationId, self.conversation_id)?;
+        let correlation_id = optional_id(frame, Field::CorrelationId, self.correlation_id)?;
         let payload = self.payload.ok_or(ProtocolError::MissingField(Field::Payload))?;
         if !payload.get().starts_with('{') {
             return Err(ProtocolError::PayloadNotObject);
@@ -436,7 +456,7 @@ impl<'a> RawEnvelope<'a> {
             source,
             conversation_id,
             correlation_id,
-            payload: Payload(payload.to_owned()),
+            payload: Payload(share(frame, Cow::Borrowed(payload.get()))),
             sequence,
         })
     }
@@ -455,13 +475,17 @@ fn required_str(field: Field, value: Option<Scalar<'_>>) -> Result<Cow<'_, str>,
 }
 
 /// An optional id: absent, `null` and `""` all mean none.
-fn optional_id(field: Field, value: Option<Scalar<'_>>) -> Result<Option<Id>, ProtocolError> {
+fn optional_id(
+    frame: &ByteString,
+    field: Field,
+    value: Option<Scalar<'_>>,
+) -> Result<Option<Id>, ProtocolError> {
     match value {
         None | Some(Scalar::Null) => Ok(None),
         Some(Scalar::Str(s)) if s.is_empty() => Ok(None),
-        Some(Scalar::Str(s)) => {
-            Id::new(&s).map(Some).map_err(|error| ProtocolError::InvalidId { field, error })
-        }
+        Some(Scalar::Str(s)) => Id::from_frame(frame, s)
+            .map(Some)
+            .map_err(|error| ProtocolError::InvalidId { field, error }),
         Some(_) => Err(wrong_type(field, "a string or null")),
     }
 }

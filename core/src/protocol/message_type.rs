@@ -1,6 +1,9 @@
 //! Message types (`{plane}.{category}.{action}`) and identifiers.
 
-use std::{fmt, sync::Arc};
+use bytestring::ByteString;
+use std::borrow::Cow;
+use std::fmt;
+use std::hash::{Hash, Hasher};
 
 /// The plane a message type belongs to: its first segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,8 +46,8 @@ pub enum MessageTypeError {
 /// `system.ping`, `system.pong` and `system.error` are the only two-segment types); each segment non-empty and
 /// made of ASCII letters, digits, `_` and `-`; at most [`MessageType::MAX_LEN`] bytes. Cheap
 /// to clone.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageType(Arc<str>);
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MessageType(ByteString);
 
 impl MessageType {
     /// The longest type accepted, in bytes.
@@ -53,7 +56,7 @@ impl MessageType {
     /// Validates `text` as a message type.
     pub fn new(text: &str) -> Result<Self, MessageTypeError> {
         Self::check(text)?;
-        Ok(MessageType(Arc::from(text)))
+        Ok(MessageType(ByteString::from(text)))
     }
 
     fn check(text: &str) -> Result<Plane, MessageTypeError> {
@@ -73,6 +76,18 @@ impl MessageType {
             return Err(MessageTypeError::TooFewSegments);
         }
         plane_of(text).ok_or(MessageTypeError::UnknownPlane)
+    }
+
+    /// Validates a type parsed out of `frame`, sharing the frame's bytes instead of copying.
+    /// On failure, the text comes back with the error, for the message.
+    pub(crate) fn from_frame(
+        frame: &ByteString,
+        text: Cow<'_, str>,
+    ) -> Result<Self, (MessageTypeError, String)> {
+        match Self::check(&text) {
+            Ok(_) => Ok(MessageType(share(frame, text))),
+            Err(error) => Err((error, text.into_owned())),
+        }
     }
 
     /// The type as text.
@@ -112,7 +127,7 @@ impl fmt::Display for MessageType {
 
 impl fmt::Debug for MessageType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -124,13 +139,13 @@ impl AsRef<str> for MessageType {
 
 impl PartialEq<str> for MessageType {
     fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
+        self.as_str() == other
     }
 }
 
 impl PartialEq<&str> for MessageType {
     fn eq(&self, other: &&str) -> bool {
-        &*self.0 == *other
+        self.as_str() == *other
     }
 }
 
@@ -146,8 +161,8 @@ pub enum IdError {
 /// An identifier on the wire: a message id, a conversation id, a correlation id. Any non-empty
 /// string of at most [`Id::MAX_LEN`] bytes (we generate ULIDs, browsers send UUIDs). Cheap to
 /// clone, so the hub can key its maps with it.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Id(Arc<str>);
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Id(ByteString);
 
 impl Id {
     /// The longest identifier accepted, in bytes.
@@ -158,7 +173,7 @@ impl Id {
         match text.len() {
             0 => Err(IdError::Empty),
             n if n > Self::MAX_LEN => Err(IdError::TooLong),
-            _ => Ok(Id(Arc::from(text))),
+            _ => Ok(Id(ByteString::from(text))),
         }
     }
 
@@ -169,12 +184,49 @@ impl Id {
         let mut buf = [0u8; ulid::ULID_LEN];
         // `to_str` only fails for a buffer shorter than ULID_LEN.
         let text = ulid.array_to_str(&mut buf);
-        Id(Arc::from(&*text))
+        Id(ByteString::from(&*text))
+    }
+
+    /// Validates an identifier parsed out of `frame`, sharing the frame's bytes.
+    pub(crate) fn from_frame(frame: &ByteString, text: Cow<'_, str>) -> Result<Self, IdError> {
+        match text.len() {
+            0 => Err(IdError::Empty),
+            n if n > Self::MAX_LEN => Err(IdError::TooLong),
+            _ => Ok(Id(share(frame, text))),
+        }
     }
 
     /// The identifier as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// `text`, taken from `frame` without a copy when it is a slice of it (an unescaped JSON
+/// string), else copied.
+pub(crate) fn share(frame: &ByteString, text: Cow<'_, str>) -> ByteString {
+    match text {
+        Cow::Borrowed(s) if is_within(frame, s) => frame.slice_ref(s),
+        other => ByteString::from(other.into_owned()),
+    }
+}
+
+fn is_within(frame: &str, s: &str) -> bool {
+    let start = frame.as_ptr() as usize;
+    let at = s.as_ptr() as usize;
+    at >= start && at + s.len() <= start + frame.len()
+}
+
+// Hashed as `str`, so that `Borrow<str>` lookups in maps agree.
+impl Hash for Id {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl Hash for MessageType {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
@@ -186,7 +238,7 @@ impl fmt::Display for Id {
 
 impl fmt::Debug for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -204,13 +256,13 @@ impl std::borrow::Borrow<str> for Id {
 
 impl PartialEq<str> for Id {
     fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
+        self.as_str() == other
     }
 }
 
 impl PartialEq<&str> for Id {
     fn eq(&self, other: &&str) -> bool {
-        &*self.0 == *other
+        self.as_str() == *other
     }
 }
 

@@ -1,7 +1,7 @@
 //! One encoding of a message shared by every recipient.
 
 use super::Envelope;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 /// An envelope encoded once, without `sequence`, to be sent to many sessions.
 ///
@@ -36,12 +36,12 @@ impl SharedFrame {
     /// The frame for a recipient whose sequence for it is `sequence`.
     pub fn with_sequence(&self, sequence: u64) -> Bytes {
         let body = &self.0[..self.0.len().saturating_sub(1)];
-        let mut frame = BytesMut::with_capacity(body.len() + 34);
-        frame.put_slice(body);
-        frame.put_slice(b",\"sequence\":");
-        frame.put_slice(itoa_u64(sequence, &mut [0; 20]));
-        frame.put_u8(b'}');
-        frame.freeze()
+        let mut frame = Vec::with_capacity(body.len() + 34);
+        frame.extend_from_slice(body);
+        frame.extend_from_slice(b",\"sequence\":");
+        super::envelope::write_u64(&mut frame, sequence);
+        frame.push(b'}');
+        Bytes::from(frame)
     }
 
     /// The encoded length without a sequence.
@@ -52,18 +52,6 @@ impl SharedFrame {
     /// Never true for a real encoding; here for completeness.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-}
-
-fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
     }
 }
 

@@ -200,7 +200,7 @@ impl Hub {
             Input::Opened { socket, request } => self.handle_open(now, socket, request),
             Input::Text { socket, frame } => {
                 if let Some(&key) = self.sockets.get(&socket) {
-                    self.handle_text(now, key, &frame);
+                    self.handle_text(now, key, frame);
                 }
             }
             Input::Binary { socket } => {
@@ -619,15 +619,14 @@ impl Hub {
         }));
     }
 
-    fn handle_text(&mut self, now: Instant, key: Key, frame: &[u8]) {
+    fn handle_text(&mut self, now: Instant, key: Key, frame: Bytes) {
         self.touch(now, key);
-        let envelope = match Envelope::parse(frame, self.config.max_frame_bytes) {
+        let len = frame.len();
+        let envelope = match Envelope::parse_shared(frame, self.config.max_frame_bytes) {
             Ok(envelope) => envelope,
             Err(error) => {
-                self.outputs.push_back(Output::Event(HubEvent::Received {
-                    plane: None,
-                    bytes: frame.len(),
-                }));
+                self.outputs
+                    .push_back(Output::Event(HubEvent::Received { plane: None, bytes: len }));
                 let counts = error.counts_as_invalid_frame();
                 self.reject(now, key, error.into());
                 let Some(session) = self.sessions.get_mut(&key) else { return };
@@ -647,7 +646,7 @@ impl Hub {
         };
         self.outputs.push_back(Output::Event(HubEvent::Received {
             plane: Some(envelope.message_type.plane()),
-            bytes: frame.len(),
+            bytes: len,
         }));
         let Some(session) = self.sessions.get_mut(&key) else { return };
         session.invalid_streak = 0;
@@ -703,7 +702,7 @@ impl Hub {
                     connection_id: session.connection_id.clone(),
                     user_id: session.user_id().unwrap_or_default().to_owned(),
                     conversation_id: session.conversation_id.clone(),
-                    envelope,
+                    envelope: Box::new(envelope),
                 }));
             }
             Routed::Rejected(rejection) => {

@@ -149,7 +149,12 @@ pub enum HubEvent {
     /// Credentials were refused.
     AuthFailed { reason: String },
     /// An application message routed to [`super::Route::Forward`].
-    Message { connection_id: Id, user_id: String, conversation_id: Option<Id>, envelope: Envelope },
+    Message {
+        connection_id: Id,
+        user_id: String,
+        conversation_id: Option<Id>,
+        envelope: Box<Envelope>,
+    },
     /// A frame arrived (`plane` is `None` for a frame that did not parse).
     Received { plane: Option<Plane>, bytes: usize },
     /// A client message was refused by the rate limiter.
@@ -166,4 +171,17 @@ pub enum HubEvent {
     SubscriptionLimit { channel: Channel },
     /// Shutdown finished: every socket was told and closed.
     Drained,
+}
+
+#[cfg(test)]
+mod tests {
+    /// Outputs are queued by the thousand in a broadcast: keep them small.
+    #[test]
+    fn outputs_stay_small() {
+        assert!(
+            std::mem::size_of::<super::Output>() <= 96,
+            "{}",
+            std::mem::size_of::<super::Output>()
+        );
+    }
 }
