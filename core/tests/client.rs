@@ -668,3 +668,27 @@ fn the_bus_names_subscribers_in_order() {
     });
     assert_eq!(subscribers, Some(vec![exact, all]));
 }
+
+#[test]
+fn a_token_that_is_already_close_to_expiry_is_not_asked_for_in_a_loop() {
+    let mut config = ClientConfig::new("ws://h/ws");
+    config.token = TokenSource::Application;
+    let mut h = Harness::new(config);
+    h.input(ClientInput::Connect);
+    // The application hands out a token with 10 s left, inside the 30 s lead.
+    h.input(ClientInput::Token { token: "t1".into(), expires_at_unix_ms: Some(WALL + 10_000) });
+    h.establish("01A");
+    let requests =
+        |h: &Harness| h.outputs.iter().filter(|o| matches!(o, ClientOutput::RequestToken)).count();
+    assert_eq!(requests(&h), 1);
+    h.advance(Duration::from_millis(4_999));
+    assert_eq!(requests(&h), 1, "not before 5 s");
+    h.advance(Duration::from_millis(1));
+    assert_eq!(requests(&h), 2);
+    // The same token again: no in-band refresh is sent for it, and no new request at once.
+    h.take();
+    h.input(ClientInput::Token { token: "t1".into(), expires_at_unix_ms: Some(WALL + 10_000) });
+    assert!(h.sent().is_empty());
+    assert_eq!(requests(&h), 0);
+    assert!(h.client.poll_timeout().is_some_and(|(at, _)| at > h.now));
+}

@@ -19,8 +19,8 @@ use switchboard_core::client::{
     TokenSource,
 };
 use switchboard_core::protocol::{
-    CloseCode, DEFAULT_MAX_FRAME_BYTES, Envelope, Heartbeat, Id, MessageType, Payload, Source,
-    SystemMessage, Timestamp, types,
+    CloseCode, ConnectionResumed, DEFAULT_MAX_FRAME_BYTES, Envelope, ErrorPayload, Heartbeat, Id,
+    MessageType, Payload, Source, SystemMessage, Timestamp, types,
 };
 use switchboard_core::rng::Rng;
 use switchboard_core::server::{
@@ -111,6 +111,33 @@ impl SimClient {
     /// The system messages of a type received so far.
     pub fn system_of(&self, message_type: &str) -> Vec<&Envelope> {
         self.system.iter().filter(|e| e.message_type == message_type).collect()
+    }
+
+    /// The payloads of the `system.error`s received so far.
+    pub fn errors(&self) -> Vec<ErrorPayload> {
+        self.system_of(types::ERROR)
+            .into_iter()
+            .filter_map(|e| match SystemMessage::from_envelope(e) {
+                Ok(SystemMessage::Error(p)) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The payloads of the `system.connection.resumed`s received so far.
+    pub fn resumed(&self) -> Vec<ConnectionResumed> {
+        self.system_of(types::CONNECTION_RESUMED)
+            .into_iter()
+            .filter_map(|e| match SystemMessage::from_envelope(e) {
+                Ok(SystemMessage::ConnectionResumed(p)) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The `n` of every application message received, in order.
+    pub fn numbers(&self) -> Vec<u64> {
+        self.received.iter().filter_map(|v| v["n"].as_u64()).collect()
     }
 }
 
@@ -312,16 +339,22 @@ impl World {
             query.push(("conversation_id".to_owned(), conversation.clone()));
         }
         let node = c.node;
-        self.nodes[node].open.insert(socket, Peer::Sim(client));
+        self.open_at_server(node, socket, Peer::Sim(client), query);
+    }
+
+    /// Starts the upgrade of `socket` from `peer` at hub `node`; returns when it arrives.
+    fn open_at_server(
+        &mut self,
+        node: usize,
+        socket: SocketId,
+        peer: Peer,
+        query: Vec<(String, String)>,
+    ) -> Instant {
+        self.nodes[node].open.insert(socket, peer);
         let at = self.arrival(socket, true);
-        self.schedule(
-            at,
-            Event::ServerOpen {
-                node,
-                socket,
-                request: OpenRequest { query, ..OpenRequest::default() },
-            },
-        );
+        let request = OpenRequest { query, ..OpenRequest::default() };
+        self.schedule(at, Event::ServerOpen { node, socket, request });
+        at
     }
 
     /// Sends a text frame from `client` (if it has a socket).
@@ -860,17 +893,7 @@ impl World {
                 self.next_socket += 1;
                 self.core[client].sockets.insert(attempt, socket);
                 self.core[client].attempts.insert(socket, attempt);
-                self.nodes[node].open.insert(socket, Peer::Core(client));
-                let query = parse_query(&url);
-                let at = self.arrival(socket, true);
-                self.schedule(
-                    at,
-                    Event::ServerOpen {
-                        node,
-                        socket,
-                        request: OpenRequest { query, ..OpenRequest::default() },
-                    },
-                );
+                let at = self.open_at_server(node, socket, Peer::Core(client), parse_query(&url));
                 self.schedule(at, Event::CoreOpened { client, attempt });
             }
             ClientOutput::SendFrame { attempt, frame } => {

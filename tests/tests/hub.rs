@@ -5,8 +5,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 use switchboard_core::protocol::{
-    CloseCode, ConnectionEstablished, ConnectionResumed, ErrorCategory, ErrorPayload, Id,
-    MessageType, Payload, SystemMessage, TypePattern, types,
+    CloseCode, ConnectionEstablished, ErrorCategory, Id, MessageType, Payload, SystemMessage,
+    TypePattern, types,
 };
 use switchboard_core::server::{
     ConnectionState, Flow, HubConfig, HubEvent, Middleware, MiddlewareContext, Outgoing, Rejection,
@@ -24,32 +24,6 @@ fn established(w: &World, client: usize) -> ConnectionEstablished {
         SystemMessage::ConnectionEstablished(p) => p,
         other => panic!("{other:?}"),
     }
-}
-
-fn errors(w: &World, client: usize) -> Vec<ErrorPayload> {
-    w.clients[client]
-        .system_of(types::ERROR)
-        .into_iter()
-        .map(|e| match SystemMessage::from_envelope(e).unwrap() {
-            SystemMessage::Error(p) => p,
-            other => panic!("{other:?}"),
-        })
-        .collect()
-}
-
-fn resumed(w: &World, client: usize) -> Vec<ConnectionResumed> {
-    w.clients[client]
-        .system_of(types::CONNECTION_RESUMED)
-        .into_iter()
-        .map(|e| match SystemMessage::from_envelope(e).unwrap() {
-            SystemMessage::ConnectionResumed(p) => p,
-            other => panic!("{other:?}"),
-        })
-        .collect()
-}
-
-fn numbers(w: &World, client: usize) -> Vec<u64> {
-    w.clients[client].received.iter().map(|v| v["n"].as_u64().unwrap()).collect()
 }
 
 fn session(w: &World, client: usize) -> Id {
@@ -154,16 +128,16 @@ fn test_broadcast_to_conversation() {
     let n = w.publish(0, "conv-a", None);
     w.settle();
     for &c in &a {
-        assert_eq!(numbers(&w, c), [n]);
+        assert_eq!(w.clients[c].numbers(), [n]);
         assert_eq!(w.clients[c].last_sequence, 1);
     }
-    assert!(numbers(&w, b).is_empty());
+    assert!(w.clients[b].numbers().is_empty());
     // Excluding the sender.
     let except = session(&w, a[0]);
     let m = w.publish(0, "conv-a", Some(&except));
     w.settle();
-    assert_eq!(numbers(&w, a[0]), [n]);
-    assert_eq!(numbers(&w, a[1]), [n, m]);
+    assert_eq!(w.clients[a[0]].numbers(), [n]);
+    assert_eq!(w.clients[a[1]].numbers(), [n, m]);
 }
 
 #[test]
@@ -178,9 +152,9 @@ fn test_send_to_user() {
     });
     w.settle();
     assert_eq!(delivered, 2);
-    assert_eq!(numbers(&w, alice1), [7]);
-    assert_eq!(numbers(&w, alice2), [7]);
-    assert!(numbers(&w, bob).is_empty());
+    assert_eq!(w.clients[alice1].numbers(), [7]);
+    assert_eq!(w.clients[alice2].numbers(), [7]);
+    assert!(w.clients[bob].numbers().is_empty());
 }
 
 #[test]
@@ -228,8 +202,8 @@ fn test_router_routes_to_handler() {
     w.settle();
     w.client_send_message(c, "data.echo.request", r#"{"n":42}"#);
     w.settle();
-    assert_eq!(numbers(&w, c), [42]);
-    assert!(errors(&w, c).is_empty());
+    assert_eq!(w.clients[c].numbers(), [42]);
+    assert!(w.clients[c].errors().is_empty());
 }
 
 #[test]
@@ -239,7 +213,7 @@ fn test_router_handles_unknown_type() {
     w.settle();
     w.client_send_message(c, "data.nobody.listens", "{}");
     w.settle();
-    let errors = errors(&w, c);
+    let errors = w.clients[c].errors();
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].code, "UNKNOWN_MESSAGE_TYPE");
     assert_eq!(errors[0].category, ErrorCategory::Validation);
@@ -311,7 +285,7 @@ fn test_middleware_can_abort() {
         ["first:data.note.add"],
         "the chain stops and the handler never runs"
     );
-    let errors = errors(&w, c);
+    let errors = w.clients[c].errors();
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].code, "FORBIDDEN_CONTENT");
     assert_eq!(errors[0].category, ErrorCategory::Business);
@@ -393,12 +367,16 @@ fn resume_after_a_drop_loses_and_duplicates_nothing() {
     }
     w.run_for(Duration::from_secs(5));
     for &c in &clients {
-        assert_eq!(numbers(&w, c), published, "client {c} got every message once, in order");
+        assert_eq!(
+            w.clients[c].numbers(),
+            published,
+            "client {c} got every message once, in order"
+        );
         assert_eq!(w.clients[c].duplicates, 0);
         assert_eq!(w.clients[c].gaps, 0);
-        assert!(resumed(&w, c).iter().all(|r| r.state_valid));
+        assert!(w.clients[c].resumed().iter().all(|r| r.state_valid));
     }
-    assert!(clients.iter().any(|&c| !resumed(&w, c).is_empty()), "resumes happened");
+    assert!(clients.iter().any(|&c| !w.clients[c].resumed().is_empty()), "resumes happened");
 }
 
 #[test]
@@ -414,16 +392,16 @@ fn resume_after_the_window_reports_invalid_state() {
     w.run_for(Duration::from_secs(121));
     w.connect(c);
     w.settle();
-    let answers = resumed(&w, c);
+    let answers = w.clients[c].resumed();
     assert_eq!(answers.len(), 1);
     assert!(!answers[0].state_valid);
     assert_eq!(answers[0].missed_messages, 0);
     assert_eq!(w.clients[c].gaps, 1, "the application hears of the gap");
-    assert_eq!(numbers(&w, other).len(), 2);
+    assert_eq!(w.clients[other].numbers().len(), 2);
     // The fresh session works.
     let n = w.publish(0, "conv-1", None);
     w.settle();
-    assert_eq!(numbers(&w, c).last(), Some(&n));
+    assert_eq!(w.clients[c].numbers().last(), Some(&n));
 }
 
 #[test]
@@ -439,14 +417,15 @@ fn resume_of_someone_elses_session_is_refused() {
     w.settle();
     w.connect(thief);
     w.settle();
-    assert!(!resumed(&w, thief)[0].state_valid);
+    assert!(!w.clients[thief].resumed()[0].state_valid);
     assert_eq!(w.nodes[0].hub.connection(&stolen).unwrap().user_id.as_deref(), Some("alice"));
     assert_eq!(w.nodes[0].hub.connection(&stolen).unwrap().state, ConnectionState::Active);
 }
 
 #[test]
 fn a_slow_consumer_is_cut_off_without_affecting_the_others() {
-    let config = HubConfig { max_outbound_frames: 64, ..HubConfig::default() };
+    let config =
+        HubConfig { max_outbound_frames: 16, replay_max_messages: 256, ..HubConfig::default() };
     let (mut w, _guard) = world(1, config);
     let slow = w.connect_new("slow", Some("conv-1"), 0);
     let fast: Vec<usize> =
@@ -461,7 +440,7 @@ fn a_slow_consumer_is_cut_off_without_affecting_the_others() {
     }
     w.settle();
     for &c in &fast {
-        assert_eq!(numbers(&w, c), published);
+        assert_eq!(w.clients[c].numbers(), published);
         assert!(w.clients[c].closes.is_empty());
     }
     assert!(w.nodes[0].events.iter().any(|e| matches!(e, HubEvent::SlowConsumer { .. })));
@@ -469,7 +448,7 @@ fn a_slow_consumer_is_cut_off_without_affecting_the_others() {
     w.set_reading(slow, true);
     w.run_for(Duration::from_secs(3));
     assert_eq!(w.clients[slow].closes, [Some(CloseCode::SLOW_CONSUMER)]);
-    assert_eq!(numbers(&w, slow), published);
+    assert_eq!(w.clients[slow].numbers(), published);
     assert_eq!(w.clients[slow].duplicates, 0);
 }
 
@@ -548,9 +527,9 @@ fn messages_cross_instances_once() {
     w.settle();
     let b = w.publish(1, "conv-1", None);
     w.settle();
-    assert_eq!(numbers(&w, here), [a, b]);
-    assert_eq!(numbers(&w, there), [a, b]);
-    assert!(numbers(&w, elsewhere).is_empty());
+    assert_eq!(w.clients[here].numbers(), [a, b]);
+    assert_eq!(w.clients[there].numbers(), [a, b]);
+    assert!(w.clients[elsewhere].numbers().is_empty());
     // A user spread over both instances.
     let alice_there = w.connect_new("alice", Some("conv-2"), 1);
     w.settle();
@@ -558,8 +537,8 @@ fn messages_cross_instances_once() {
         hub.send_to_user(now, "alice", outgoing("data.notice.posted", r#"{"n":99}"#))
     });
     w.settle();
-    assert_eq!(numbers(&w, here).last(), Some(&99));
-    assert_eq!(numbers(&w, alice_there), [99]);
+    assert_eq!(w.clients[here].numbers().last(), Some(&99));
+    assert_eq!(w.clients[alice_there].numbers(), [99]);
     assert!(w.clients.iter().all(|c| c.duplicates == 0), "no instance delivered its own echo");
 }
 
@@ -571,8 +550,8 @@ fn no_credentials_closes_4000() {
     let c = w.add_client("anon", None, 0);
     w.connect_with(c, Vec::new());
     w.settle();
-    assert_eq!(errors(&w, c)[0].code, "AUTH_REQUIRED");
-    assert_eq!(errors(&w, c)[0].category, ErrorCategory::Authentication);
+    assert_eq!(w.clients[c].errors()[0].code, "AUTH_REQUIRED");
+    assert_eq!(w.clients[c].errors()[0].category, ErrorCategory::Authentication);
     assert_eq!(w.clients[c].closes, [Some(CloseCode::AUTH_FAILED)]);
     assert_eq!(w.nodes[0].hub.stats().sessions, 0);
 }
@@ -585,10 +564,10 @@ fn refused_and_expired_tokens_close_4000_and_4001() {
     let expired = w.add_client("y", None, 0);
     w.connect_with(expired, vec![("token".into(), "expired:y".into())]);
     w.settle();
-    assert_eq!(errors(&w, bad)[0].code, "AUTH_FAILED");
+    assert_eq!(w.clients[bad].errors()[0].code, "AUTH_FAILED");
     assert_eq!(w.clients[bad].closes, [Some(CloseCode::AUTH_FAILED)]);
-    assert_eq!(errors(&w, expired)[0].code, "TOKEN_EXPIRED");
-    assert!(errors(&w, expired)[0].is_retryable);
+    assert_eq!(w.clients[expired].errors()[0].code, "TOKEN_EXPIRED");
+    assert!(w.clients[expired].errors()[0].is_retryable);
     assert_eq!(w.clients[expired].closes, [Some(CloseCode::TOKEN_EXPIRED)]);
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 use switchboard_core::protocol::{
-    CloseCode, ErrorPayload, Id, MessageType, Payload, SystemMessage, TypePattern, types,
+    CloseCode, Id, MessageType, Payload, SystemMessage, TypePattern, types,
 };
 use switchboard_core::server::{
     ConnectionState, HubConfig, HubEvent, Input, Outgoing, Principal, RateLimit, Route,
@@ -15,19 +15,8 @@ fn world(config: HubConfig) -> (World, SeedGuard) {
     (World::new(seed, 1, config), SeedGuard(seed))
 }
 
-fn errors(w: &World, client: usize) -> Vec<ErrorPayload> {
-    w.clients[client]
-        .system_of(types::ERROR)
-        .into_iter()
-        .map(|e| match SystemMessage::from_envelope(e).unwrap() {
-            SystemMessage::Error(p) => p,
-            other => panic!("{other:?}"),
-        })
-        .collect()
-}
-
 fn error_codes(w: &World, client: usize) -> Vec<String> {
-    errors(w, client).into_iter().map(|e| e.code).collect()
+    w.clients[client].errors().into_iter().map(|e| e.code).collect()
 }
 
 fn active(w: &World, client: usize) -> bool {
@@ -107,7 +96,7 @@ fn rate_limits_answer_rate_limited_then_close_4006_on_abuse() {
         w.client_send_message(c, "data.message.send", r#"{"text":"hi"}"#);
     }
     w.settle();
-    let errors = errors(&w, c);
+    let errors = w.clients[c].errors();
     assert_eq!(errors.len(), 1, "the 11th within a minute is refused");
     assert_eq!(errors[0].code, "RATE_LIMITED");
     assert!(errors[0].is_retryable);
@@ -133,7 +122,7 @@ fn system_messages_are_not_rate_limited() {
     }
     w.settle();
     assert_eq!(w.clients[c].system_of(types::PONG).len(), 50);
-    assert!(errors(&w, c).is_empty());
+    assert!(w.clients[c].errors().is_empty());
 }
 
 #[test]
@@ -170,7 +159,7 @@ fn typed_handlers_answer_invalid_payload() {
     w.client_send_message(c, "data.widget.submit", r#"{"widgetId":5}"#);
     w.client_send_message(c, "data.widget.submit", r#"{"widget_id":"w-1"}"#);
     w.settle();
-    let errors = errors(&w, c);
+    let errors = w.clients[c].errors();
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].code, "INVALID_PAYLOAD");
     assert!(errors[0].message.contains("widget_id"), "{}", errors[0].message);
@@ -225,7 +214,7 @@ fn a_fallback_route_takes_what_nothing_else_does() {
     });
     w.client_send_message(c, "data.unknown.y", "{}");
     w.settle();
-    assert!(errors(&w, c).is_empty());
+    assert!(w.clients[c].errors().is_empty());
     assert!(w.nodes[0].events.iter().any(|e| matches!(e, HubEvent::Message { .. })));
 }
 
@@ -597,4 +586,66 @@ fn shutdown_refuses_new_sockets_and_reports_drained_once_all_closed() {
     assert_eq!(w.clients[late].closes, [Some(CloseCode::SERVICE_RESTART)]);
     assert_eq!(w.clients[c].closes, [Some(CloseCode::SERVICE_RESTART)]);
     assert_eq!(w.nodes[0].events.iter().filter(|e| **e == HubEvent::Drained).count(), 1);
+}
+
+#[test]
+fn a_resumed_session_takes_the_new_credentials_and_their_expiry() {
+    let (mut w, _g) = world(HubConfig::default());
+    w.auth = switchboard_tests::sim::AuthMode::Hang;
+    let wall0 = switchboard_tests::sim::WALL_START_MS;
+    let c = w.connect_new("alice", Some("conv-1"), 0);
+    w.settle();
+    let answer = |w: &mut World, expires_in_s: i64| {
+        let request = w.nodes[0].hub_verifies().pop().expect("a verification");
+        let mut principal = Principal::user("alice");
+        principal.expires_at_unix_ms = Some(wall0 + w.now.as_millis() as i64 + expires_in_s * 1000);
+        w.input(0, Input::AuthVerdict { request, verdict: Ok(principal) });
+        w.settle();
+    };
+    answer(&mut w, 100);
+    let id = w.clients[c].session.clone().unwrap();
+    w.run_for(Duration::from_secs(50));
+    w.cut(c, Some(Duration::ZERO));
+    w.settle();
+    w.connect(c);
+    w.settle();
+    answer(&mut w, 300);
+    assert!(w.clients[c].resumed()[0].state_valid);
+    assert_eq!(w.nodes[0].hub.connection(&id).unwrap().state, ConnectionState::Active);
+    // The old token would have expired at 100 s; the new one governs.
+    w.run_for(Duration::from_secs(200));
+    assert_eq!(w.clients[c].closes, [None], "only the cut so far");
+    w.run_for(Duration::from_secs(101));
+    assert_eq!(w.clients[c].closes, [None, Some(CloseCode::TOKEN_EXPIRED)]);
+    // The temporary session was reported closed.
+    let merged = w.nodes[0]
+        .events
+        .iter()
+        .filter(|e| matches!(e, HubEvent::ConnectionClosed { reason: "resumed_other_session", .. }))
+        .count();
+    assert_eq!(merged, 1);
+}
+
+#[test]
+fn debug_output_never_shows_a_refresh_token() {
+    let (mut w, _g, c) = connected(HubConfig::default());
+    w.client_send_message(c, types::AUTH_REFRESH, r#"{"token":"eyJsecret"}"#);
+    let frame = w.clients[c].socket.map(|socket| Input::Text {
+        socket,
+        frame: bytes::Bytes::from_static(b"{\"token\":\"eyJsecret\"}"),
+    });
+    assert!(!format!("{frame:?}").contains("secret"));
+    let envelope = switchboard_core::protocol::Envelope::create(
+        switchboard_core::protocol::Source::Client,
+        MessageType::new(types::AUTH_REFRESH).unwrap(),
+        Payload::from_json(r#"{"token":"eyJsecret"}"#).unwrap(),
+        switchboard_core::protocol::Timestamp::UNIX_EPOCH,
+        1,
+    );
+    assert!(!format!("{envelope:?}").contains("secret"));
+    let input = switchboard_core::client::ClientInput::Token {
+        token: "eyJsecret".into(),
+        expires_at_unix_ms: None,
+    };
+    assert!(!format!("{input:?}").contains("secret"));
 }

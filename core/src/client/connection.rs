@@ -39,6 +39,18 @@ pub enum ClientTimer {
 /// its silence is checked with a probe before the socket is declared dead.
 const LATE_TIMER: Duration = Duration::from_secs(1);
 
+/// The shortest time between two token requests made for expiry.
+const MIN_TOKEN_REQUEST_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A credential: kept, sent, never shown.
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 #[derive(Debug)]
 struct Socket {
     attempt: AttemptId,
@@ -85,8 +97,9 @@ pub struct Client {
     heartbeat_interval: Duration,
     retry_at: Option<Instant>,
     probe_deadline: Option<Instant>,
-    token: Option<String>,
+    token: Option<Secret>,
     token_expires_at: Option<Instant>,
+    token_refresh_at: Option<Instant>,
     token_requested: bool,
     waiting_for_token: bool,
     /// A 4001 was answered with one refresh; a second 4001 closes.
@@ -105,7 +118,7 @@ impl Client {
         let heartbeat_interval = config.heartbeat_interval;
         let backoff = Backoff::new(config.backoff);
         let token = match &config.token {
-            TokenSource::Static(token) => Some(token.clone()),
+            TokenSource::Static(token) => Some(Secret(token.clone())),
             _ => None,
         };
         Client {
@@ -128,6 +141,7 @@ impl Client {
             probe_deadline: None,
             token,
             token_expires_at: None,
+            token_refresh_at: None,
             token_requested: false,
             waiting_for_token: false,
             refreshed_after_expiry: false,
@@ -194,13 +208,8 @@ impl Client {
             .as_ref()
             .filter(|_| !matches!(self.state, ClientState::Active))
             .map(|s| s.deadline);
-        let token_refresh = match (&self.config.token, self.token_expires_at, self.token_requested)
-        {
-            (TokenSource::Application, Some(expires), false) if !self.stopped_by_user => {
-                Some(expires - self.config.token_refresh_lead)
-            }
-            _ => None,
-        };
+        let token_refresh =
+            self.token_refresh_at.filter(|_| !self.token_requested && !self.stopped_by_user);
         [
             (self.retry_at, ClientTimer::Retry),
             (socket_deadline, ClientTimer::SocketDeadline),
@@ -377,8 +386,23 @@ impl Client {
             return;
         }
         self.token_requested = false;
-        self.token = Some(token.clone());
+        let unchanged = self.token.as_ref().map(|t| t.0.as_str()) == Some(token.as_str());
+        self.token = Some(Secret(token.clone()));
         self.token_expires_at = expires_at_unix_ms.map(|ms| self.wall.instant_at(ms));
+        // Ask again `token_refresh_lead` before expiry; a token that is already that close
+        // (an identity library that renews late) is asked for again halfway to its expiry, and
+        // never sooner than MIN_TOKEN_REQUEST_INTERVAL, so nothing loops.
+        self.token_refresh_at = self.token_expires_at.map(|expires| {
+            let lead = expires - self.config.token_refresh_lead;
+            if lead > now {
+                lead
+            } else {
+                now + (expires.saturating_since(now) / 2).max(MIN_TOKEN_REQUEST_INTERVAL)
+            }
+        });
+        if unchanged && !self.waiting_for_token {
+            return;
+        }
         if self.waiting_for_token {
             self.waiting_for_token = false;
             self.open_attempt(now);
@@ -413,12 +437,12 @@ impl Client {
             self.probe_deadline = None;
             self.abort_socket(now, "probe_timeout");
         }
-        if let (TokenSource::Application, Some(expires), false) =
-            (&self.config.token, self.token_expires_at, self.token_requested)
+        if self.token_refresh_at.is_some_and(|at| at <= now)
+            && !self.token_requested
+            && !self.stopped_by_user
         {
-            if expires - self.config.token_refresh_lead <= now && !self.stopped_by_user {
-                self.request_token();
-            }
+            self.token_refresh_at = None;
+            self.request_token();
         }
         while self.queue.front().is_some_and(|q| q.expires_at <= now) {
             if let Some(expired) = self.queue.pop_front() {
@@ -505,12 +529,12 @@ impl Client {
                     self.emit(ClientEvent::Gap { reason: "resume_refused" });
                     self.adopt_session(pending.fresh.clone());
                     self.become_active(now, pending.fresh, false, 0);
+                    for envelope in pending.held {
+                        self.handle_application(envelope);
+                    }
                     if pending.overflowed {
                         self.emit(ClientEvent::Gap { reason: "held_messages_overflowed" });
                         self.expect_jump = true;
-                    }
-                    for envelope in pending.held {
-                        self.handle_application(envelope);
                     }
                 }
             }
@@ -764,7 +788,7 @@ impl Client {
         let mut url = self.config.url.clone();
         let mut separator = if url.contains('?') { '&' } else { '?' };
         let params = [
-            ("token", self.token.as_deref()),
+            ("token", self.token.as_ref().map(|t| t.0.as_str())),
             ("conversation_id", self.config.conversation_id.as_deref()),
             ("definition_id", self.config.definition_id.as_deref()),
         ];

@@ -32,7 +32,7 @@ pub enum SendError {
 }
 
 /// The inputs, each fed with the current time to [`super::Client::handle_input`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum ClientInput {
     /// Start connecting.
     Connect,
@@ -71,6 +71,46 @@ pub enum ClientInput {
     ReconnectNow,
     /// A deadline from [`super::Client::poll_timeout`] passed (or may have).
     Timeout,
+}
+
+impl fmt::Debug for ClientInput {
+    /// Tokens are never shown; frames show their length.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientInput::Connect => f.write_str("Connect"),
+            ClientInput::Disconnect { code, reason } => {
+                f.debug_struct("Disconnect").field("code", code).field("reason", reason).finish()
+            }
+            ClientInput::Send(message) => {
+                f.debug_tuple("Send").field(&message.message_type).finish()
+            }
+            ClientInput::SocketOpened { attempt } => {
+                f.debug_struct("SocketOpened").field("attempt", attempt).finish()
+            }
+            ClientInput::Frame { attempt, text } => f
+                .debug_struct("Frame")
+                .field("attempt", attempt)
+                .field("bytes", &text.len())
+                .finish(),
+            ClientInput::SocketClosed { attempt, code, reason } => f
+                .debug_struct("SocketClosed")
+                .field("attempt", attempt)
+                .field("code", code)
+                .field("reason", reason)
+                .finish(),
+            ClientInput::Token { expires_at_unix_ms, .. } => f
+                .debug_struct("Token")
+                .field("token", &"<redacted>")
+                .field("expires_at_unix_ms", expires_at_unix_ms)
+                .finish(),
+            ClientInput::Online => f.write_str("Online"),
+            ClientInput::Offline => f.write_str("Offline"),
+            ClientInput::Visible => f.write_str("Visible"),
+            ClientInput::Hidden => f.write_str("Hidden"),
+            ClientInput::ReconnectNow => f.write_str("ReconnectNow"),
+            ClientInput::Timeout => f.write_str("Timeout"),
+        }
+    }
 }
 
 /// What the client kept for resuming (the Phase 1 plan's sessionStorage state).

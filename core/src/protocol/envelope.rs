@@ -97,7 +97,7 @@ impl Serialize for Payload {
 /// with [`Envelope::encode`]. Unknown fields are ignored on parse; `version` is always
 /// [`PROTOCOL_VERSION`] and so is not stored. `sequence` is encoded last, so the encoding of a
 /// broadcast can be shared by all its recipients and each given its own sequence by appending.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Envelope {
     /// Unique id of this message.
     pub id: Id,
@@ -218,6 +218,25 @@ impl Envelope {
         let mut out = Vec::with_capacity(160 + self.payload.as_str().len());
         self.encode_into(&mut out);
         out
+    }
+}
+
+impl fmt::Debug for Envelope {
+    /// The payload of `system.auth.refresh` holds a token: never shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("Envelope");
+        s.field("id", &self.id)
+            .field("type", &self.message_type)
+            .field("timestamp", &self.timestamp)
+            .field("source", &self.source)
+            .field("conversation_id", &self.conversation_id)
+            .field("correlation_id", &self.correlation_id);
+        if self.message_type == super::types::AUTH_REFRESH {
+            s.field("payload", &"<redacted>");
+        } else {
+            s.field("payload", &self.payload);
+        }
+        s.field("sequence", &self.sequence).finish()
     }
 }
 

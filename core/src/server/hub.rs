@@ -466,16 +466,11 @@ impl Hub {
             (Some(token), _) => Credentials::Token(token),
             (None, Some(cookie)) => Credentials::Cookie(cookie),
             (None, None) => {
-                self.outputs.push_back(Output::Event(HubEvent::AuthFailed {
-                    reason: "no credentials".to_owned(),
-                }));
-                let rejection = Rejection::new(
-                    ErrorCategory::Authentication,
-                    codes::AUTH_REQUIRED,
-                    "no credentials: pass a token or a session cookie",
-                )
-                .and_close(CloseCode::AUTH_FAILED);
-                self.reject(now, key, rejection);
+                let message = "no credentials: pass a token or a session cookie";
+                let rejection =
+                    Rejection::new(ErrorCategory::Authentication, codes::AUTH_REQUIRED, message)
+                        .and_close(CloseCode::AUTH_FAILED);
+                self.fail_auth(now, key, "no credentials".to_owned(), rejection);
                 return;
             }
         };
@@ -536,12 +531,11 @@ impl Hub {
                     AuthFailure::Expired => "expired".to_owned(),
                     AuthFailure::Invalid(reason) => reason,
                 };
-                self.outputs.push_back(Output::Event(HubEvent::AuthFailed { reason }));
                 let mut rejection =
                     Rejection::new(ErrorCategory::Authentication, error_code, message)
                         .and_close(code);
                 rejection.error.is_retryable = code == CloseCode::TOKEN_EXPIRED;
-                self.reject(now, key, rejection);
+                self.fail_auth(now, key, reason, rejection);
             }
             (Purpose::Refresh, Ok(principal))
                 if Some(principal.user_id.as_str()) == session.user_id() =>
@@ -758,7 +752,9 @@ impl Hub {
             SystemMessage::ConnectionResume(resume) => self.handle_resume(now, key, resume),
             SystemMessage::AuthRefresh(refresh) => {
                 let Some(session) = self.sessions.get(&key) else { return };
-                if let (Some(socket), true) = (session.socket, session.principal.is_some()) {
+                // One verification at a time: refreshes sent while one is pending are dropped.
+                let idle = session.pending_verify.is_none() && session.principal.is_some();
+                if let (Some(socket), true) = (session.socket, idle) {
                     self.request_verify(
                         key,
                         socket,
@@ -814,7 +810,10 @@ impl Hub {
         let Some((old, last, replayed)) = replay else {
             // Unknown session, someone else's, or a gap: the application must resync. A
             // session of this user that could not be resumed is let go: its client moved on.
-            if let Some(old) = old {
+            // A session still attached to a live socket is some other tab's: left alone.
+            if let Some(old) =
+                old.filter(|o| self.sessions[o].state() == ConnectionState::Reconnecting)
+            {
                 self.close(now, old, CloseCode::SESSION_REPLACED, "resume_gap");
             }
             let connection_id = self.sessions[&key].connection_id.clone();
@@ -827,12 +826,23 @@ impl Hub {
             return;
         };
 
-        // Move the new socket onto the old session and let the new session go quietly.
-        let Some(socket) = self.sessions.get_mut(&key).and_then(|s| s.socket.take()) else {
-            return;
-        };
+        // Move the new socket, its credentials and its unflushed count onto the old session;
+        // the new session ends (the application hears so: it was told it opened).
+        let Some(fresh) = self.sessions.get_mut(&key) else { return };
+        let Some(socket) = fresh.socket.take() else { return };
+        let principal = fresh.principal.clone();
+        let (outbound_frames, outbound_bytes) = (fresh.outbound_frames, fresh.outbound_bytes);
+        let fresh_id = fresh.connection_id.clone();
         self.sockets.remove(&socket);
+        self.transition(now, key, ConnectionState::Closing, "resumed_other_session");
+        self.transition(now, key, ConnectionState::Closed, "resumed_other_session");
         self.remove_session(now, key);
+        self.outputs.push_back(Output::Event(HubEvent::ConnectionClosed {
+            connection_id: fresh_id,
+            user_id: principal.as_ref().map(|p| p.user_id.clone()),
+            code: CloseCode::NORMAL,
+            reason: "resumed_other_session",
+        }));
         if let Some(stale) = self.sessions.get_mut(&old).and_then(|s| s.socket.take()) {
             self.sockets.remove(&stale);
             self.closing.insert(stale);
@@ -845,14 +855,23 @@ impl Hub {
         self.sockets.insert(socket, old);
         let Some(session) = self.sessions.get_mut(&old) else { return };
         session.socket = Some(socket);
-        session.outbound_bytes = 0;
-        session.outbound_frames = 0;
+        session.outbound_bytes = outbound_bytes;
+        session.outbound_frames = outbound_frames;
         session.last_heard = now;
         session.invalid_streak = 0;
+        // The credentials just verified replace the old ones: their expiry governs now.
+        let expiry = principal
+            .as_ref()
+            .and_then(|p| p.expires_at_unix_ms)
+            .map(|ms| self.wall.instant_at(ms));
+        if principal.is_some() {
+            session.principal = principal;
+        }
         let was = session.state();
         if was != ConnectionState::Active {
             self.transition(now, old, ConnectionState::Active, "resumed");
         }
+        self.set_deadline(old, TimerKind::TokenExpiry, expiry);
         self.set_deadline(old, TimerKind::ResumeWindow, None);
         self.set_deadline(old, TimerKind::Heartbeat, Some(now + self.config.heartbeat_interval));
 
@@ -988,16 +1007,11 @@ impl Hub {
             session.deadlines[kind as usize] = None;
             match kind {
                 TimerKind::AuthTimeout => {
-                    self.outputs.push_back(Output::Event(HubEvent::AuthFailed {
-                        reason: "timeout".to_owned(),
-                    }));
-                    let rejection = Rejection::new(
-                        ErrorCategory::Authentication,
-                        codes::AUTH_FAILED,
-                        "authentication timed out",
-                    )
-                    .and_close(CloseCode::AUTH_TIMEOUT);
-                    self.reject(now, key, rejection);
+                    let message = "authentication timed out";
+                    let rejection =
+                        Rejection::new(ErrorCategory::Authentication, codes::AUTH_FAILED, message)
+                            .and_close(CloseCode::AUTH_TIMEOUT);
+                    self.fail_auth(now, key, "timeout".to_owned(), rejection);
                 }
                 TimerKind::Heartbeat => self.heartbeat(now, key),
                 TimerKind::TokenExpiry => {
@@ -1090,9 +1104,22 @@ impl Hub {
 
     fn set_deadline(&mut self, key: Key, kind: TimerKind, at: Option<Instant>) {
         let Some(session) = self.sessions.get_mut(&key) else { return };
+        if session.deadlines[kind as usize] == at {
+            return;
+        }
         session.deadlines[kind as usize] = at;
         if let Some(at) = at {
             self.timers.schedule(at, key, kind);
+        }
+        // Replaced deadlines stay in the heap until they come due; rebuild it before they
+        // can outnumber the live ones by much.
+        if self.timers.len() > 4 * self.sessions.len() + 1024 {
+            let live = self.sessions.iter().flat_map(|(&key, s)| {
+                TimerKind::ALL
+                    .into_iter()
+                    .filter_map(move |kind| s.deadline(kind).map(|at| (at, key, kind)))
+            });
+            self.timers.rebuild(live);
         }
     }
 
@@ -1160,8 +1187,12 @@ impl Hub {
             if session.state() != ConnectionState::Active || session.socket.is_none() {
                 continue;
             }
-            // A socket whose window cannot take even the newest message is not reading.
-            if !window_has_room(&self.config, session, frame.len() + 32) {
+            // A socket whose window is full while half the replay buffer waits unsent is not
+            // reading: cut it off while what it missed is still kept, so it can resume.
+            let backlog = session.next_sequence - 1 - session.sent_through;
+            let backlog_limit = (self.config.replay_max_messages / 2).max(1) as u64;
+            if !window_has_room(&self.config, session, frame.len() + 32) && backlog >= backlog_limit
+            {
                 let connection_id = session.connection_id.clone();
                 self.outputs.push_back(Output::Event(HubEvent::SlowConsumer { connection_id }));
                 self.close(now, key, CloseCode::SLOW_CONSUMER, "slow_consumer");
@@ -1247,6 +1278,13 @@ impl Hub {
         session.outbound_bytes += frame.len();
         self.outputs.push_back(Output::Send { socket, frame });
         true
+    }
+
+    /// Refuses a connection's credentials: reported for metrics (`reason` never holds them),
+    /// then the client is told and closed.
+    fn fail_auth(&mut self, now: Instant, key: Key, reason: String, rejection: Rejection) {
+        self.outputs.push_back(Output::Event(HubEvent::AuthFailed { reason }));
+        self.reject(now, key, rejection);
     }
 
     /// Sends a `system.error` for `rejection`, and closes if it says so.

@@ -90,7 +90,7 @@ pub enum AuthFailure {
 }
 
 /// The inputs, each fed with the current time to [`super::Hub::handle_input`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Input {
     /// A WebSocket upgrade completed.
     Opened { socket: SocketId, request: OpenRequest },
@@ -111,6 +111,42 @@ pub enum Input {
     Timeout,
     /// Begin graceful shutdown.
     Shutdown,
+}
+
+impl fmt::Debug for Input {
+    /// Frames show their length only: they may carry tokens (`system.auth.refresh`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Input::Opened { socket, request } => {
+                f.debug_struct("Opened").field("socket", socket).field("request", request).finish()
+            }
+            Input::Text { socket, frame } => {
+                f.debug_struct("Text").field("socket", socket).field("bytes", &frame.len()).finish()
+            }
+            Input::Binary { socket } => f.debug_struct("Binary").field("socket", socket).finish(),
+            Input::Flushed { socket, frames, bytes } => f
+                .debug_struct("Flushed")
+                .field("socket", socket)
+                .field("frames", frames)
+                .field("bytes", bytes)
+                .finish(),
+            Input::Closed { socket, code } => {
+                f.debug_struct("Closed").field("socket", socket).field("code", code).finish()
+            }
+            Input::AuthVerdict { request, verdict } => f
+                .debug_struct("AuthVerdict")
+                .field("request", request)
+                .field("verdict", verdict)
+                .finish(),
+            Input::Remote { channel, message } => f
+                .debug_struct("Remote")
+                .field("channel", channel)
+                .field("bytes", &message.len())
+                .finish(),
+            Input::Timeout => f.write_str("Timeout"),
+            Input::Shutdown => f.write_str("Shutdown"),
+        }
+    }
 }
 
 /// The outputs, drained with [`super::Hub::poll_output`].

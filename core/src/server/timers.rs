@@ -34,7 +34,22 @@ impl<K: Ord + Copy> Default for Timers<K> {
     }
 }
 
+impl TimerKind {
+    /// Every kind.
+    pub const ALL: [TimerKind; 4] = [
+        TimerKind::AuthTimeout,
+        TimerKind::Heartbeat,
+        TimerKind::TokenExpiry,
+        TimerKind::ResumeWindow,
+    ];
+}
+
 impl<K: Ord + Copy> Timers<K> {
+    /// Replaces the heap's contents with `entries` (dropping the stale ones).
+    pub fn rebuild(&mut self, entries: impl IntoIterator<Item = (Instant, K, TimerKind)>) {
+        self.heap = entries.into_iter().map(Reverse).collect();
+    }
+
     /// Asks to be woken at `at` for `kind` of `key`.
     pub fn schedule(&mut self, at: Instant, key: K, kind: TimerKind) {
         self.heap.push(Reverse((at, key, kind)));
