@@ -1,7 +1,20 @@
-//! switchboard on smol: the server (binary `switchboard`) and a native client.
+//! switchboard on smol: the server (binary `switchboard`) and, later, a native client.
 //!
-//! The adapter is a loop that moves bytes between sockets and [`switchboard_core`]; it takes no
-//! protocol decisions of its own. The server arrives with its own issue; today this crate only
-//! re-exports the core so that downstream code can depend on it already.
+//! The adapter is a loop that moves bytes between sockets and [`switchboard_core`]'s hub; it
+//! takes no protocol decisions of its own. One driver task owns the hub; a reader and a writer
+//! task per socket talk to it through channels; HTTP (health, readiness, metrics, the publish
+//! API) is served by hyper on the same port as the WebSocket endpoint. See [`Server`] for
+//! embedding it in an application with its own handlers.
 
+pub mod auth;
+pub mod cli;
+pub mod config;
+mod driver;
+mod http;
+pub mod metrics;
+mod server;
+mod socket;
+
+pub use config::{Args, Settings};
+pub use server::Server;
 pub use switchboard_core as core;

@@ -2,4 +2,5 @@
 //! the deterministic simulator of the core. Shared harness code lives here; the tests are in
 //! `tests/tests/`.
 
+pub mod server;
 pub mod sim;

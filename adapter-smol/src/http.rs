@@ -1,0 +1,360 @@
+//! The HTTP side of the port: the WebSocket upgrade, health, readiness, metrics, the publish
+//! API, and (dev mode) the JWKS.
+
+use crate::driver::{Command, Write};
+use crate::metrics::Metrics;
+use crate::socket;
+use async_net::TcpStream;
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use bytes::Bytes;
+use futures_util::{AsyncRead, AsyncWrite};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use smol_hyper::rt::FuturesIo;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use switchboard_core::protocol::{Id, MessageType, Payload};
+use switchboard_core::server::{OpenRequest, Outgoing, SocketId, Target};
+
+/// The largest publish request body, in bytes.
+const MAX_PUBLISH_BODY: usize = 1 << 20;
+
+/// What every HTTP connection shares.
+#[derive(Debug)]
+pub struct App {
+    pub path: String,
+    pub commands: async_channel::Sender<Command>,
+    pub metrics: Arc<Metrics>,
+    pub ready: AtomicBool,
+    pub next_socket: AtomicU64,
+    pub ws_config: WebSocketConfig,
+    pub api_key: Option<String>,
+    pub dev_jwks: Option<String>,
+}
+
+type Body = Full<Bytes>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut response = text(status, value.to_string());
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Serves one TCP connection (HTTP/1.1, with upgrades).
+pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Arc<App>) {
+    let service = hyper::service::service_fn(move |request| {
+        let app = app.clone();
+        async move { Ok::<_, std::convert::Infallible>(app.route(request, peer).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .serve_connection(FuturesIo::new(stream), service)
+        .with_upgrades();
+    if let Err(error) = connection.await {
+        tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+    }
+}
+
+impl App {
+    async fn route(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let path = request.uri().path().to_owned();
+        match (request.method(), path.as_str()) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") if self.ready.load(Ordering::Relaxed) => {
+                text(StatusCode::OK, "ready\n")
+            }
+            (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            (&Method::GET, "/metrics") => self.metrics().await,
+            (&Method::GET, "/.well-known/jwks.json") if self.dev_jwks.is_some() => {
+                let mut response = text(StatusCode::OK, self.dev_jwks.clone().unwrap_or_default());
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response
+            }
+            (&Method::POST, "/api/publish") => self.publish(request).await,
+            (&Method::GET, p) if p == self.path => self.upgrade(request, peer),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    async fn metrics(&self) -> Response<Body> {
+        let (reply, answer) = async_channel::bounded(1);
+        if self.commands.send(Command::Stats { reply }).await.is_err() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+        }
+        let Ok(stats) = answer.recv().await else {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+        };
+        let mut response = text(StatusCode::OK, self.metrics.render(&stats));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        response
+    }
+
+    /// Answers the upgrade with 101 and hands the socket to the driver once hyper lets go of it.
+    fn upgrade(
+        self: Arc<Self>,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        let headers = request.headers();
+        let is_upgrade = headers
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+            return text(StatusCode::BAD_REQUEST, "a WebSocket upgrade is expected here\n");
+        };
+        if !is_upgrade {
+            return text(StatusCode::BAD_REQUEST, "a WebSocket upgrade is expected here\n");
+        }
+        if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+            let mut response = text(StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only\n");
+            response
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            return response;
+        }
+        let open = OpenRequest {
+            query: request
+                .uri()
+                .query()
+                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default(),
+            cookies: headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            origin: headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            peer: Some(peer),
+        };
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        let app = self.clone();
+        smol::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => return tracing::debug!(%peer, %error, "upgrade failed"),
+            };
+            let Ok(parts) = upgraded.downcast::<FuturesIo<TcpStream>>() else {
+                return tracing::error!("upgraded connection of an unexpected type");
+            };
+            let io = Prefixed { prefix: parts.read_buf, inner: parts.io.into_inner() };
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(app.ws_config)).await;
+            let socket = SocketId(app.next_socket.fetch_add(1, Ordering::Relaxed));
+            let (writer, writes) = async_channel::unbounded::<Write>();
+            if app.commands.send(Command::Open { socket, writer, request: open }).await.is_ok() {
+                socket::run(ws, socket, app.commands.clone(), writes).await;
+            }
+        })
+        .detach();
+
+        let mut response = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+        let accept = derive_accept_key(key.as_bytes());
+        let headers = response.headers_mut();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(value) = HeaderValue::from_str(&accept) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+        }
+        response
+    }
+
+    /// `POST /api/publish`: the backend's way in.
+    async fn publish(&self, request: Request<Incoming>) -> Response<Body> {
+        let Some(key) = &self.api_key else {
+            return json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "the publish API is off (no --api-key)"}),
+            );
+        };
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes())) {
+            return json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "bad or missing API key"}),
+            );
+        }
+        let body = match Limited::new(request.into_body(), MAX_PUBLISH_BODY).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(error) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": error.to_string()}),
+                );
+            }
+        };
+        let (target, outgoing) = match parse_publish(&body) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": error}));
+            }
+        };
+        let (reply, answer) = async_channel::bounded(1);
+        if self.commands.send(Command::Send { target, outgoing, reply }).await.is_err() {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "shutting down"}),
+            );
+        }
+        match answer.recv().await {
+            Ok(delivered) => json(StatusCode::OK, serde_json::json!({ "delivered": delivered })),
+            Err(_) => {
+                json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "shutting down"}))
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PublishRequest<'a> {
+    conversation_id: Option<String>,
+    user_id: Option<String>,
+    #[serde(default)]
+    broadcast: bool,
+    #[serde(borrow)]
+    message: PublishMessage<'a>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PublishMessage<'a> {
+    #[serde(rename = "type")]
+    message_type: String,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(default)]
+    correlation_id: Option<String>,
+}
+
+fn parse_publish(body: &[u8]) -> Result<(Target, Outgoing), String> {
+    let request: PublishRequest<'_> =
+        serde_json::from_slice(body).map_err(|e| format!("invalid body: {e}"))?;
+    let message_type = MessageType::new(&request.message.message_type)
+        .map_err(|e| format!("message.type: {e}"))?;
+    let payload = match request.message.payload {
+        Some(raw) => Payload::from_json(raw.get()).map_err(|e| format!("message.payload: {e}"))?,
+        None => Payload::empty(),
+    };
+    let correlation_id = request
+        .message
+        .correlation_id
+        .map(|c| Id::new(&c).map_err(|e| format!("message.correlationId: {e}")))
+        .transpose()?;
+    let (target, conversation_id) =
+        match (request.conversation_id, request.user_id, request.broadcast) {
+            (Some(c), None, false) => {
+                let id = Id::new(&c).map_err(|e| format!("conversationId: {e}"))?;
+                (Target::Conversation { conversation_id: id.clone(), except: None }, Some(id))
+            }
+            (None, Some(u), false) if !u.is_empty() => (Target::User(u), None),
+            (None, None, true) => (Target::All, None),
+            _ => return Err("name exactly one of conversationId, userId or broadcast: true".into()),
+        };
+    Ok((target, Outgoing { message_type, payload, conversation_id, correlation_id }))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The upgraded TCP stream, with whatever hyper had already read in front.
+struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.prefix[..n]);
+            let _ = self.prefix.split_to(n);
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_bodies() {
+        let (target, outgoing) =
+            parse_publish(br#"{"conversationId":"c-1","message":{"type":"data.message.created","payload":{"x":1}}}"#).unwrap();
+        assert!(matches!(target, Target::Conversation { .. }));
+        assert_eq!(outgoing.payload.as_str(), r#"{"x":1}"#);
+        assert!(matches!(
+            parse_publish(br#"{"broadcast":true,"message":{"type":"data.a.b"}}"#),
+            Ok((Target::All, _))
+        ));
+        assert!(
+            parse_publish(br#"{"userId":"u","broadcast":true,"message":{"type":"data.a.b"}}"#)
+                .is_err()
+        );
+        assert!(parse_publish(br#"{"userId":"u","message":{"type":"nope"}}"#).is_err());
+        assert!(
+            parse_publish(br#"{"userId":"u","message":{"type":"data.a.b","payload":[1]}}"#)
+                .is_err()
+        );
+        assert!(parse_publish(b"not json").is_err());
+        assert!(
+            constant_time_eq(b"abc", b"abc")
+                && !constant_time_eq(b"abc", b"abd")
+                && !constant_time_eq(b"ab", b"abc")
+        );
+    }
+}

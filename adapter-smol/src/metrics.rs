@@ -1,0 +1,189 @@
+//! Prometheus metrics, fed from the hub's events and outputs.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use switchboard_core::protocol::Plane;
+use switchboard_core::server::{HubEvent, HubStats};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlaneLabel {
+    plane: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+/// Every metric the server exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    messages_in: Family<PlaneLabel, Counter>,
+    bytes_in: Counter,
+    messages_out: Counter,
+    bytes_out: Counter,
+    closes: Family<CodeLabel, Counter>,
+    auth_failures: Family<ReasonLabel, Counter>,
+    rate_limited: Counter,
+    resume_attempts: Counter,
+    resume_successes: Counter,
+    resume_replayed: Counter,
+    slow_consumers: Counter,
+    connections: Family<StateLabel, Gauge>,
+    users: Gauge,
+    conversations: Gauge,
+    outbound_queue_bytes: Gauge,
+    ping_rtt: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("switchboard");
+        let m = Metrics {
+            messages_in: Family::default(),
+            bytes_in: Counter::default(),
+            messages_out: Counter::default(),
+            bytes_out: Counter::default(),
+            closes: Family::default(),
+            auth_failures: Family::default(),
+            rate_limited: Counter::default(),
+            resume_attempts: Counter::default(),
+            resume_successes: Counter::default(),
+            resume_replayed: Counter::default(),
+            slow_consumers: Counter::default(),
+            connections: Family::default(),
+            users: Gauge::default(),
+            conversations: Gauge::default(),
+            outbound_queue_bytes: Gauge::default(),
+            ping_rtt: Histogram::new([
+                1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
+            ]),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "messages_in",
+            "Client frames received, by type plane",
+            m.messages_in.clone(),
+        );
+        registry.register("bytes_in", "Bytes of client frames received", m.bytes_in.clone());
+        registry.register("messages_out", "Frames sent to clients", m.messages_out.clone());
+        registry.register("bytes_out", "Bytes of frames sent to clients", m.bytes_out.clone());
+        registry.register("closes", "Connections closed, by close code", m.closes.clone());
+        registry.register(
+            "auth_failures",
+            "Refused credentials, by reason",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Client messages refused by the rate limiter",
+            m.rate_limited.clone(),
+        );
+        registry.register("resume_attempts", "Resumes asked for", m.resume_attempts.clone());
+        registry.register("resume_successes", "Resumes granted", m.resume_successes.clone());
+        registry.register(
+            "resume_replayed",
+            "Messages replayed by resumes",
+            m.resume_replayed.clone(),
+        );
+        registry.register(
+            "slow_consumers",
+            "Connections cut off for not reading",
+            m.slow_consumers.clone(),
+        );
+        registry.register("connections", "Sessions, by state", m.connections.clone());
+        registry.register("users", "Users with a session here", m.users.clone());
+        registry.register(
+            "conversations",
+            "Conversations with a member here",
+            m.conversations.clone(),
+        );
+        registry.register(
+            "outbound_queue_bytes",
+            "Bytes sent to sockets and not yet written",
+            m.outbound_queue_bytes.clone(),
+        );
+        registry.register("ping_rtt_milliseconds", "Heartbeat round trips", m.ping_rtt.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts one event.
+    pub fn event(&self, event: &HubEvent) {
+        match event {
+            HubEvent::Received { plane, bytes } => {
+                let plane = plane.map_or("invalid", Plane::as_str);
+                self.messages_in.get_or_create(&PlaneLabel { plane }).inc();
+                self.bytes_in.inc_by(*bytes as u64);
+            }
+            HubEvent::ConnectionClosed { code, .. } => {
+                self.closes.get_or_create(&CodeLabel { code: code.0 }).inc();
+            }
+            HubEvent::Disconnected { code, .. } => {
+                let code = code.map_or(1006, |c| c.0);
+                self.closes.get_or_create(&CodeLabel { code }).inc();
+            }
+            HubEvent::AuthFailed { reason } => {
+                // A fixed set of labels: reasons are free text.
+                let reason = match reason.as_str() {
+                    "expired" => "expired",
+                    "timeout" => "timeout",
+                    "no credentials" => "no_credentials",
+                    _ => "invalid",
+                };
+                self.auth_failures.get_or_create(&ReasonLabel { reason }).inc();
+            }
+            HubEvent::RateLimited { .. } => {
+                self.rate_limited.inc();
+            }
+            HubEvent::Resumed { replayed, state_valid, .. } => {
+                self.resume_attempts.inc();
+                if *state_valid {
+                    self.resume_successes.inc();
+                    self.resume_replayed.inc_by(*replayed);
+                }
+            }
+            HubEvent::PingRoundTrip { millis, .. } => self.ping_rtt.observe(*millis as f64),
+            HubEvent::SlowConsumer { .. } => {
+                self.slow_consumers.inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// Counts one frame sent.
+    pub fn sent(&self, bytes: usize) {
+        self.messages_out.inc();
+        self.bytes_out.inc_by(bytes as u64);
+    }
+
+    /// The Prometheus text exposition, with the gauges taken from `stats`.
+    pub fn render(&self, stats: &HubStats) -> String {
+        for state in switchboard_core::server::ConnectionState::ALL {
+            let count = stats.by_state.get(state.as_str()).copied().unwrap_or(0);
+            self.connections.get_or_create(&StateLabel { state: state.as_str() }).set(count as i64);
+        }
+        self.users.set(stats.users as i64);
+        self.conversations.set(stats.conversations as i64);
+        self.outbound_queue_bytes.set(stats.outbound_bytes as i64);
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,105 @@
+//! One WebSocket: a reader that feeds the driver and a writer that batches what the driver
+//! sends, flushing once per batch. No decisions: the hub makes them.
+
+use crate::driver::{Command, Write};
+use async_channel::{Receiver, Sender};
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use switchboard_core::protocol::CloseCode;
+use switchboard_core::server::{Input, SocketId};
+
+/// How long a socket we closed may take to finish the close handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a socket until it ends, then reports the end to the driver.
+pub async fn run<S>(
+    ws: WebSocketStream<S>,
+    socket: SocketId,
+    commands: Sender<Command>,
+    writes: Receiver<Write>,
+) where
+    S: futures_util::AsyncRead + futures_util::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    let (closing_tx, closing_rx) = async_channel::bounded::<()>(1);
+
+    let reader = async {
+        let mut code = None;
+        while let Some(message) = stream.next().await {
+            let input = match message {
+                Ok(Message::Text(text)) => Input::Text { socket, frame: Bytes::from(text) },
+                Ok(Message::Binary(_)) => Input::Binary { socket },
+                Ok(Message::Close(frame)) => {
+                    // Keep reading until the stream ends, so the close reply goes out.
+                    code = frame.map(|f| CloseCode(u16::from(f.code)));
+                    continue;
+                }
+                Ok(_) => continue,
+                Err(error) => {
+                    tracing::debug!(socket = socket.0, %error, "socket read failed");
+                    break;
+                }
+            };
+            if commands.send(Command::Input(input)).await.is_err() {
+                break;
+            }
+        }
+        let _ = commands.send(Command::Input(Input::Closed { socket, code })).await;
+    };
+
+    let writer = async {
+        while let Ok(first) = writes.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = writes.try_recv() {
+                batch.push(more);
+            }
+            let (mut frames, mut bytes, mut close) = (0, 0, None);
+            for write in batch {
+                match write {
+                    Write::Frame(frame) if close.is_none() => {
+                        frames += 1;
+                        bytes += frame.len();
+                        let Ok(text) = frame.try_into() else { continue };
+                        if sink.feed(Message::Text(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Write::Frame(_) => {}
+                    Write::Close(code, reason) => close = Some((code, reason)),
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+            if frames > 0 {
+                let flushed = Input::Flushed { socket, frames, bytes };
+                let _ = commands.send(Command::Input(flushed)).await;
+            }
+            if let Some((code, reason)) = close {
+                let frame = CloseFrame { code: WsCloseCode::from(code.0), reason: reason.into() };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                let _ = closing_tx.try_send(());
+                return;
+            }
+        }
+    };
+
+    let ended = async {
+        futures_util::future::join(reader, writer).await;
+        true
+    };
+    let gave_up = async {
+        let _ = closing_rx.recv().await;
+        smol::Timer::after(CLOSE_GRACE).await;
+        false
+    };
+    if !smol::future::or(ended, gave_up).await {
+        // The peer never finished the close handshake; the driver still hears of the end.
+        let _ = commands.send(Command::Input(Input::Closed { socket, code: None })).await;
+    }
+}

@@ -1,0 +1,477 @@
+//! The `switchboard` process on real sockets: the Phase 1 plan's integration cases, the whole
+//! negative token table signed as Keycloak signs, key rotation, frames the hub refuses, the
+//! publish API, resume, metrics, and shutdown by SIGTERM.
+
+use serde_json::{Value, json};
+use switchboard_core::protocol::{CloseCode, Envelope, SystemMessage, types};
+use switchboard_tests::server::{
+    AUDIENCE, ISSUER, Keys, Seen, ServerProcess, TestClient, claims, jwk, kid, sign, sign_hmac,
+    sign_with_header,
+};
+
+const EXE: &str = env!("CARGO_BIN_EXE_switchboard-under-test");
+
+fn server(args: &[&str]) -> (ServerProcess, Keys) {
+    let keys = Keys::load();
+    let jwks = [jwk(&keys.primary, "sig"), jwk(&keys.encryption, "enc")];
+    (ServerProcess::start(EXE, &jwks, args), keys)
+}
+
+fn established(client: &mut TestClient) -> Envelope {
+    let envelope = client.message();
+    assert_eq!(envelope.message_type, types::CONNECTION_ESTABLISHED, "{envelope:?}");
+    envelope
+}
+
+fn connection_id(envelope: &Envelope) -> String {
+    match SystemMessage::from_envelope(envelope).unwrap() {
+        SystemMessage::ConnectionEstablished(e) => e.connection_id.to_string(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Connects with `token` and returns the error code and close code it was refused with.
+fn refused(server: &ServerProcess, token: &str) -> (String, Option<CloseCode>) {
+    let mut client = TestClient::connect(server.addr, &format!("token={token}"));
+    let (code, seen) = client.until_closed();
+    let error = seen
+        .iter()
+        .find(|e| e.message_type == types::ERROR)
+        .expect("a system.error before the close");
+    let SystemMessage::Error(error) = SystemMessage::from_envelope(error).unwrap() else {
+        panic!()
+    };
+    (error.code, code)
+}
+
+fn publish(server: &ServerProcess, key: &str, body: Value) -> (u16, Value) {
+    let (status, body) = server.http(
+        "POST",
+        "/api/publish",
+        &[("Authorization", &format!("Bearer {key}")), ("Content-Type", "application/json")],
+        &body.to_string(),
+    );
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn test_full_connection_lifecycle() {
+    let (server, keys) = server(&[]);
+    let mut client = TestClient::connect(
+        server.addr,
+        &format!("token={}", sign(&keys.primary, &claims("alice"))),
+    );
+    let e = established(&mut client);
+    let SystemMessage::ConnectionEstablished(e) = SystemMessage::from_envelope(&e).unwrap() else {
+        panic!()
+    };
+    assert_eq!(e.user_id, "alice");
+    assert_eq!(e.heartbeat_interval_ms, Some(30_000));
+    let ping = client.send(
+        "system.ping",
+        &format!(r#"{{"timestamp":"{}"}}"#, switchboard_core::protocol::Timestamp::UNIX_EPOCH),
+    );
+    let pong = client.message();
+    assert_eq!(pong.message_type, types::PONG);
+    assert_eq!(pong.correlation_id, Some(ping.id));
+    client.send(types::CONNECTION_CLOSE, r#"{"reason":"user_logout","code":1000}"#);
+    assert_eq!(client.until_closed().0, Some(CloseCode::NORMAL));
+}
+
+#[test]
+fn test_connection_with_conversation_id() {
+    let (server, keys) = server(&["--api-key", "k3y"]);
+    let token = sign(&keys.primary, &claims("alice"));
+    let mut a = TestClient::connect(server.addr, &format!("token={token}&conversation_id=conv-1"));
+    let mut b = TestClient::connect(
+        server.addr,
+        &format!("token={}&conversationId=conv-1", sign(&keys.primary, &claims("bob"))),
+    );
+    for client in [&mut a, &mut b] {
+        let SystemMessage::ConnectionEstablished(e) =
+            SystemMessage::from_envelope(&established(client)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(e.conversation_id, "conv-1");
+    }
+    let (status, body) = publish(
+        &server,
+        "k3y",
+        json!({"conversationId": "conv-1", "message": {"type": "data.message.created", "payload": {"text": "hi"}}}),
+    );
+    assert_eq!((status, body["delivered"].as_u64()), (200, Some(2)));
+    for client in [&mut a, &mut b] {
+        let m = client.message();
+        assert_eq!(m.message_type, "data.message.created");
+        assert_eq!(m.sequence, Some(1));
+        assert_eq!(m.payload.as_str(), r#"{"text":"hi"}"#);
+    }
+}
+
+#[test]
+fn test_authentication_required() {
+    let (server, _) = server(&[]);
+    let mut client = TestClient::connect(server.addr, "conversation_id=c");
+    let (code, seen) = client.until_closed();
+    assert_eq!(code, Some(CloseCode::AUTH_FAILED));
+    let SystemMessage::Error(error) = SystemMessage::from_envelope(&seen[0]).unwrap() else {
+        panic!()
+    };
+    assert_eq!(error.code, "AUTH_REQUIRED");
+}
+
+#[test]
+fn test_invalid_token_rejected() {
+    let (server, keys) = server(&[]);
+    let mut token = sign(&keys.primary, &claims("alice"));
+    token.push('x'); // a broken signature
+    assert_eq!(refused(&server, &token), ("AUTH_FAILED".into(), Some(CloseCode::AUTH_FAILED)));
+}
+
+#[test]
+fn test_multiple_connections_same_user() {
+    let (server, keys) = server(&["--api-key", "k3y"]);
+    let mut first = TestClient::connect(
+        server.addr,
+        &format!("token={}&conversation_id=a", sign(&keys.primary, &claims("alice"))),
+    );
+    let mut second = TestClient::connect(
+        server.addr,
+        &format!("token={}&conversation_id=b", sign(&keys.primary, &claims("alice"))),
+    );
+    let (one, two) =
+        (connection_id(&established(&mut first)), connection_id(&established(&mut second)));
+    assert_ne!(one, two);
+    let (status, body) = publish(
+        &server,
+        "k3y",
+        json!({"userId": "alice", "message": {"type": "data.notice.posted"}}),
+    );
+    assert_eq!((status, body["delivered"].as_u64()), (200, Some(2)));
+    assert_eq!(first.message().message_type, "data.notice.posted");
+    assert_eq!(second.message().message_type, "data.notice.posted");
+}
+
+#[test]
+fn the_negative_token_table() {
+    let (server, keys) = server(&[]);
+    let primary = &keys.primary;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = claims("alice");
+        f(&mut c);
+        c
+    };
+    let header = |alg: &str, typ: &str| {
+        format!(r#"{{"alg":"{alg}","typ" : "{typ}","kid" : "{}"}}"#, kid(primary))
+    };
+    let public_pem = {
+        use rsa::pkcs8::{EncodePublicKey, LineEnding};
+        rsa::RsaPublicKey::from(primary).to_public_key_pem(LineEnding::LF).unwrap()
+    };
+    let unknown_kid = sign_with_header(
+        primary,
+        r#"{"alg":"RS256","typ" : "JWT","kid" : "no-such-key"}"#,
+        &claims("alice"),
+    );
+    let cases: Vec<(&str, String, &str, CloseCode)> = vec![
+        (
+            "expired by 2 minutes",
+            sign(primary, &with(&|c| c["exp"] = json!(now - 120))),
+            "TOKEN_EXPIRED",
+            CloseCode::TOKEN_EXPIRED,
+        ),
+        (
+            "no exp",
+            sign(
+                primary,
+                &with(&|c| {
+                    c.as_object_mut().unwrap().remove("exp");
+                }),
+            ),
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+        (
+            "wrong issuer",
+            sign(primary, &with(&|c| c["iss"] = json!("https://evil.test/realms/agents"))),
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+        (
+            "issuer with a trailing slash",
+            sign(primary, &with(&|c| c["iss"] = json!(format!("{ISSUER}/")))),
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+        (
+            "wrong audience",
+            sign(
+                primary,
+                &with(&|c| {
+                    c["aud"] = json!("account");
+                    c["azp"] = json!("someone-else");
+                }),
+            ),
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+        (
+            "an ID token",
+            sign(primary, &with(&|c| c["typ"] = json!("ID"))),
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+        (
+            "an HS512 refresh token",
+            sign_hmac(
+                "HS512",
+                b"realm-secret",
+                &header("HS512", "JWT"),
+                &with(&|c| c["typ"] = json!("Refresh")),
+            ),
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.",
+                sign_with_header(primary, r#"{"alg":"none","typ" : "JWT"}"#, &claims("alice"))
+                    .rsplit_once('.')
+                    .unwrap()
+                    .0
+            ),
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+        (
+            "HS256 signed with the public key",
+            sign_hmac("HS256", public_pem.as_bytes(), &header("HS256", "JWT"), &claims("alice")),
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+        ("an unknown kid", unknown_kid, "AUTH_FAILED", CloseCode::AUTH_FAILED),
+        (
+            "a key not in the JWKS",
+            sign(&keys.stranger, &claims("alice")),
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+        (
+            "the encryption key",
+            sign(&keys.encryption, &claims("alice")),
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+        (
+            "oversized",
+            sign(primary, &with(&|c| c["padding"] = json!("x".repeat(9000)))),
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+    ];
+    for (name, token, error, close) in cases {
+        assert_eq!(refused(&server, &token), (error.to_owned(), Some(close)), "{name}");
+    }
+    // Keycloak's newer header type is accepted, and the audience may be carried by azp alone.
+    let at_jwt = sign_with_header(primary, &header("RS256", "at+jwt"), &claims("alice"));
+    established(&mut TestClient::connect(server.addr, &format!("token={at_jwt}")));
+    let _ = AUDIENCE;
+}
+
+#[test]
+fn azp_alone_is_accepted_when_allowed() {
+    let (server, keys) = server(&["--azp", "agent-host"]);
+    let mut c = claims("alice");
+    c.as_object_mut().unwrap().remove("aud");
+    established(&mut TestClient::connect(
+        server.addr,
+        &format!("token={}", sign(&keys.primary, &c)),
+    ));
+}
+
+#[test]
+fn a_rotated_key_is_accepted_after_one_reload() {
+    let (server, keys) = server(&[]);
+    server.write_jwks(&[
+        jwk(&keys.primary, "sig"),
+        jwk(&keys.rotated, "sig"),
+        jwk(&keys.encryption, "enc"),
+    ]);
+    let token = sign(&keys.rotated, &claims("alice"));
+    established(&mut TestClient::connect(server.addr, &format!("token={token}")));
+    // The old key keeps working.
+    established(&mut TestClient::connect(
+        server.addr,
+        &format!("token={}", sign(&keys.primary, &claims("bob"))),
+    ));
+}
+
+#[test]
+fn refused_frames_over_real_sockets() {
+    let (server, keys) = server(&[
+        "--max-message-size",
+        "1024",
+        "--rate-limit",
+        "data.chat.say=2/60s",
+        "--relay",
+        "data.chat.*",
+    ]);
+    let connect = || {
+        let mut c = TestClient::connect(
+            server.addr,
+            &format!("token={}&conversation_id=c", sign(&keys.primary, &claims("alice"))),
+        );
+        established(&mut c);
+        c
+    };
+    let mut malformed = connect();
+    malformed.send_text("{not json");
+    let SystemMessage::Error(e) = SystemMessage::from_envelope(&malformed.message()).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(e.code, "INVALID_MESSAGE");
+
+    let mut limited = connect();
+    for _ in 0..3 {
+        limited.send("data.chat.say", r#"{"text":"hi"}"#);
+    }
+    let seen: Vec<Envelope> = (0..3).map(|_| limited.message()).collect();
+    let relayed = seen.iter().filter(|e| e.message_type == "data.chat.say").count();
+    assert_eq!(relayed, 2, "relayed back to the sender as confirmation");
+    assert!(
+        seen.iter()
+            .filter(|e| e.message_type == "data.chat.say")
+            .all(|e| e.payload.as_str().contains(r#""senderId":"alice""#))
+    );
+    let error = seen.iter().find(|e| e.message_type == types::ERROR).expect("an error");
+    let SystemMessage::Error(e) = SystemMessage::from_envelope(error).unwrap() else { panic!() };
+    assert_eq!(e.code, "RATE_LIMITED");
+    assert!(e.retry_after_ms.is_some());
+
+    let mut big = connect();
+    big.send("data.chat.post", &format!(r#"{{"text":"{}"}}"#, "x".repeat(2000)));
+    assert_eq!(big.until_closed().0, Some(CloseCode::MESSAGE_TOO_BIG));
+
+    let mut binary = connect();
+    binary.send_binary(b"\x00\x01");
+    assert_eq!(binary.until_closed().0, Some(CloseCode::UNSUPPORTED_DATA));
+}
+
+#[test]
+fn resume_over_real_sockets_replays_exactly_the_missed_messages() {
+    let (server, keys) = server(&["--api-key", "k3y"]);
+    let query =
+        || format!("token={}&conversation_id=conv-r", sign(&keys.primary, &claims("alice")));
+    let mut client = TestClient::connect(server.addr, &query());
+    let id = connection_id(&established(&mut client));
+    publish(
+        &server,
+        "k3y",
+        json!({"conversationId": "conv-r", "message": {"type": "data.n.x", "payload": {"n": 1}}}),
+    );
+    assert_eq!(client.message().sequence, Some(1));
+    client.cut();
+    // Wait until the server has noticed, so the messages land in the parked session.
+    for _ in 0..100 {
+        let (_, metrics) = server.http("GET", "/metrics", &[], "");
+        if metrics.contains("switchboard_connections{state=\"reconnecting\"} 1") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for n in 2..=4 {
+        let (status, body) = publish(
+            &server,
+            "k3y",
+            json!({"conversationId": "conv-r", "message": {"type": "data.n.x", "payload": {"n": n}}}),
+        );
+        assert_eq!(
+            (status, body["delivered"].as_u64()),
+            (200, Some(1)),
+            "the parked session takes it"
+        );
+    }
+    let mut again = TestClient::connect(server.addr, &query());
+    established(&mut again);
+    again.send(types::CONNECTION_RESUME, &format!(r#"{{"conversationId":"conv-r","lastMessageId":null,"lastItemIndex":0,"clientState":{{"pendingWidgetIds":[]}},"connectionId":"{id}","lastSequence":1}}"#));
+    let SystemMessage::ConnectionResumed(resumed) =
+        SystemMessage::from_envelope(&again.message()).unwrap()
+    else {
+        panic!()
+    };
+    assert!(resumed.state_valid);
+    assert_eq!(resumed.missed_messages, 3);
+    let replayed: Vec<(Option<u64>, String)> = (0..3)
+        .map(|_| again.message())
+        .map(|e| (e.sequence, e.payload.as_str().to_owned()))
+        .collect();
+    assert_eq!(
+        replayed,
+        [
+            (Some(2), r#"{"n":2}"#.into()),
+            (Some(3), r#"{"n":3}"#.into()),
+            (Some(4), r#"{"n":4}"#.into())
+        ]
+    );
+}
+
+#[test]
+fn health_metrics_and_the_publish_api_answer() {
+    let (server, _) = server(&["--api-key", "k3y"]);
+    assert_eq!(server.http("GET", "/healthz", &[], ""), (200, "ok\n".into()));
+    assert_eq!(server.http("GET", "/readyz", &[], "").0, 200);
+    let (status, metrics) = server.http("GET", "/metrics", &[], "");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("switchboard_connections"), "{metrics}");
+    assert!(metrics.contains("# EOF"));
+    assert_eq!(
+        publish(&server, "wrong", json!({"broadcast": true, "message": {"type": "data.a.b"}})).0,
+        401
+    );
+    assert_eq!(publish(&server, "k3y", json!({"message": {"type": "data.a.b"}})).0, 400);
+    assert_eq!(
+        publish(&server, "k3y", json!({"broadcast": true, "message": {"type": "data.a.b"}})),
+        (200, json!({"delivered": 0}))
+    );
+    assert_eq!(server.http("GET", "/nope", &[], "").0, 404);
+}
+
+#[test]
+fn sigterm_tells_every_client_and_exits_zero() {
+    let (mut server, keys) = server(&["--shutdown-spread", "2s"]);
+    let mut clients: Vec<TestClient> = (0..20)
+        .map(|i| {
+            let mut c = TestClient::connect(
+                server.addr,
+                &format!(
+                    "token={}&conversation_id=c{}",
+                    sign(&keys.primary, &claims(&format!("u{i}"))),
+                    i % 3
+                ),
+            );
+            established(&mut c);
+            c
+        })
+        .collect();
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    for client in &mut clients {
+        let (code, seen) = client.until_closed();
+        assert_eq!(code, Some(CloseCode::SERVICE_RESTART));
+        let close = seen
+            .iter()
+            .find(|e| e.message_type == types::CONNECTION_CLOSE)
+            .expect("told before the close");
+        let SystemMessage::ConnectionClose(close) = SystemMessage::from_envelope(close).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(close.code, 1012);
+        assert!(close.retry_after_ms.is_some_and(|ms| ms <= 2000));
+    }
+    let _ = Seen::Closed(None);
+}
