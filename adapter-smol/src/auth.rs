@@ -106,8 +106,41 @@ pub fn jwk_json(key: &RS256PublicKey, kid: &str) -> serde_json::Value {
 pub enum KeySource {
     /// A file, re-read on an unknown key id.
     File(PathBuf),
+    /// A URL (Keycloak's `{issuer}/protocol/openid-connect/certs`), fetched again on an
+    /// unknown key id.
+    Url(String),
     /// Fixed keys (dev mode).
     Fixed,
+}
+
+impl KeySource {
+    /// Reads the key set now.
+    pub fn load(&self) -> Result<HashMap<String, RS256PublicKey>, String> {
+        match self {
+            KeySource::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                parse_jwks(&text)
+            }
+            KeySource::Url(url) => {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(std::time::Duration::from_secs(5)))
+                    .build()
+                    .into();
+                let text = agent
+                    .get(url)
+                    .call()
+                    .map_err(|e| format!("{url}: {e}"))?
+                    .body_mut()
+                    .with_config()
+                    .limit(1 << 20)
+                    .read_to_string()
+                    .map_err(|e| format!("{url}: {e}"))?;
+                parse_jwks(&text)
+            }
+            KeySource::Fixed => Ok(HashMap::new()),
+        }
+    }
 }
 
 /// Maps session cookies to principals.
@@ -285,16 +318,17 @@ impl Verifier {
     /// Re-reads the key set, at most once per [`RELOAD_INTERVAL`]; keeps the old keys when the
     /// source fails.
     fn reload(&self) {
-        let KeySource::File(path) = &self.source else { return };
+        if matches!(self.source, KeySource::Fixed) {
+            return;
+        }
+        // Held during the fetch: one reload at a time (single flight); whoever waited finds
+        // it done and the interval not yet passed.
         let mut last = self.last_reload.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|at| at.elapsed() < RELOAD_INTERVAL) {
             return;
         }
         *last = Some(Instant::now());
-        match std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|text| parse_jwks(&text))
-        {
+        match self.source.load() {
             Ok(keys) if !keys.is_empty() => {
                 tracing::info!(keys = keys.len(), "reloaded the signing keys");
                 *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;

@@ -33,6 +33,11 @@ pub struct Args {
     /// token names a key id it does not hold (at most once per 10 s).
     #[arg(long, env = "SWITCHBOARD_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL, e.g. `https://sso.example/realms/agents/protocol/openid-connect/certs`.
+    /// Fetched at start and again when a token names an unknown key id (at most once per
+    /// 10 s, one fetch at a time); the cached keys keep serving when a fetch fails.
+    #[arg(long, env = "SWITCHBOARD_JWKS_URL")]
+    pub jwks_url: Option<String>,
     /// Accepted token issuers, exactly (repeatable), e.g. `https://sso.example/realms/agents`.
     #[arg(long = "issuer", env = "SWITCHBOARD_ISSUER", value_delimiter = ',')]
     pub issuers: Vec<String>,
@@ -89,6 +94,7 @@ pub struct FileConfig {
     pub path: Option<String>,
     pub dev: Option<bool>,
     pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
     #[serde(default)]
     pub issuers: Vec<String>,
     #[serde(default)]
@@ -119,6 +125,7 @@ pub struct Settings {
     pub path: String,
     pub dev: bool,
     pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
     pub issuers: Vec<String>,
     pub audiences: Vec<String>,
     pub azps: Vec<String>,
@@ -206,6 +213,7 @@ impl Settings {
             path: args.path.or(file.path).unwrap_or_else(|| "/ws".to_owned()),
             dev,
             jwks_file: args.jwks_file.or(file.jwks_file),
+            jwks_url: args.jwks_url.or(file.jwks_url),
             issuers: list(args.issuers, file.issuers),
             audiences: list(args.audiences, file.audiences),
             azps: list(args.azps, file.azps),

@@ -1,7 +1,7 @@
 //! The server: binds, wires the hub's driver to sockets, HTTP and signals, and runs until a
 //! graceful shutdown has drained every connection.
 
-use crate::auth::{DevIssuer, KeySource, MemorySessions, SessionStore, Verifier, parse_jwks};
+use crate::auth::{DevIssuer, KeySource, MemorySessions, SessionStore, Verifier};
 use crate::config::Settings;
 use crate::driver::{Clock, Command, Driver};
 use crate::http::App;
@@ -89,21 +89,27 @@ impl Server {
         } else {
             None
         };
-        let (keys, source) = match (&dev, &settings.jwks_file) {
-            (Some(dev), _) => {
+        let (keys, source) = match (&dev, &settings.jwks_file, &settings.jwks_url) {
+            (Some(dev), _, _) => {
                 let key = dev.key_pair.public_key().with_key_id(&dev.kid);
                 (HashMap::from([(dev.kid.clone(), key)]), KeySource::Fixed)
             }
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                (
-                    parse_jwks(&text).map_err(|e| format!("{}: {e}", path.display()))?,
-                    KeySource::File(path.clone()),
-                )
+            (None, Some(path), _) => {
+                let source = KeySource::File(path.clone());
+                (source.load()?, source)
             }
-            (None, None) => {
-                tracing::warn!("no --jwks-file and no --dev: every token will be refused");
+            (None, None, Some(url)) => {
+                let source = KeySource::Url(url.clone());
+                // The identity provider may be down at start: keep going and fetch on demand.
+                let loader = source.clone();
+                let keys = smol::unblock(move || loader.load()).await.unwrap_or_else(|error| {
+                    tracing::warn!(%error, "could not fetch the signing keys; will retry when a token arrives");
+                    HashMap::new()
+                });
+                (keys, source)
+            }
+            (None, None, None) => {
+                tracing::warn!("no --jwks-file, --jwks-url or --dev: every token will be refused");
                 (HashMap::new(), KeySource::Fixed)
             }
         };

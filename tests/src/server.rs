@@ -137,18 +137,33 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `exe` with a JWKS of `jwks` and `args` on top of the test defaults.
+    /// Starts `exe` with a JWKS file of `jwks` and `args` on top of the test defaults.
     pub fn start(exe: &str, jwks: &[Value], args: &[&str]) -> ServerProcess {
+        let dir = Self::scratch_dir();
+        let jwks_path = dir.join("jwks.json");
+        std::fs::write(&jwks_path, json!({ "keys": jwks }).to_string()).unwrap();
+        let jwks_arg = jwks_path.to_str().unwrap().to_owned();
+        let mut all = vec!["--jwks-file", jwks_arg.as_str()];
+        all.extend_from_slice(args);
+        Self::spawn(exe, dir, &all)
+    }
+
+    /// Starts `exe` with only `args` on top of the listen address, issuer and audience.
+    pub fn start_bare(exe: &str, args: &[&str]) -> ServerProcess {
+        Self::spawn(exe, Self::scratch_dir(), args)
+    }
+
+    fn scratch_dir() -> PathBuf {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("switchboard-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let jwks_path = dir.join("jwks.json");
-        std::fs::write(&jwks_path, json!({ "keys": jwks }).to_string()).unwrap();
+        dir
+    }
+
+    fn spawn(exe: &str, dir: PathBuf, args: &[&str]) -> ServerProcess {
         let mut child = Command::new(exe)
             .args(["--listen", "127.0.0.1:0", "--issuer", ISSUER, "--audience", AUDIENCE])
-            .arg("--jwks-file")
-            .arg(&jwks_path)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -340,5 +355,73 @@ impl TestClient {
     /// Drops the TCP connection without a close frame (a lost network).
     pub fn cut(self) {
         drop(self);
+    }
+}
+
+/// A tiny HTTP server that serves a JWKS document, counts its requests, and can be changed or
+/// stopped while a test runs (Keycloak's certs endpoint, for the fetch and rotation tests).
+#[derive(Debug, Clone)]
+pub struct JwksEndpoint {
+    pub url: String,
+    document: std::sync::Arc<std::sync::Mutex<String>>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl JwksEndpoint {
+    pub fn start(jwks: &[Value]) -> JwksEndpoint {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}/realms/agents/protocol/openid-connect/certs",
+            listener.local_addr().unwrap()
+        );
+        let endpoint = JwksEndpoint {
+            url,
+            document: std::sync::Arc::new(std::sync::Mutex::new(
+                json!({ "keys": jwks }).to_string(),
+            )),
+            requests: Default::default(),
+            up: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        };
+        let served = endpoint.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n")
+                    && stream.read(&mut byte).map(|n| n == 1).unwrap_or(false)
+                {
+                    head.push(byte[0]);
+                }
+                served.requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let response = if served.up.load(std::sync::atomic::Ordering::SeqCst) {
+                    let body = served.document.lock().unwrap().clone();
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+                };
+                let _ = stream.write_all(response.as_bytes());
+            }
+        });
+        endpoint
+    }
+
+    /// Serves `jwks` from now on.
+    pub fn serve(&self, jwks: &[Value]) {
+        *self.document.lock().unwrap() = json!({ "keys": jwks }).to_string();
+    }
+
+    /// Answers 503 from now on.
+    pub fn fail(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Requests served so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

@@ -475,3 +475,89 @@ fn sigterm_tells_every_client_and_exits_zero() {
     }
     let _ = Seen::Closed(None);
 }
+
+#[test]
+fn keys_from_a_url_are_fetched_again_once_for_a_new_kid() {
+    let keys = Keys::load();
+    let endpoint = switchboard_tests::server::JwksEndpoint::start(&[
+        jwk(&keys.primary, "sig"),
+        jwk(&keys.encryption, "enc"),
+    ]);
+    let server = ServerProcess::start_bare(EXE, &["--jwks-url", &endpoint.url]);
+    established(&mut TestClient::connect(
+        server.addr,
+        &format!("token={}", sign(&keys.primary, &claims("alice"))),
+    ));
+    assert_eq!(endpoint.requests(), 1, "fetched once at start");
+    // Rotation: a new key appears; the first token signed with it makes one fetch.
+    endpoint.serve(&[
+        jwk(&keys.primary, "sig"),
+        jwk(&keys.rotated, "sig"),
+        jwk(&keys.encryption, "enc"),
+    ]);
+    established(&mut TestClient::connect(
+        server.addr,
+        &format!("token={}", sign(&keys.rotated, &claims("bob"))),
+    ));
+    assert_eq!(endpoint.requests(), 2);
+    // An unknown kid right after: refused without another fetch (at most one per 10 s).
+    assert_eq!(
+        refused(&server, &sign(&keys.stranger, &claims("eve"))).1,
+        Some(CloseCode::AUTH_FAILED)
+    );
+    assert_eq!(endpoint.requests(), 2);
+    // The identity provider goes down: the cached keys keep serving.
+    endpoint.fail();
+    established(&mut TestClient::connect(
+        server.addr,
+        &format!("token={}", sign(&keys.primary, &claims("carol"))),
+    ));
+}
+
+#[test]
+fn cookie_sessions_need_an_allowed_origin() {
+    use switchboard_core::server::Principal;
+    use switchboard_smol::auth::MemorySessions;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let args = switchboard_smol::Args {
+        listen: Some(format!("127.0.0.1:{port}")),
+        allowed_origins: vec!["https://app.test".into()],
+        ..Default::default()
+    };
+    let settings = switchboard_smol::Settings::resolve(args).unwrap();
+    let sessions = MemorySessions::default();
+    sessions.insert("s3ssion", Principal::user("alice"));
+    std::thread::spawn(move || {
+        switchboard_smol::Server::new(settings).with_sessions(sessions).run()
+    });
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut ok = TestClient::connect_with(
+        addr,
+        "conversation_id=c",
+        &[("Cookie", "theme=dark; session=s3ssion"), ("Origin", "https://app.test")],
+    );
+    let SystemMessage::ConnectionEstablished(e) =
+        SystemMessage::from_envelope(&established(&mut ok)).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(e.user_id, "alice");
+    for origin in [Some("https://evil.test"), None] {
+        let mut headers = vec![("Cookie", "session=s3ssion")];
+        headers.extend(origin.map(|o| ("Origin", o)));
+        let mut refused = TestClient::connect_with(addr, "", &headers);
+        assert_eq!(refused.until_closed().0, Some(CloseCode::AUTH_FAILED), "origin {origin:?}");
+    }
+    let mut unknown = TestClient::connect_with(
+        addr,
+        "",
+        &[("Cookie", "session=nope"), ("Origin", "https://app.test")],
+    );
+    assert_eq!(unknown.until_closed().0, Some(CloseCode::AUTH_FAILED));
+}
