@@ -8,8 +8,9 @@
 
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod config;
-mod driver;
+pub(crate) mod driver;
 mod http;
 pub mod metrics;
 mod server;

@@ -162,8 +162,11 @@ impl ServerProcess {
     }
 
     fn spawn(exe: &str, dir: PathBuf, args: &[&str]) -> ServerProcess {
+        let listen: &[&str] =
+            if args.contains(&"--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
         let mut child = Command::new(exe)
-            .args(["--listen", "127.0.0.1:0", "--issuer", ISSUER, "--audience", AUDIENCE])
+            .args(listen)
+            .args(["--issuer", ISSUER, "--audience", AUDIENCE])
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -187,6 +190,12 @@ impl ServerProcess {
     /// Replaces the JWKS file (key rotation).
     pub fn write_jwks(&self, jwks: &[Value]) {
         std::fs::write(self.dir.join("jwks.json"), json!({ "keys": jwks }).to_string()).unwrap();
+    }
+
+    /// Kills the process at once (SIGKILL): a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for the process to end.
