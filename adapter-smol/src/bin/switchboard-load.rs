@@ -1,0 +1,412 @@
+//! `switchboard-load`: a load generator and benchmark for the server. It starts `switchboard
+//! --dev` (pinned to core 0 with `taskset` when there is one), opens authenticated connections,
+//! drives fan-out through the publish API, and prints a table of what it measured: connect
+//! latency and rate, idle memory per connection (the server's RSS slope), and fan-out
+//! deliveries per second, per server CPU-second, and their end-to-end latency. Numbers, not
+//! tests: run it on a quiet machine, itself on another core:
+//!
+//! ```text
+//! cargo build --release && taskset -c 1 target/release/switchboard-load --connections 8000
+//! ```
+
+use async_net::TcpStream;
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use clap::Parser;
+use futures_util::StreamExt;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Parser, Debug)]
+#[command(name = "switchboard-load", about = "Load and measure a switchboard server.")]
+struct Args {
+    /// Connections to hold open at the end (at most ~19 000 for one process on this machine).
+    #[arg(long, default_value_t = 8000)]
+    connections: usize,
+    /// Where the RSS is read first, for the memory slope.
+    #[arg(long, default_value_t = 1000)]
+    baseline: usize,
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Messages published to the 1 000-member conversation.
+    #[arg(long, default_value_t = 400)]
+    big_messages: usize,
+    /// Messages published over the 100 conversations of 10.
+    #[arg(long, default_value_t = 40_000)]
+    small_messages: usize,
+    /// The server binary (default: `switchboard` next to this one).
+    #[arg(long)]
+    server: Option<std::path::PathBuf>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+fn micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The server process and what /proc says about it.
+struct Server {
+    child: Child,
+    addr: String,
+    token: String,
+}
+
+impl Server {
+    fn start(binary: &std::path::Path) -> Server {
+        let pinned = Command::new("taskset").arg("-V").output().is_ok();
+        let mut command = if pinned {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]).arg(binary);
+            c
+        } else {
+            Command::new(binary)
+        };
+        let mut child = command
+            .args(["--dev", "--listen", "127.0.0.1:0", "--api-key", "load"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the server starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
+        let mut addr = String::new();
+        let mut token = String::new();
+        for line in lines.by_ref() {
+            if let Some(a) = line.split("listening on ").nth(1) {
+                addr = a.trim().to_owned();
+            }
+            if let Some(t) = line.split("dev-user): ").nth(1) {
+                token = t.trim().to_owned();
+                break;
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        eprintln!("server {} on {addr}{}", child.id(), if pinned { " (core 0)" } else { "" });
+        Server { child, addr, token }
+    }
+
+    fn proc_field(&self, file: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id())).unwrap_or_default()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.proc_field("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// User + system CPU seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = self.proc_field("stat");
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        ticks as f64 / 100.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A connection's receive side: counts messages and keeps their latencies.
+struct Receiver {
+    latencies: std::sync::Mutex<Vec<u64>>,
+}
+
+async fn open(
+    addr: String,
+    query: String,
+    received: Arc<Receiver>,
+    delivered: Arc<AtomicU64>,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let stream = TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let url = format!("ws://{addr}/ws?{query}");
+    let (mut ws, _) = async_tungstenite::client_async_with_config(url, stream, Some(config))
+        .await
+        .map_err(|e| e.to_string())?;
+    match ws.next().await {
+        Some(Ok(Message::Text(text))) if text.contains("system.connection.established") => {}
+        other => return Err(format!("no established: {other:?}")),
+    }
+    let latency = started.elapsed();
+    smol::spawn(async move {
+        while let Some(Ok(message)) = ws.next().await {
+            let Message::Text(text) = message else { continue };
+            if text.contains("\"system.ping\"") {
+                let pong = format!(
+                    r#"{{"id":"p{}","type":"system.pong","version":"1.0","timestamp":"2025-12-18T10:30:00.000Z","source":"client","payload":{{"timestamp":"2025-12-18T10:30:00.000Z"}}}}"#,
+                    micros()
+                );
+                let _ = ws.send(Message::Text(pong.into())).await;
+                continue;
+            }
+            if let Some(sent) = text.split("\"t\":").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|t| t.parse::<u64>().ok()) {
+                received.latencies.lock().unwrap().push(micros().saturating_sub(sent));
+                delivered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })
+    .detach();
+    Ok(latency)
+}
+
+/// Publishes over one keep-alive HTTP connection.
+struct Publisher {
+    stream: std::net::TcpStream,
+}
+
+impl Publisher {
+    fn connect(addr: &str) -> Publisher {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Publisher { stream }
+    }
+
+    fn publish(&mut self, conversation: &str) {
+        let body = format!(
+            r#"{{"conversationId":"{conversation}","message":{{"type":"data.load.tick","payload":{{"t":{}}}}}}}"#,
+            micros()
+        );
+        let request = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: load\r\nAuthorization: Bearer load\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream.write_all(request.as_bytes()).unwrap();
+        // Read the response: headers, then Content-Length bytes.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            self.stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        self.stream.read_exact(&mut body).unwrap();
+    }
+}
+
+struct FanOut {
+    deliveries: u64,
+    seconds: f64,
+    cpu_seconds: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+fn fan_out(
+    server: &Server,
+    receivers: &[Arc<Receiver>],
+    delivered: &AtomicU64,
+    conversations: &[String],
+    messages: usize,
+    expected_each: u64,
+) -> FanOut {
+    for r in receivers {
+        r.latencies.lock().unwrap().clear();
+    }
+    delivered.store(0, Ordering::Relaxed);
+    let expected = messages as u64 * expected_each;
+    let cpu0 = server.cpu_seconds();
+    let started = Instant::now();
+    let mut publisher = Publisher::connect(&server.addr);
+    for i in 0..messages {
+        publisher.publish(&conversations[i % conversations.len()]);
+        if i % 1000 == 999 {
+            eprint!(
+                "\r  published {}/{messages}, delivered {}",
+                i + 1,
+                delivered.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = server.cpu_seconds() - cpu0;
+    eprintln!(
+        "\r  published {messages}, delivered {} of {expected}          ",
+        delivered.load(Ordering::Relaxed)
+    );
+    let mut all: Vec<u64> =
+        receivers.iter().flat_map(|r| r.latencies.lock().unwrap().clone()).collect();
+    all.sort_unstable();
+    FanOut {
+        deliveries: delivered.load(Ordering::Relaxed),
+        seconds,
+        cpu_seconds,
+        p50_us: percentile(&all, 0.5),
+        p99_us: percentile(&all, 0.99),
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let binary = args
+        .server
+        .clone()
+        .unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("switchboard"));
+    let server = Server::start(&binary);
+    let delivered = Arc::new(AtomicU64::new(0));
+    let receivers: Vec<Arc<Receiver>> = (0..args.connections)
+        .map(|_| Arc::new(Receiver { latencies: Default::default() }))
+        .collect();
+    // Connections 0..1000: one conversation of 1 000; 1000..2000: 100 conversations of 10;
+    // the rest: a conversation each (idle).
+    let conversation_of = |i: usize| match i {
+        0..1000 => "big".to_owned(),
+        1000..2000 => format!("small-{}", i % 100),
+        _ => format!("idle-{i}"),
+    };
+    let semaphore = Arc::new(smol::lock::Semaphore::new(args.concurrency));
+    let connect = |range: std::ops::Range<usize>| -> (Vec<u64>, f64) {
+        let started = Instant::now();
+        let tasks: Vec<_> = range
+            .map(|i| {
+                let (addr, token, received, delivered, semaphore) = (
+                    server.addr.clone(),
+                    server.token.clone(),
+                    receivers[i].clone(),
+                    delivered.clone(),
+                    semaphore.clone(),
+                );
+                let query = format!("token={token}&conversation_id={}", conversation_of(i));
+                smol::spawn(async move {
+                    let _permit = semaphore.acquire().await;
+                    open(addr, query, received, delivered).await
+                })
+            })
+            .collect();
+        let count = tasks.len();
+        let latencies: Vec<u64> = smol::block_on(async {
+            let mut out = Vec::with_capacity(count);
+            for task in tasks {
+                match task.await {
+                    Ok(latency) => out.push(latency.as_micros() as u64),
+                    Err(error) => eprintln!("connect failed: {error}"),
+                }
+            }
+            out
+        });
+        (latencies, started.elapsed().as_secs_f64())
+    };
+
+    let rss_empty = server.rss_kib();
+    eprintln!("connecting {} ...", args.baseline);
+    let (mut latencies, seconds_a) = connect(0..args.baseline);
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_baseline = server.rss_kib();
+    eprintln!("connecting {} more ...", args.connections - args.baseline);
+    let (more, seconds_b) = connect(args.baseline..args.connections);
+    let connects_per_second = more.len() as f64 / seconds_b;
+    latencies.extend(more);
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_full = server.rss_kib();
+    latencies.sort_unstable();
+    let per_connection_kib =
+        (rss_full.saturating_sub(rss_baseline)) as f64 / (args.connections - args.baseline) as f64;
+    let _ = seconds_a;
+
+    eprintln!("fan-out to one conversation of 1 000 ...");
+    let big = fan_out(
+        &server,
+        &receivers[..1000.min(args.connections)],
+        &delivered,
+        &["big".to_owned()],
+        args.big_messages,
+        1000,
+    );
+    eprintln!("fan-out to 100 conversations of 10 ...");
+    let small_names: Vec<String> = (0..100).map(|i| format!("small-{i}")).collect();
+    let small = fan_out(
+        &server,
+        &receivers[1000.min(args.connections)..2000.min(args.connections)],
+        &delivered,
+        &small_names,
+        args.small_messages,
+        10,
+    );
+
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| authenticated connects | {} |", latencies.len());
+    println!(
+        "| connect latency p50 / p99 | {:.2} ms / {:.2} ms |",
+        percentile(&latencies, 0.5) as f64 / 1000.0,
+        percentile(&latencies, 0.99) as f64 / 1000.0
+    );
+    println!(
+        "| connects per second ({} in flight) | {:.0} |",
+        args.concurrency, connects_per_second
+    );
+    println!(
+        "| server RSS: empty / {} / {} connections | {} / {} / {} KiB |",
+        args.baseline, args.connections, rss_empty, rss_baseline, rss_full
+    );
+    println!("| idle memory per connection (RSS slope) | {:.2} KiB |", per_connection_kib);
+    for (name, f) in [("1 conversation × 1 000", &big), ("100 conversations × 10", &small)] {
+        println!(
+            "| fan-out {name}: deliveries | {} in {:.2} s = {:.0}/s |",
+            f.deliveries,
+            f.seconds,
+            f.deliveries as f64 / f.seconds
+        );
+        println!(
+            "| fan-out {name}: per server CPU-second | {:.0} ({:.2} CPU-s) |",
+            f.deliveries as f64 / f.cpu_seconds.max(0.01),
+            f.cpu_seconds
+        );
+        println!(
+            "| fan-out {name}: end-to-end p50 / p99 | {:.2} ms / {:.2} ms |",
+            f.p50_us as f64 / 1000.0,
+            f.p99_us as f64 / 1000.0
+        );
+    }
+    println!("| with Redis | not measured (no Redis fan-out yet) |");
+    if let Some(path) = &args.json {
+        let fan = |f: &FanOut| serde_json::json!({"deliveries": f.deliveries, "seconds": f.seconds, "cpu_seconds": f.cpu_seconds, "p50_us": f.p50_us, "p99_us": f.p99_us});
+        let report = serde_json::json!({
+            "connections": latencies.len(),
+            "connect_p50_us": percentile(&latencies, 0.5),
+            "connect_p99_us": percentile(&latencies, 0.99),
+            "connects_per_second": connects_per_second,
+            "rss_kib": {"empty": rss_empty, "baseline": rss_baseline, "full": rss_full},
+            "idle_kib_per_connection": per_connection_kib,
+            "fan_out_1x1000": fan(&big),
+            "fan_out_100x10": fan(&small),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    }
+}
