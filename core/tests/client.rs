@@ -692,3 +692,131 @@ fn a_token_that_is_already_close_to_expiry_is_not_asked_for_in_a_loop() {
     assert_eq!(requests(&h), 0);
     assert!(h.client.poll_timeout().is_some_and(|(at, _)| at > h.now));
 }
+
+#[test]
+fn debug_output_of_inputs_and_outputs_is_complete_and_hides_tokens() {
+    let message = message("data.x.y", "{}");
+    let inputs = [
+        ClientInput::Connect,
+        ClientInput::Disconnect { code: CloseCode::NORMAL, reason: "bye".into() },
+        ClientInput::Send(message),
+        ClientInput::SocketOpened { attempt: AttemptId(1) },
+        ClientInput::Frame {
+            attempt: AttemptId(1),
+            text: Bytes::from_static(b"{\"token\":\"secret\"}"),
+        },
+        ClientInput::SocketClosed { attempt: AttemptId(1), code: None, reason: String::new() },
+        ClientInput::Token { token: "secret".into(), expires_at_unix_ms: None },
+        ClientInput::Online,
+        ClientInput::Offline,
+        ClientInput::Visible,
+        ClientInput::Hidden,
+        ClientInput::ReconnectNow,
+        ClientInput::Timeout,
+    ];
+    let mut names = std::collections::BTreeSet::new();
+    for input in &inputs {
+        let shown = format!("{input:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        names.insert(shown.split([' ', '(', '{']).next().unwrap().to_owned());
+    }
+    assert_eq!(names.len(), inputs.len(), "every variant names itself");
+    let outputs = [
+        ClientOutput::OpenSocket { attempt: AttemptId(1), url: "ws://h/ws?token=secret".into() },
+        ClientOutput::SendFrame { attempt: AttemptId(1), frame: Bytes::from_static(b"secret") },
+        ClientOutput::CloseSocket {
+            attempt: AttemptId(1),
+            code: CloseCode::NORMAL,
+            reason: "r".into(),
+        },
+        ClientOutput::RequestToken,
+        ClientOutput::Persist(ResumeState {
+            connection_id: None,
+            last_sequence: 0,
+            last_message_id: None,
+        }),
+        ClientOutput::Event(ClientEvent::LocalError("x".into())),
+    ];
+    for output in &outputs {
+        assert!(!format!("{output:?}").contains("secret"));
+    }
+    assert!(!format!("{:?}", TokenSource::Static("secret".into())).contains("secret"));
+    assert_eq!(format!("{:?}", TokenSource::Application), "Application");
+    for state in [
+        ClientState::Disconnected,
+        ClientState::Connecting,
+        ClientState::Connected,
+        ClientState::Active,
+        ClientState::Reconnecting,
+        ClientState::Closed,
+    ] {
+        assert!(!state.as_str().is_empty());
+    }
+    assert_eq!(SendError::QueueFull("bytes").to_string(), "the send queue is full (bytes)");
+}
+
+#[test]
+fn inputs_that_change_nothing_change_nothing() {
+    let mut h = Harness::default();
+    h.input(ClientInput::Hidden);
+    h.input(ClientInput::Visible);
+    h.input(ClientInput::Online);
+    assert_eq!(h.client.state(), ClientState::Disconnected);
+    assert!(h.opened().is_empty());
+    h.input(ClientInput::Connect);
+    h.establish("01A");
+    // Sending through the input enum queues or sends like `send`.
+    h.take();
+    h.input(ClientInput::Send(message("data.x.y", r#"{"n":1}"#)));
+    assert_eq!(h.sent().len(), 1);
+    // A token from the application is ignored when tokens are static.
+    h.input(ClientInput::Token { token: "t".into(), expires_at_unix_ms: None });
+    assert_eq!(h.sent().len(), 1);
+    // A frame that is not an envelope is a local error, not a crash.
+    let attempt = h.last_attempt();
+    h.input(ClientInput::Frame { attempt, text: Bytes::from_static(b"garbage") });
+    h.input(ClientInput::Frame { attempt, text: Bytes::from_static(br#"{"id":"1","type":"system.ping","version":"1.0","timestamp":"2025-12-18T10:30:00.000Z","source":"server","payload":{}}"#) });
+    let local = h.events().iter().filter(|e| matches!(e, ClientEvent::LocalError(_))).count();
+    assert_eq!(local, 2);
+    // Server errors are surfaced.
+    h.server(SystemMessage::Error(switchboard_core::protocol::ErrorPayload {
+        category: switchboard_core::protocol::ErrorCategory::RateLimit,
+        code: "RATE_LIMITED".into(),
+        message: "slow down".into(),
+        details: None,
+        is_retryable: true,
+        retry_after_ms: Some(100),
+    }));
+    assert!(h.events().iter().any(|e| matches!(e, ClientEvent::ServerError(_))));
+    // Offline while reconnecting cancels the pending retry; the state change says so.
+    h.drop_socket(None);
+    h.input(ClientInput::Offline);
+    let last = h.events().into_iter().rev().find_map(|e| match e {
+        ClientEvent::StateChange(c) => Some(c),
+        _ => None,
+    });
+    assert_eq!(last.unwrap().next_retry_at, None);
+    // Reconnect-now starts again at once.
+    h.input(ClientInput::ReconnectNow);
+    assert_eq!(h.client.state(), ClientState::Connecting);
+}
+
+#[test]
+fn a_refused_flow_resume_is_a_gap_and_the_jump_after_it_is_not() {
+    let mut h = Harness::default();
+    h.input(ClientInput::Connect);
+    h.establish("01A");
+    h.server_data(1, 1);
+    h.server(SystemMessage::ConnectionResumed(ConnectionResumed {
+        conversation_id: "conv-1".into(),
+        resumed_from_message_id: None,
+        current_item_index: None,
+        missed_messages: 0,
+        state_valid: false,
+        connection_id: Some(Id::new("01A").unwrap()),
+    }));
+    assert_eq!(h.gaps(), 1);
+    h.server_data(9, 9);
+    assert_eq!(h.gaps(), 1, "the announced jump is not a second gap");
+    assert_eq!(h.received(), [1, 9]);
+}
