@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 use smol_hyper::rt::FuturesIo;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -34,7 +35,10 @@ pub struct App {
     pub path: String,
     pub commands: async_channel::Sender<Command>,
     pub metrics: Arc<Metrics>,
-    pub ready: AtomicBool,
+    pub ready: Arc<AtomicBool>,
+    /// Every task of the server runs on this one thread's executor, with the hub's driver, so
+    /// handing a frame to a socket's writer is a queue push, not a cross-thread wake-up.
+    pub executor: Rc<smol::LocalExecutor<'static>>,
     pub next_socket: AtomicU64,
     pub ws_config: WebSocketConfig,
     pub api_key: Option<String>,
@@ -58,7 +62,7 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 }
 
 /// Serves one TCP connection (HTTP/1.1, with upgrades).
-pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Arc<App>) {
+pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Rc<App>) {
     let service = hyper::service::service_fn(move |request| {
         let app = app.clone();
         async move { Ok::<_, std::convert::Infallible>(app.route(request, peer).await) }
@@ -72,11 +76,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Arc<App>) {
 }
 
 impl App {
-    async fn route(
-        self: Arc<Self>,
-        request: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<Body> {
+    async fn route(self: Rc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let path = request.uri().path().to_owned();
         match (request.method(), path.as_str()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -115,11 +115,7 @@ impl App {
     }
 
     /// Answers the upgrade with 101 and hands the socket to the driver once hyper lets go of it.
-    fn upgrade(
-        self: Arc<Self>,
-        mut request: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<Body> {
+    fn upgrade(self: Rc<Self>, mut request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let headers = request.headers();
         let is_upgrade = headers
             .get(header::UPGRADE)
@@ -157,23 +153,31 @@ impl App {
         };
         let on_upgrade = hyper::upgrade::on(&mut request);
         let app = self.clone();
-        smol::spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(error) => return tracing::debug!(%peer, %error, "upgrade failed"),
-            };
-            let Ok(parts) = upgraded.downcast::<FuturesIo<TcpStream>>() else {
-                return tracing::error!("upgraded connection of an unexpected type");
-            };
-            let io = Prefixed { prefix: parts.read_buf, inner: parts.io.into_inner() };
-            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(app.ws_config)).await;
-            let socket = SocketId(app.next_socket.fetch_add(1, Ordering::Relaxed));
-            let (writer, writes) = async_channel::unbounded::<Write>();
-            if app.commands.send(Command::Open { socket, writer, request: open }).await.is_ok() {
-                socket::run(ws, socket, app.commands.clone(), writes).await;
-            }
-        })
-        .detach();
+        let executor = self.executor.clone();
+        executor
+            .spawn(async move {
+                let upgraded = match on_upgrade.await {
+                    Ok(upgraded) => upgraded,
+                    Err(error) => return tracing::debug!(%peer, %error, "upgrade failed"),
+                };
+                let Ok(parts) = upgraded.downcast::<FuturesIo<TcpStream>>() else {
+                    return tracing::error!("upgraded connection of an unexpected type");
+                };
+                // What hyper read past the request is a slice of its 8 KiB read buffer: copy it
+                // (usually nothing), so the buffer is not kept for the socket's whole life.
+                let prefix = Bytes::copy_from_slice(&parts.read_buf);
+                drop(parts.read_buf);
+                let io = Prefixed { prefix, inner: parts.io.into_inner() };
+                let ws =
+                    WebSocketStream::from_raw_socket(io, Role::Server, Some(app.ws_config)).await;
+                let socket = SocketId(app.next_socket.fetch_add(1, Ordering::Relaxed));
+                let (writer, writes) = async_channel::unbounded::<Write>();
+                if app.commands.send(Command::Open { socket, writer, request: open }).await.is_ok()
+                {
+                    socket::run(ws, socket, app.commands.clone(), writes).await;
+                }
+            })
+            .detach();
 
         let mut response = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
         let accept = derive_accept_key(key.as_bytes());

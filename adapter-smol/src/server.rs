@@ -11,6 +11,7 @@ use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::io::Write as _;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -71,10 +72,11 @@ impl Server {
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
     pub fn run(self) -> Result<(), String> {
-        smol::block_on(self.serve())
+        let executor = Rc::new(smol::LocalExecutor::new());
+        smol::block_on(executor.run(self.serve(executor.clone())))
     }
 
-    async fn serve(self) -> Result<(), String> {
+    async fn serve(self, executor: Rc<smol::LocalExecutor<'static>>) -> Result<(), String> {
         let Server { settings, configure, sessions } = self;
         let listener = TcpListener::bind(&settings.listen)
             .await
@@ -140,11 +142,13 @@ impl Server {
 
         let metrics = Arc::new(Metrics::default());
         let (commands, inbox) = async_channel::bounded::<Command>(4096);
-        let app = Arc::new(App {
+        let ready = Arc::new(AtomicBool::new(true));
+        let app = Rc::new(App {
             path: settings.path.clone(),
             commands: commands.clone(),
             metrics: metrics.clone(),
-            ready: AtomicBool::new(true),
+            ready: ready.clone(),
+            executor: executor.clone(),
             next_socket: AtomicU64::new(1),
             ws_config: WebSocketConfig::default()
                 .read_buffer_size(4096)
@@ -179,7 +183,7 @@ impl Server {
 
         // Signals: readiness goes false, the hub shuts down; a second signal or the grace
         // period ends the process regardless.
-        let signal_app = app.clone();
+        let signal_ready = ready.clone();
         let signal_commands = commands.clone();
         let grace = settings.shutdown_grace;
         let mut signals = signal_hook::iterator::Signals::new([
@@ -193,7 +197,7 @@ impl Server {
                 return;
             }
             tracing::info!("shutting down");
-            signal_app.ready.store(false, Ordering::Relaxed);
+            signal_ready.store(false, Ordering::Relaxed);
             let _ = signal_commands.send_blocking(Command::Shutdown);
             std::thread::spawn(move || {
                 std::thread::sleep(grace);
@@ -206,21 +210,25 @@ impl Server {
         });
 
         let accept_app = app.clone();
-        smol::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        smol::spawn(crate::http::serve(stream, peer, accept_app.clone())).detach();
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        smol::Timer::after(std::time::Duration::from_millis(50)).await;
+        let spawner = executor.clone();
+        executor
+            .spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, peer)) => {
+                            let _ = stream.set_nodelay(true);
+                            spawner
+                                .spawn(crate::http::serve(stream, peer, accept_app.clone()))
+                                .detach();
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "accept failed");
+                            smol::Timer::after(std::time::Duration::from_millis(50)).await;
+                        }
                     }
                 }
-            }
-        })
-        .detach();
+            })
+            .detach();
 
         Driver::new(hub, clock, inbox, commands, verifier, metrics).run().await;
         tracing::info!("drained; exiting");

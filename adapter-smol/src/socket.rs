@@ -54,6 +54,9 @@ pub async fn run<S>(
 
     let writer = async {
         while let Ok(first) = writes.recv().await {
+            // Let the other ready tasks run first (the driver may be handing out more frames),
+            // so that one write carries as many frames as are ready.
+            smol::future::yield_now().await;
             let mut batch = vec![first];
             while let Ok(more) = writes.try_recv() {
                 batch.push(more);

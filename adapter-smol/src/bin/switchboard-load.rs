@@ -38,6 +38,9 @@ struct Args {
     /// Messages published over the 100 conversations of 10.
     #[arg(long, default_value_t = 40_000)]
     small_messages: usize,
+    /// Publishers sending at once (each a keep-alive HTTP connection).
+    #[arg(long, default_value_t = 8)]
+    publishers: usize,
     /// The server binary (default: `switchboard` next to this one).
     #[arg(long)]
     server: Option<std::path::PathBuf>,
