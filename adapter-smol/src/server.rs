@@ -151,7 +151,7 @@ impl Server {
             executor: executor.clone(),
             next_socket: AtomicU64::new(1),
             ws_config: WebSocketConfig::default()
-                .read_buffer_size(4096)
+                .read_buffer_size(1024)
                 .write_buffer_size(0)
                 .max_write_buffer_size(settings.hub.max_outbound_bytes + 64 * 1024)
                 // The hub answers oversized frames with a proper error and 1009, up to four
