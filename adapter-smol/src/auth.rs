@@ -21,6 +21,10 @@ use switchboard_core::server::{AuthFailure, Credentials, Principal};
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 30;
+/// Verified tokens remembered, so that a reconnecting client (or another tab) with the same
+/// token does not cost another RSA verification.
+pub const CACHE_CAPACITY: usize = 10_000;
+
 /// The least time between two reloads of the key set.
 pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -183,6 +187,10 @@ pub struct Verifier {
     azps: HashSet<String>,
     allowed_origins: HashSet<String>,
     sessions: Box<dyn SessionStore>,
+    /// SHA-256 of a verified token → its principal, until the token expires. Bounded: cleared
+    /// when full. A key removed from the JWKS stops new tokens at once; tokens it signed that
+    /// were already verified live out their (short) lifetime.
+    verified: Mutex<HashMap<[u8; 32], Principal>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -214,6 +222,7 @@ impl Verifier {
             azps: azps.into_iter().collect(),
             allowed_origins: allowed_origins.into_iter().collect(),
             sessions,
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -241,10 +250,34 @@ impl Verifier {
     }
 
     fn verify_token(&self, token: &str) -> Result<Principal, AuthFailure> {
-        let invalid = |reason: &str| AuthFailure::Invalid(reason.to_owned());
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(invalid("token too large"));
+            return Err(AuthFailure::Invalid("token too large".into()));
         }
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now_ms =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let cached = self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).cloned();
+        if let Some(principal) = cached {
+            if principal
+                .expires_at_unix_ms
+                .is_some_and(|exp| exp + (LEEWAY_SECS as i64) * 1000 >= now_ms)
+            {
+                return Ok(principal);
+            }
+            self.verified.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
+            return Err(AuthFailure::Expired);
+        }
+        let principal = self.verify_uncached(token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= CACHE_CAPACITY {
+            verified.clear();
+        }
+        verified.insert(digest, principal.clone());
+        Ok(principal)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Principal, AuthFailure> {
+        let invalid = |reason: &str| AuthFailure::Invalid(reason.to_owned());
         let metadata = Token::decode_metadata(token).map_err(|_| invalid("malformed token"))?;
         if metadata.algorithm() != "RS256" {
             return Err(invalid("algorithm not allowed"));
@@ -380,5 +413,48 @@ impl DevIssuer {
             .with_issuer(&self.issuer)
             .with_subject(user);
         self.key_pair.sign(claims).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier(dev: &DevIssuer) -> Verifier {
+        let keys =
+            HashMap::from([(dev.kid.clone(), dev.key_pair.public_key().with_key_id(&dev.kid))]);
+        Verifier::new(
+            keys,
+            KeySource::Fixed,
+            vec![dev.issuer.clone()],
+            vec![],
+            vec![],
+            vec![],
+            Box::new(MemorySessions::default()),
+        )
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_and_a_tampered_one_is_not() {
+        let dev = DevIssuer::generate("https://sso.test/realms/dev".into()).unwrap();
+        let verifier = verifier(&dev);
+        let token = dev.token("alice", 1).unwrap();
+        let first = verifier.verify(&Credentials::Token(token.clone()), None).unwrap();
+        assert_eq!(first.user_id, "alice");
+        assert_eq!(first.display_name.as_deref(), Some("alice"));
+        assert_eq!(verifier.verified.lock().unwrap().len(), 1);
+        assert_eq!(verifier.verify(&Credentials::Token(token.clone()), None).unwrap(), first);
+        let mut tampered = token;
+        tampered.pop();
+        assert!(matches!(
+            verifier.verify(&Credentials::Token(tampered), None),
+            Err(AuthFailure::Invalid(_))
+        ));
+        assert_eq!(verifier.verified.lock().unwrap().len(), 1);
+        // JWKS parsing keeps only RSA signing keys.
+        let jwks = serde_json::json!({"keys": [jwk_json(&dev.key_pair.public_key(), "k1"), {"kid": "enc", "kty": "RSA", "use": "enc", "alg": "RSA-OAEP", "n": "AQAB", "e": "AQAB"}, {"kid": "ec", "kty": "EC"}]});
+        let keys = parse_jwks(&jwks.to_string()).unwrap();
+        assert_eq!(keys.keys().collect::<Vec<_>>(), ["k1"]);
+        assert!(parse_jwks("nope").is_err());
     }
 }
