@@ -5,7 +5,8 @@
 use serde_json::{Value, json};
 use std::time::Duration;
 use switchboard_core::client::{
-    BackoffConfig, ClientConfig, ClientEvent, ClientState, Jitter, StateChange, TokenSource,
+    BackoffConfig, ClientConfig, ClientEvent, ClientInput, ClientState, Jitter, StateChange,
+    TokenSource,
 };
 use switchboard_core::time::Instant;
 use switchboard_smol::client::NativeClient;
@@ -83,7 +84,10 @@ fn test_reconnection_after_disconnect() {
     let keys = Keys::load();
     let mut server = ServerProcess::start(EXE, &jwks(&keys), &[]);
     let addr = server.addr;
-    let c = client(addr, &keys, "alice", fast(Jitter::Equal, 10));
+    // Retries no sooner than 125, 250, 500, 1000 and 800 ms apart: five attempts span at least
+    // 2.6 s, ample for a restart even on a busy machine.
+    let backoff = BackoffConfig { base: Duration::from_millis(250), ..fast(Jitter::Equal, 10) };
+    let c = client(addr, &keys, "alice", backoff);
     until(&c, active);
     server.kill();
     std::thread::sleep(Duration::from_millis(300));
@@ -160,22 +164,15 @@ fn test_message_replay_after_resume() {
         let body = json!({"conversationId": "conv-n", "message": {"type": "data.n.x", "payload": {"n": n}}}).to_string();
         server.http("POST", "/api/publish", &[("Authorization", "Bearer k3y")], &body).0
     };
-    // Slow retries, so the messages are published while the client is away.
-    let c = client(
-        server.addr,
-        &keys,
-        "alice",
-        BackoffConfig {
-            base: Duration::from_millis(1500),
-            jitter: Jitter::None,
-            ..BackoffConfig::default()
-        },
-    );
+    let c = client(server.addr, &keys, "alice", fast(Jitter::Equal, 10));
     until(&c, active);
     assert_eq!(publish(1), 200);
+    // Offline first, so the client does not come back until told: the messages below are
+    // certainly published while it is away.
+    c.input(ClientInput::Offline);
     c.drop_connection();
     // Wait until the server has parked the session.
-    for _ in 0..100 {
+    for _ in 0..250 {
         if server
             .http("GET", "/metrics", &[], "")
             .1
@@ -188,6 +185,7 @@ fn test_message_replay_after_resume() {
     for n in 2..=4 {
         assert_eq!(publish(n), 200);
     }
+    c.input(ClientInput::Online);
     let events = until(
         &c,
         |e| matches!(e, ClientEvent::Message { envelope, .. } if envelope.payload.as_str().contains("\"n\":4")),
