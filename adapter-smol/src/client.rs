@@ -106,19 +106,8 @@ struct ClientDriver {
 impl ClientDriver {
     async fn run(mut self) {
         loop {
-            let now = self.clock.now();
-            let next = match self.client.poll_timeout() {
-                Some((at, _)) if at <= now => None,
-                Some((at, _)) => {
-                    let wake = self.clock.std_instant(at);
-                    smol::future::or(async { Some(self.inbox.recv().await) }, async {
-                        smol::Timer::at(wake).await;
-                        None
-                    })
-                    .await
-                }
-                None => Some(self.inbox.recv().await),
-            };
+            let deadline = self.client.poll_timeout().map(|(at, _)| at);
+            let next = self.clock.next(deadline, &self.inbox).await;
             let input = match next {
                 None => ClientInput::Timeout,
                 Some(Ok(Msg::Input(input))) => input,

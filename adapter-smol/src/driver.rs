@@ -51,6 +51,27 @@ impl Clock {
     pub fn std_instant(self, at: Instant) -> std::time::Instant {
         self.0 + std::time::Duration::from_millis(at.as_millis())
     }
+
+    /// What a driver loop waits for: the next message from `inbox`, or `None` once `deadline`
+    /// passes. The clock is read before sleeping, so a deadline already past is served at once.
+    pub async fn next<T>(
+        self,
+        deadline: Option<Instant>,
+        inbox: &Receiver<T>,
+    ) -> Option<Result<T, async_channel::RecvError>> {
+        match deadline {
+            Some(at) if at <= self.now() => None,
+            Some(at) => {
+                let wake = self.std_instant(at);
+                smol::future::or(async { Some(inbox.recv().await) }, async {
+                    smol::Timer::at(wake).await;
+                    None
+                })
+                .await
+            }
+            None => Some(inbox.recv().await),
+        }
+    }
 }
 
 /// The driver's state.
@@ -87,20 +108,8 @@ impl Driver {
     pub async fn run(mut self) {
         self.drain();
         loop {
-            // The clock is read before sleeping: a deadline already past is served at once.
-            let now = self.clock.now();
-            let command = match self.hub.poll_timeout() {
-                Some((at, _)) if at <= now => None,
-                Some((at, _)) => {
-                    let wake = self.clock.std_instant(at);
-                    smol::future::or(async { Some(self.commands.recv().await) }, async {
-                        smol::Timer::at(wake).await;
-                        None
-                    })
-                    .await
-                }
-                None => Some(self.commands.recv().await),
-            };
+            let deadline = self.hub.poll_timeout().map(|(at, _)| at);
+            let command = self.clock.next(deadline, &self.commands).await;
             let drained = match command {
                 None => {
                     self.hub.handle_input(self.clock.now(), Input::Timeout);

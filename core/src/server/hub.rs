@@ -56,7 +56,7 @@ struct Session {
     deadlines: [Option<Instant>; 4],
     pending_verify: Option<VerifyId>,
     /// Opened and not yet authenticated: counted against `max_pending_auths`.
-    awaiting_auth: bool,
+    unverified: bool,
 }
 
 impl Session {
@@ -438,7 +438,7 @@ impl Hub {
                 invalid_streak: 0,
                 deadlines: [None; 4],
                 pending_verify: None,
-                awaiting_auth: true,
+                unverified: true,
             },
         );
         self.sockets.insert(socket, key);
@@ -563,7 +563,7 @@ impl Hub {
         if session.state() != ConnectionState::Connected {
             return;
         }
-        session.awaiting_auth = false;
+        session.unverified = false;
         self.pending_auths -= 1;
         let expiry = principal.expires_at_unix_ms.map(|ms| self.wall.instant_at(ms));
         let user_id = principal.user_id.clone();
@@ -1356,7 +1356,7 @@ impl Hub {
         if let Some(request) = session.pending_verify {
             self.verifies.remove(&request);
         }
-        if session.awaiting_auth {
+        if session.unverified {
             self.pending_auths -= 1;
         }
         self.by_connection_id.remove(&session.connection_id);

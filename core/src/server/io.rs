@@ -25,7 +25,7 @@ pub struct OpenRequest {
     /// The `Origin` header.
     pub origin: Option<String>,
     /// The peer's address, for logs.
-    pub peer: Option<std::net::SocketAddr>,
+    pub peer: Option<core::net::SocketAddr>,
 }
 
 impl fmt::Debug for OpenRequest {
