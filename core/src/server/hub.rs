@@ -817,7 +817,7 @@ impl Hub {
                 self.close(now, old, CloseCode::SESSION_REPLACED, "resume_gap");
             }
             let connection_id = self.sessions[&key].connection_id.clone();
-            self.answer_resume(now, key, &resume, 0, false);
+            self.answer_resume(now, key, Some(&resume), 0, false);
             self.outputs.push_back(Output::Event(HubEvent::Resumed {
                 connection_id,
                 replayed: 0,
@@ -875,7 +875,7 @@ impl Hub {
         self.set_deadline(old, TimerKind::ResumeWindow, None);
         self.set_deadline(old, TimerKind::Heartbeat, Some(now + self.config.heartbeat_interval));
 
-        self.answer_resume(now, old, &resume, replayed, true);
+        self.answer_resume(now, old, Some(&resume), replayed, true);
         let _ = self.replay(now, old, last);
         let Some(session) = self.sessions.get(&old) else { return };
         let connection_id = session.connection_id.clone();
@@ -890,7 +890,7 @@ impl Hub {
         &mut self,
         now: Instant,
         key: Key,
-        resume: &ConnectionResume,
+        resume: Option<&ConnectionResume>,
         missed: u64,
         state_valid: bool,
     ) {
@@ -900,9 +900,10 @@ impl Hub {
                 .conversation_id
                 .as_ref()
                 .map(|c| c.to_string())
-                .unwrap_or_else(|| resume.conversation_id.clone()),
-            resumed_from_message_id: resume.last_message_id.clone(),
-            current_item_index: resume.last_item_index,
+                .or_else(|| resume.map(|r| r.conversation_id.clone()))
+                .unwrap_or_default(),
+            resumed_from_message_id: resume.and_then(|r| r.last_message_id.clone()),
+            current_item_index: resume.and_then(|r| r.last_item_index),
             missed_messages: missed,
             state_valid,
             connection_id: Some(session.connection_id.clone()),
@@ -933,19 +934,7 @@ impl Hub {
         }
         let Some(session) = self.sessions.get_mut(&key) else { return };
         session.sent_through = session.next_sequence - 1;
-        let resumed = ConnectionResumed {
-            conversation_id: session
-                .conversation_id
-                .as_ref()
-                .map(|c| c.to_string())
-                .unwrap_or_default(),
-            resumed_from_message_id: None,
-            current_item_index: None,
-            missed_messages: 0,
-            state_valid: false,
-            connection_id: Some(session.connection_id.clone()),
-        };
-        self.send_system(now, key, SystemMessage::ConnectionResumed(resumed));
+        self.answer_resume(now, key, None, 0, false);
     }
 
     /// Starts writing the kept messages after sequence `last` to the session's socket, in
