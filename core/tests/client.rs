@@ -6,7 +6,7 @@ use bytes::Bytes;
 use std::time::Duration;
 use switchboard_core::client::{
     AttemptId, BackoffConfig, Client, ClientConfig, ClientEvent, ClientInput, ClientOutput,
-    ClientState, Jitter, OutgoingMessage, ResumeState, SendError, TokenSource,
+    ClientState, Jitter, OutgoingMessage, ResumeState, SendError, StateChange, TokenSource,
 };
 use switchboard_core::protocol::{
     CloseCode, ConnectionEstablished, ConnectionResumed, Envelope, Heartbeat, Id, MessageType,
@@ -154,6 +154,14 @@ impl Harness {
         self.input(ClientInput::SocketClosed { attempt, code, reason: String::new() });
     }
 
+    /// The most recent state change.
+    fn last_change(&self) -> Option<StateChange> {
+        self.events().into_iter().rev().find_map(|e| match e {
+            ClientEvent::StateChange(c) => Some(c),
+            _ => None,
+        })
+    }
+
     fn received(&self) -> Vec<u64> {
         self.events()
             .into_iter()
@@ -285,11 +293,8 @@ fn test_emits_connection_events() {
             (Active, Reconnecting)
         ]
     );
-    let last = h.events().into_iter().rev().find_map(|e| match e {
-        ClientEvent::StateChange(c) => Some(c),
-        _ => None,
-    });
-    let last = last.unwrap();
+    let last = h.last_change();
+    let last = last.expect("a state change");
     assert!(last.will_reconnect);
     assert_eq!(last.code, Some(CloseCode::GOING_AWAY));
     assert_eq!(last.attempt, 1);
@@ -358,11 +363,8 @@ fn test_max_attempts_exceeded() {
     }
     assert_eq!(h.opened().len(), 4, "the first socket and three attempts");
     assert_eq!(h.client.state(), ClientState::Closed);
-    let last = h.events().into_iter().rev().find_map(|e| match e {
-        ClientEvent::StateChange(c) => Some(c),
-        _ => None,
-    });
-    assert!(!last.unwrap().will_reconnect);
+    let last = h.last_change();
+    assert!(!last.expect("a state change").will_reconnect);
     // `online` starts a fresh series.
     h.input(ClientInput::Online);
     assert_eq!(h.opened().len(), 5);
@@ -791,11 +793,8 @@ fn inputs_that_change_nothing_change_nothing() {
     // Offline while reconnecting cancels the pending retry; the state change says so.
     h.drop_socket(None);
     h.input(ClientInput::Offline);
-    let last = h.events().into_iter().rev().find_map(|e| match e {
-        ClientEvent::StateChange(c) => Some(c),
-        _ => None,
-    });
-    assert_eq!(last.unwrap().next_retry_at, None);
+    let last = h.last_change();
+    assert_eq!(last.expect("a state change").next_retry_at, None);
     // Reconnect-now starts again at once.
     h.input(ClientInput::ReconnectNow);
     assert_eq!(h.client.state(), ClientState::Connecting);
