@@ -35,12 +35,17 @@ impl SharedFrame {
 
     /// The frame for a recipient whose sequence for it is `sequence`.
     pub fn with_sequence(&self, sequence: u64) -> Bytes {
+        const KEY: &[u8] = b",\"sequence\":";
         let body = &self.0[..self.0.len().saturating_sub(1)];
-        let mut frame = Vec::with_capacity(body.len() + 34);
+        let digits = sequence.checked_ilog10().unwrap_or(0) as usize + 1;
+        // Exactly the length: a `Vec` whose capacity equals its length becomes a `Bytes`
+        // without a second allocation (and drops without an atomic reference count).
+        let mut frame = Vec::with_capacity(body.len() + KEY.len() + digits + 1);
         frame.extend_from_slice(body);
-        frame.extend_from_slice(b",\"sequence\":");
+        frame.extend_from_slice(KEY);
         super::envelope::write_u64(&mut frame, sequence);
         frame.push(b'}');
+        debug_assert_eq!(frame.len(), frame.capacity());
         Bytes::from(frame)
     }
 
