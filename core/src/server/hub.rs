@@ -87,6 +87,40 @@ fn window_has_room(config: &HubConfig, session: &Session, bytes: usize) -> bool 
         && session.outbound_bytes + bytes <= config.max_outbound_bytes
 }
 
+/// What writing a session's backlog came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pump {
+    /// Everything that fits the window was written (or the session has no active socket).
+    Done,
+    /// The window is full while half the replay buffer waits: the client is not reading.
+    Stuck,
+    /// A message was evicted from the replay buffer before it could be written: the client
+    /// fell too far behind.
+    FellBehind,
+}
+
+/// Writes `session`'s unsent application messages, in order, as far as its socket's window
+/// allows; the rest wait in the replay buffer for [`Input::Flushed`].
+fn pump_session(config: &HubConfig, session: &mut Session, outputs: &mut VecDeque<Output>) -> Pump {
+    if session.state() != ConnectionState::Active {
+        return Pump::Done;
+    }
+    let Some(socket) = session.socket else { return Pump::Done };
+    while session.sent_through + 1 < session.next_sequence {
+        let sequence = session.sent_through + 1;
+        let Some(frame) = session.replay.get(sequence) else { return Pump::FellBehind };
+        let frame = frame.with_sequence(sequence);
+        if !window_has_room(config, session, frame.len()) {
+            break;
+        }
+        session.outbound_frames += 1;
+        session.outbound_bytes += frame.len();
+        session.sent_through = sequence;
+        outputs.push_back(Output::Send { socket, frame });
+    }
+    Pump::Done
+}
+
 /// A snapshot of one connection, for diagnosis and tests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectionInfo {
@@ -802,10 +836,7 @@ impl Hub {
         });
         let replay = old.zip(resume.last_sequence).and_then(|(old, last)| {
             let s = &self.sessions[&old];
-            s.replay
-                .after(last, s.next_sequence)
-                .ok()
-                .map(|frames| (old, last, frames.count() as u64))
+            s.replay.count_after(last, s.next_sequence).ok().map(|count| (old, last, count))
         });
         let Some((old, last, replayed)) = replay else {
             // Unknown session, someone else's, or a gap: the application must resync. A
@@ -942,7 +973,7 @@ impl Hub {
     /// no longer kept.
     fn replay(&mut self, now: Instant, key: Key, last: u64) -> Result<u64, Gap> {
         let Some(session) = self.sessions.get_mut(&key) else { return Ok(0) };
-        let count = session.replay.after(last, session.next_sequence)?.count() as u64;
+        let count = session.replay.count_after(last, session.next_sequence)?;
         session.sent_through = last;
         self.pump(now, key);
         Ok(count)
@@ -1156,9 +1187,10 @@ impl Hub {
 
     /// Gives an application message its sequence in each recipient session, keeps it for
     /// replay, and writes it to the sockets of those that are active. Returns how many
-    /// sessions got it.
+    /// sessions got it. One session lookup per recipient: this is fan-out's inner loop.
     fn deliver_to(&mut self, now: Instant, recipients: &[Key], frame: &SharedFrame) -> usize {
         let mut delivered = 0;
+        let backlog_limit = (self.config.replay_max_messages / 2).max(1) as u64;
         for &key in recipients {
             let Some(session) = self.sessions.get_mut(&key) else { continue };
             if !session.is_member() {
@@ -1173,55 +1205,42 @@ impl Hub {
                 self.config.replay_max_bytes,
             );
             delivered += 1;
-            if session.state() != ConnectionState::Active || session.socket.is_none() {
-                continue;
-            }
             // A socket whose window is full while half the replay buffer waits unsent is not
             // reading: cut it off while what it missed is still kept, so it can resume.
             let backlog = session.next_sequence - 1 - session.sent_through;
-            let backlog_limit = (self.config.replay_max_messages / 2).max(1) as u64;
-            if !window_has_room(&self.config, session, frame.len() + 32) && backlog >= backlog_limit
-            {
-                let connection_id = session.connection_id.clone();
-                self.outputs.push_back(Output::Event(HubEvent::SlowConsumer { connection_id }));
-                self.close(now, key, CloseCode::SLOW_CONSUMER, "slow_consumer");
-                continue;
-            }
-            self.pump(now, key);
+            let stuck = session.socket.is_some()
+                && session.state() == ConnectionState::Active
+                && !window_has_room(&self.config, session, frame.len() + 32)
+                && backlog >= backlog_limit;
+            let outcome = if stuck {
+                Pump::Stuck
+            } else {
+                pump_session(&self.config, session, &mut self.outputs)
+            };
+            self.after_pump(now, key, outcome);
         }
         delivered
     }
 
     /// Writes the session's unsent application messages, in order, as far as its socket's
-    /// window allows; the rest wait in the replay buffer for [`Input::Flushed`]. A message that
-    /// was evicted before it could be written means the client fell too far behind: 4013.
+    /// window allows; the rest wait in the replay buffer for [`Input::Flushed`].
     fn pump(&mut self, now: Instant, key: Key) {
-        loop {
-            let Some(session) = self.sessions.get(&key) else { return };
-            if session.state() != ConnectionState::Active || session.socket.is_none() {
-                return;
-            }
-            let sequence = session.sent_through + 1;
-            if sequence >= session.next_sequence {
-                return;
-            }
-            let Some(frame) = session.replay.get(sequence) else {
-                let connection_id = session.connection_id.clone();
-                self.outputs.push_back(Output::Event(HubEvent::SlowConsumer { connection_id }));
-                self.close(now, key, CloseCode::SLOW_CONSUMER, "fell_behind");
-                return;
-            };
-            let frame = frame.with_sequence(sequence);
-            if !window_has_room(&self.config, session, frame.len()) {
-                return;
-            }
-            if !self.write(now, key, frame) {
-                return;
-            }
-            if let Some(session) = self.sessions.get_mut(&key) {
-                session.sent_through = sequence;
-            }
-        }
+        let Some(session) = self.sessions.get_mut(&key) else { return };
+        let outcome = pump_session(&self.config, session, &mut self.outputs);
+        self.after_pump(now, key, outcome);
+    }
+
+    /// Cuts off (4013) a session that [`pump_session`] found too far behind.
+    fn after_pump(&mut self, now: Instant, key: Key, outcome: Pump) {
+        let reason = match outcome {
+            Pump::Done => return,
+            Pump::Stuck => "slow_consumer",
+            Pump::FellBehind => "fell_behind",
+        };
+        let Some(session) = self.sessions.get(&key) else { return };
+        let connection_id = session.connection_id.clone();
+        self.outputs.push_back(Output::Event(HubEvent::SlowConsumer { connection_id }));
+        self.close(now, key, CloseCode::SLOW_CONSUMER, reason);
     }
 
     /// Sends one of switchboard's own messages. These are about the socket, not the
