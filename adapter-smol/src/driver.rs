@@ -3,6 +3,7 @@
 
 use crate::auth::Verifier;
 use crate::metrics::Metrics;
+use crate::outbox::OutboxSender;
 use async_channel::{Receiver, Sender};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -24,7 +25,7 @@ pub enum Write {
 #[derive(Debug)]
 pub enum Command {
     /// A socket was upgraded: here is its writer, and the request it came with.
-    Open { socket: SocketId, writer: Sender<Write>, request: OpenRequest },
+    Open { socket: SocketId, writer: OutboxSender<Write>, request: OpenRequest },
     /// An input for the hub.
     Input(Input),
     /// Send a message (the publish API); the reply is the number of local sessions reached.
@@ -83,7 +84,7 @@ pub struct Driver {
     pub loopback: Sender<Command>,
     pub verifier: Arc<Verifier>,
     pub metrics: Arc<Metrics>,
-    writers: HashMap<SocketId, Sender<Write>>,
+    writers: HashMap<SocketId, OutboxSender<Write>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -158,13 +159,12 @@ impl Driver {
                 Output::Send { socket, frame } => {
                     self.metrics.sent(frame.len());
                     if let Some(writer) = self.writers.get(&socket) {
-                        // Unbounded by the channel, bounded by the hub's outbound window.
-                        let _ = writer.try_send(Write::Frame(frame));
+                        writer.push(Write::Frame(frame));
                     }
                 }
                 Output::Close { socket, code, reason } => {
                     if let Some(writer) = self.writers.remove(&socket) {
-                        let _ = writer.try_send(Write::Close(code, reason));
+                        writer.push(Write::Close(code, reason));
                     }
                 }
                 Output::Verify { request, socket: _, credentials, origin } => {

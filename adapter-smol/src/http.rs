@@ -171,7 +171,7 @@ impl App {
                 let ws =
                     WebSocketStream::from_raw_socket(io, Role::Server, Some(app.ws_config)).await;
                 let socket = SocketId(app.next_socket.fetch_add(1, Ordering::Relaxed));
-                let (writer, writes) = async_channel::unbounded::<Write>();
+                let (writer, writes) = crate::outbox::outbox::<Write>();
                 if app.commands.send(Command::Open { socket, writer, request: open }).await.is_ok()
                 {
                     socket::run(ws, socket, app.commands.clone(), writes).await;

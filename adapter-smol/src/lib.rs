@@ -2,7 +2,7 @@
 //!
 //! The adapter is a loop that moves bytes between sockets and [`switchboard_core`]'s hub; it
 //! takes no protocol decisions of its own. One driver task owns the hub; a reader and a writer
-//! task per socket talk to it through channels; HTTP (health, readiness, metrics, the publish
+//! task per socket talk to it through a channel and a mailbox; HTTP (health, readiness, metrics, the publish
 //! API) is served by hyper on the same port as the WebSocket endpoint. See [`Server`] for
 //! embedding it in an application with its own handlers.
 
@@ -13,6 +13,7 @@ pub mod config;
 pub(crate) mod driver;
 mod http;
 pub mod metrics;
+mod outbox;
 mod server;
 mod socket;
 

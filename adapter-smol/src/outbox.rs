@@ -1,0 +1,154 @@
+//! A socket's outgoing mailbox: the driver appends frames, the socket's writer takes all of
+//! them at once.
+//!
+//! Fan-out puts one frame into each of a thousand mailboxes per message, so the mailbox is
+//! on the hottest path there is. A channel pays a queue slot and a notification per frame;
+//! this pays an uncontended lock and a `VecDeque` push, and wakes the writer only when the
+//! mailbox goes from empty to not empty. The writer swaps the whole queue out, so what was
+//! sent while it was busy goes out in its next write, and the two queues' capacities are
+//! reused back and forth. An idle socket's mailbox holds no allocation beyond its own.
+//!
+//! Unbounded here; bounded by the hub, which never lets a socket's unflushed frames or bytes
+//! exceed its outbound window (and cuts the socket off with 4013 instead).
+
+use futures_util::task::AtomicWaker;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+
+/// The driver's end. Dropping it closes the mailbox: the writer gets what is left, then ends.
+#[derive(Debug)]
+pub struct OutboxSender<T>(Arc<Shared<T>>);
+
+/// The writer's end.
+#[derive(Debug)]
+pub struct OutboxReceiver<T>(Arc<Shared<T>>);
+
+#[derive(Debug)]
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    waker: AtomicWaker,
+}
+
+#[derive(Debug)]
+struct State<T> {
+    items: VecDeque<T>,
+    closed: bool,
+}
+
+/// A new, empty mailbox.
+pub fn outbox<T>() -> (OutboxSender<T>, OutboxReceiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State { items: VecDeque::new(), closed: false }),
+        waker: AtomicWaker::new(),
+    });
+    (OutboxSender(shared.clone()), OutboxReceiver(shared))
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // A writer that panicked holding the lock leaves a queue that is still consistent.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<T> OutboxSender<T> {
+    /// Appends `item`, waking the writer if the mailbox was empty.
+    pub fn push(&self, item: T) {
+        let was_empty = {
+            let mut state = self.0.lock();
+            state.items.push_back(item);
+            state.items.len() == 1
+        };
+        if was_empty {
+            self.0.waker.wake();
+        }
+    }
+}
+
+impl<T> Drop for OutboxSender<T> {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.waker.wake();
+    }
+}
+
+impl<T> OutboxReceiver<T> {
+    /// Waits until there is something to take (`true`), or the sender is gone and nothing is
+    /// left (`false`).
+    pub async fn ready(&self) -> bool {
+        poll_fn(|cx| {
+            self.0.waker.register(cx.waker());
+            let state = self.0.lock();
+            if !state.items.is_empty() {
+                Poll::Ready(true)
+            } else if state.closed {
+                Poll::Ready(false)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Moves everything waiting into `batch` (which should be empty: its capacity is handed
+    /// back to the sender's side).
+    pub fn take_all(&self, batch: &mut VecDeque<T>) {
+        let mut state = self.0.lock();
+        if batch.is_empty() {
+            std::mem::swap(&mut state.items, batch);
+        } else {
+            batch.append(&mut state.items);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivers_in_order_in_one_batch_then_ends_when_the_sender_is_gone() {
+        smol::block_on(async {
+            let (sender, receiver) = outbox();
+            for i in 0..5 {
+                sender.push(i);
+            }
+            assert!(receiver.ready().await);
+            let mut batch = VecDeque::new();
+            receiver.take_all(&mut batch);
+            assert_eq!(batch.drain(..).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+
+            sender.push(5);
+            drop(sender);
+            assert!(receiver.ready().await, "what was sent before the close is still taken");
+            receiver.take_all(&mut batch);
+            assert_eq!(batch.drain(..).collect::<Vec<_>>(), [5]);
+            assert!(!receiver.ready().await);
+        });
+    }
+
+    #[test]
+    fn a_push_wakes_a_waiting_writer() {
+        let executor = smol::LocalExecutor::new();
+        let (sender, receiver) = outbox();
+        let writer = executor.spawn(async move {
+            let mut seen = Vec::new();
+            let mut batch = VecDeque::new();
+            while receiver.ready().await {
+                receiver.take_all(&mut batch);
+                seen.extend(batch.drain(..));
+            }
+            seen
+        });
+        smol::block_on(executor.run(async {
+            for i in 0..3 {
+                smol::future::yield_now().await;
+                sender.push(i);
+            }
+            drop(sender);
+            assert_eq!(writer.await, [0, 1, 2]);
+        }));
+    }
+}
