@@ -2,13 +2,16 @@
 //! sends, flushing once per batch. No decisions: the hub makes them.
 
 use crate::driver::{Command, Write};
-use async_channel::{Receiver, Sender};
+use crate::outbox::OutboxReceiver;
+use async_channel::Sender;
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use bytes::Bytes;
+use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
+use std::collections::VecDeque;
 use std::time::Duration;
 use switchboard_core::protocol::CloseCode;
 use switchboard_core::server::{Input, SocketId};
@@ -21,12 +24,11 @@ pub async fn run<S>(
     ws: WebSocketStream<S>,
     socket: SocketId,
     commands: Sender<Command>,
-    writes: Receiver<Write>,
+    writes: OutboxReceiver<Write>,
 ) where
     S: futures_util::AsyncRead + futures_util::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, mut stream) = ws.split();
-    let (closing_tx, closing_rx) = async_channel::bounded::<()>(1);
 
     let reader = async {
         let mut code = None;
@@ -52,24 +54,23 @@ pub async fn run<S>(
         let _ = commands.send(Command::Input(Input::Closed { socket, code })).await;
     };
 
+    // Ends with whether it sent our close frame.
     let writer = async {
-        while let Ok(first) = writes.recv().await {
+        let mut batch = VecDeque::new();
+        while writes.ready().await {
             // Let the other ready tasks run first (the driver may be handing out more frames),
             // so that one write carries as many frames as are ready.
             smol::future::yield_now().await;
-            let mut batch = vec![first];
-            while let Ok(more) = writes.try_recv() {
-                batch.push(more);
-            }
+            writes.take_all(&mut batch);
             let (mut frames, mut bytes, mut close) = (0, 0, None);
-            for write in batch {
+            for write in batch.drain(..) {
                 match write {
                     Write::Frame(frame) if close.is_none() => {
                         frames += 1;
                         bytes += frame.len();
                         let Ok(text) = frame.try_into() else { continue };
                         if sink.feed(Message::Text(text)).await.is_err() {
-                            return;
+                            return false;
                         }
                     }
                     Write::Frame(_) => {}
@@ -77,7 +78,7 @@ pub async fn run<S>(
                 }
             }
             if sink.flush().await.is_err() {
-                return;
+                return false;
             }
             if frames > 0 {
                 let flushed = Input::Flushed { socket, frames, bytes };
@@ -86,23 +87,34 @@ pub async fn run<S>(
             if let Some((code, reason)) = close {
                 let frame = CloseFrame { code: WsCloseCode::from(code.0), reason: reason.into() };
                 let _ = sink.send(Message::Close(Some(frame))).await;
-                let _ = closing_tx.try_send(());
-                return;
+                return true;
             }
         }
-    };
-
-    let ended = async {
-        futures_util::future::join(reader, writer).await;
-        true
-    };
-    let gave_up = async {
-        let _ = closing_rx.recv().await;
-        smol::Timer::after(CLOSE_GRACE).await;
         false
     };
-    if !smol::future::or(ended, gave_up).await {
-        // The peer never finished the close handshake; the driver still hears of the end.
-        let _ = commands.send(Command::Input(Input::Closed { socket, code: None })).await;
+
+    let (reader, writer) = (std::pin::pin!(reader), std::pin::pin!(writer));
+    match futures_util::future::select(reader, writer).await {
+        Either::Left(((), writer)) => {
+            // The peer is gone; the writer ends once the driver lets go of the socket.
+            writer.await;
+        }
+        Either::Right((false, reader)) => reader.await,
+        Either::Right((true, reader)) => {
+            // We closed: the peer has a grace period to finish the handshake.
+            let finished = async {
+                reader.await;
+                true
+            };
+            let gave_up = async {
+                smol::Timer::after(CLOSE_GRACE).await;
+                false
+            };
+            let finished = smol::future::or(finished, gave_up).await;
+            if !finished {
+                // The driver still hears of the end.
+                let _ = commands.send(Command::Input(Input::Closed { socket, code: None })).await;
+            }
+        }
     }
 }
