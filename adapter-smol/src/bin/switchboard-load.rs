@@ -38,8 +38,10 @@ struct Args {
     /// Messages published over the 100 conversations of 10.
     #[arg(long, default_value_t = 40_000)]
     small_messages: usize,
-    /// Publishers sending at once (each a keep-alive HTTP connection).
-    #[arg(long, default_value_t = 8)]
+    /// Publish requests in flight at once (each on its own keep-alive HTTP connection, one
+    /// request at a time). The more messages are in flight, the more frames the server can put
+    /// in one write per socket: 1 measures the worst case, one frame per write().
+    #[arg(long, default_value_t = 32)]
     publishers: usize,
     /// The server binary (default: `switchboard` next to this one).
     #[arg(long)]
@@ -232,6 +234,7 @@ fn fan_out(
     delivered: &AtomicU64,
     conversations: &[String],
     messages: usize,
+    publishers: usize,
     expected_each: u64,
 ) -> FanOut {
     for r in receivers {
@@ -241,17 +244,23 @@ fn fan_out(
     let expected = messages as u64 * expected_each;
     let cpu0 = server.cpu_seconds();
     let started = Instant::now();
-    let mut publisher = Publisher::connect(&server.addr);
-    for i in 0..messages {
-        publisher.publish(&conversations[i % conversations.len()]);
-        if i % 1000 == 999 {
-            eprint!(
-                "\r  published {}/{messages}, delivered {}",
-                i + 1,
-                delivered.load(Ordering::Relaxed)
-            );
+    let published = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for p in 0..publishers {
+            let (published, addr) = (&published, &server.addr);
+            scope.spawn(move || {
+                let mut publisher = Publisher::connect(addr);
+                for i in (p..messages).step_by(publishers) {
+                    publisher.publish(&conversations[i % conversations.len()]);
+                    let done = published.fetch_add(1, Ordering::Relaxed) + 1;
+                    if done % 1000 == 0 {
+                        let so_far = delivered.load(Ordering::Relaxed);
+                        eprint!("\r  published {done}/{messages}, delivered {so_far}    ");
+                    }
+                }
+            });
         }
-    }
+    });
     let deadline = Instant::now() + Duration::from_secs(60);
     while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -348,6 +357,7 @@ fn main() {
         &delivered,
         &["big".to_owned()],
         args.big_messages,
+        args.publishers,
         1000,
     );
     eprintln!("fan-out to 100 conversations of 10 ...");
@@ -358,6 +368,7 @@ fn main() {
         &delivered,
         &small_names,
         args.small_messages,
+        args.publishers,
         10,
     );
 
@@ -397,6 +408,7 @@ fn main() {
             f.p99_us as f64 / 1000.0
         );
     }
+    println!("| publish requests in flight | {} |", args.publishers);
     println!("| with Redis | not measured (no Redis fan-out yet) |");
     if let Some(path) = &args.json {
         let fan = |f: &FanOut| serde_json::json!({"deliveries": f.deliveries, "seconds": f.seconds, "cpu_seconds": f.cpu_seconds, "p50_us": f.p50_us, "p99_us": f.p99_us});
@@ -409,6 +421,7 @@ fn main() {
             "idle_kib_per_connection": per_connection_kib,
             "fan_out_1x1000": fan(&big),
             "fan_out_100x10": fan(&small),
+            "publishers": args.publishers,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
     }
