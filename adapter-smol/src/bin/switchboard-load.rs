@@ -19,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use switchboard_smol::auth::DevIssuer;
 
 #[derive(Parser, Debug)]
 #[command(name = "switchboard-load", about = "Load and measure a switchboard server.")]
@@ -43,6 +44,12 @@ struct Args {
     /// in one write per socket: 1 measures the worst case, one frame per write().
     #[arg(long, default_value_t = 32)]
     publishers: usize,
+    /// Give every connection its own user and token, signed here with a key the server is
+    /// told to trust (`--jwks-file`), so that every connect pays an RS256 verification. By
+    /// default all connections share the dev token, which the server verifies once and then
+    /// remembers (as it does for a client that reconnects).
+    #[arg(long)]
+    distinct_tokens: bool,
     /// The server binary (default: `switchboard` next to this one).
     #[arg(long)]
     server: Option<std::path::PathBuf>,
@@ -70,7 +77,8 @@ struct Server {
 }
 
 impl Server {
-    fn start(binary: &std::path::Path) -> Server {
+    /// Starts the server: in dev mode, or trusting `issuer`'s keys from `jwks_file`.
+    fn start(binary: &std::path::Path, trust: Option<(&std::path::Path, &str)>) -> Server {
         let pinned = Command::new("taskset").arg("-V").output().is_ok();
         let mut command = if pinned {
             let mut c = Command::new("taskset");
@@ -79,8 +87,17 @@ impl Server {
         } else {
             Command::new(binary)
         };
+        command.args(["--listen", "127.0.0.1:0", "--api-key", "load"]);
+        match trust {
+            Some((jwks_file, issuer)) => {
+                command.arg("--jwks-file").arg(jwks_file);
+                command.args(["--issuer", issuer, "--azp", "switchboard-dev"]);
+            }
+            None => {
+                command.arg("--dev");
+            }
+        }
         let mut child = command
-            .args(["--dev", "--listen", "127.0.0.1:0", "--api-key", "load"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -92,6 +109,9 @@ impl Server {
         for line in lines.by_ref() {
             if let Some(a) = line.split("listening on ").nth(1) {
                 addr = a.trim().to_owned();
+                if trust.is_some() {
+                    break;
+                }
             }
             if let Some(t) = line.split("dev-user): ").nth(1) {
                 token = t.trim().to_owned();
@@ -289,7 +309,34 @@ fn main() {
         .server
         .clone()
         .unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("switchboard"));
-    let server = Server::start(&binary);
+    // With distinct tokens, this process is the identity provider: its key, its JWKS file.
+    let issuer = args.distinct_tokens.then(|| {
+        let issuer = DevIssuer::generate("https://load.switchboard.invalid/realms/load".into())
+            .expect("an RSA key");
+        let path =
+            std::env::temp_dir().join(format!("switchboard-load-{}.json", std::process::id()));
+        std::fs::write(&path, issuer.jwks().to_string()).expect("the JWKS file is written");
+        (issuer, path)
+    });
+    let server = Server::start(
+        &binary,
+        issuer.as_ref().map(|(i, path)| (path.as_path(), i.issuer.as_str())),
+    );
+    let tokens: Vec<String> = match &issuer {
+        Some((issuer, _)) => (0..args.connections)
+            .map(|i| {
+                if i % 1000 == 999 {
+                    eprint!("\r  signed {} tokens", i + 1);
+                }
+                issuer.token(&format!("load-{i}"), 1).expect("a token")
+            })
+            .collect(),
+        None => vec![server.token.clone()],
+    };
+    if let Some((_, path)) = &issuer {
+        eprintln!();
+        let _ = std::fs::remove_file(path);
+    }
     let delivered = Arc::new(AtomicU64::new(0));
     let receivers: Vec<Arc<Receiver>> = (0..args.connections)
         .map(|_| Arc::new(Receiver { latencies: Default::default() }))
@@ -308,7 +355,7 @@ fn main() {
             .map(|i| {
                 let (addr, token, received, delivered, semaphore) = (
                     server.addr.clone(),
-                    server.token.clone(),
+                    tokens[i % tokens.len()].clone(),
                     receivers[i].clone(),
                     delivered.clone(),
                     semaphore.clone(),
@@ -409,6 +456,14 @@ fn main() {
         );
     }
     println!("| publish requests in flight | {} |", args.publishers);
+    println!(
+        "| tokens | {} |",
+        if args.distinct_tokens {
+            "one per connection (each verified with RS256)"
+        } else {
+            "one dev token for all (verified once, then remembered)"
+        }
+    );
     println!("| with Redis | not measured (no Redis fan-out yet) |");
     if let Some(path) = &args.json {
         let fan = |f: &FanOut| serde_json::json!({"deliveries": f.deliveries, "seconds": f.seconds, "cpu_seconds": f.cpu_seconds, "p50_us": f.p50_us, "p99_us": f.p99_us});
@@ -422,6 +477,7 @@ fn main() {
             "fan_out_1x1000": fan(&big),
             "fan_out_100x10": fan(&small),
             "publishers": args.publishers,
+            "distinct_tokens": args.distinct_tokens,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
     }
