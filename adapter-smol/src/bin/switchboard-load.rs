@@ -17,20 +17,25 @@ use futures_util::StreamExt;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use switchboard_smol::auth::DevIssuer;
 
 #[derive(Parser, Debug)]
 #[command(name = "switchboard-load", about = "Load and measure a switchboard server.")]
 struct Args {
-    /// Connections to hold open at the end (at most ~19 000 for one process on this machine).
+    /// Connections to hold open at the end.
     #[arg(long, default_value_t = 8000)]
     connections: usize,
+    /// Processes holding the connections (this one and workers it starts). Default: one per
+    /// 18 000 connections, since a process here may have at most 20 000 open files. (The
+    /// server is one process too: on such a machine it cannot hold more than that either.)
+    #[arg(long)]
+    processes: Option<usize>,
     /// Where the RSS is read first, for the memory slope.
     #[arg(long, default_value_t = 1000)]
     baseline: usize,
-    /// Connection attempts in flight at once.
+    /// Connection attempts in flight at once, per process.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Messages published to the 1 000-member conversation.
@@ -56,6 +61,14 @@ struct Args {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Internal: run as a worker that holds connections to this server address for another
+    /// `switchboard-load` (tokens on stdin, one per line, then an empty line; it prints
+    /// `latency <µs>` per connection, then `done`, and holds them until stdin closes).
+    #[arg(long, hide = true)]
+    worker: Option<String>,
+    /// Internal: the index of a worker's first connection (it names their conversations).
+    #[arg(long, hide = true, default_value_t = 0)]
+    first: usize,
 }
 
 fn micros() -> u64 {
@@ -158,14 +171,12 @@ struct Receiver {
     latencies: std::sync::Mutex<Vec<u64>>,
 }
 
-async fn open(
-    addr: String,
-    query: String,
-    received: Arc<Receiver>,
-    delivered: Arc<AtomicU64>,
-) -> Result<Duration, String> {
-    let started = Instant::now();
-    let stream = TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
+/// TCP, the upgrade, and the server's `established`.
+async fn open_socket(
+    addr: &str,
+    query: &str,
+) -> Result<async_tungstenite::WebSocketStream<TcpStream>, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
     let url = format!("ws://{addr}/ws?{query}");
@@ -173,9 +184,31 @@ async fn open(
         .await
         .map_err(|e| e.to_string())?;
     match ws.next().await {
-        Some(Ok(Message::Text(text))) if text.contains("system.connection.established") => {}
-        other => return Err(format!("no established: {other:?}")),
+        Some(Ok(Message::Text(text))) if text.contains("system.connection.established") => Ok(ws),
+        other => Err(format!("no established: {other:?}")),
     }
+}
+
+async fn open(
+    addr: String,
+    query: String,
+    received: Arc<Receiver>,
+    delivered: Arc<AtomicU64>,
+) -> Result<Duration, String> {
+    // A server out of file descriptors leaves connections in its accept queue: after the first
+    // connection that waited 10 s in vain, the rest are not tried.
+    static STALLED: AtomicBool = AtomicBool::new(false);
+    if STALLED.load(Ordering::Relaxed) {
+        return Err("not tried: the server stopped answering".to_owned());
+    }
+    let started = Instant::now();
+    let opening = async { open_socket(&addr, &query).await };
+    let gave_up = async {
+        smol::Timer::after(Duration::from_secs(10)).await;
+        STALLED.store(true, Ordering::Relaxed);
+        Err("no answer within 10 s".to_owned())
+    };
+    let mut ws = smol::future::or(opening, gave_up).await?;
     let latency = started.elapsed();
     smol::spawn(async move {
         while let Some(Ok(message)) = ws.next().await {
@@ -254,7 +287,7 @@ fn fan_out(
     delivered: &AtomicU64,
     conversations: &[String],
     messages: usize,
-    publishers: usize,
+    publishers: &mut [Publisher],
     expected_each: u64,
 ) -> FanOut {
     for r in receivers {
@@ -265,12 +298,12 @@ fn fan_out(
     let cpu0 = server.cpu_seconds();
     let started = Instant::now();
     let published = AtomicU64::new(0);
+    let count = publishers.len();
     std::thread::scope(|scope| {
-        for p in 0..publishers {
-            let (published, addr) = (&published, &server.addr);
+        for (p, publisher) in publishers.iter_mut().enumerate() {
+            let published = &published;
             scope.spawn(move || {
-                let mut publisher = Publisher::connect(addr);
-                for i in (p..messages).step_by(publishers) {
+                for i in (p..messages).step_by(count) {
                     publisher.publish(&conversations[i % conversations.len()]);
                     let done = published.fetch_add(1, Ordering::Relaxed) + 1;
                     if done % 1000 == 0 {
@@ -303,8 +336,95 @@ fn fan_out(
     }
 }
 
+/// Another process of this program holding a share of the connections (a process may have at
+/// most 20 000 open files here).
+struct Worker {
+    child: Child,
+    latencies: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl Worker {
+    fn start(args: &Args, addr: &str, range: std::ops::Range<usize>, tokens: &[String]) -> Worker {
+        let mut child = Command::new(std::env::current_exe().expect("this program's path"))
+            .args(["--worker", addr, "--first", &range.start.to_string()])
+            .args(["--concurrency", &args.concurrency.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("a worker starts");
+        let mut stdin = child.stdin.take().expect("piped");
+        for i in range {
+            writeln!(stdin, "{}", tokens[i % tokens.len()]).expect("the worker reads its tokens");
+        }
+        writeln!(stdin).expect("the worker reads its tokens");
+        child.stdin = Some(stdin);
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let latencies = std::thread::spawn(move || {
+            let mut latencies = Vec::new();
+            for line in stdout.lines().map_while(Result::ok) {
+                match line.split_once(' ') {
+                    Some(("latency", us)) => latencies.extend(us.parse::<u64>().ok()),
+                    Some(("failed", error)) => eprintln!("connect failed (worker): {error}"),
+                    _ if line == "done" => break,
+                    _ => {}
+                }
+            }
+            latencies
+        });
+        Worker { child, latencies }
+    }
+
+    /// The latencies of the connections it opened, once all are open.
+    fn join(self) -> (Child, Vec<u64>) {
+        (self.child, self.latencies.join().unwrap_or_default())
+    }
+}
+
+/// The worker side of [`Worker`]: opens one connection per token read from stdin, reports,
+/// then holds them until stdin closes.
+fn worker(args: &Args, addr: &str) {
+    let tokens: Vec<String> = std::io::stdin()
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|line| !line.is_empty())
+        .collect();
+    let received = Arc::new(Receiver { latencies: Default::default() });
+    let delivered = Arc::new(AtomicU64::new(0));
+    let semaphore = Arc::new(smol::lock::Semaphore::new(args.concurrency));
+    let tasks: Vec<_> = tokens
+        .iter()
+        .enumerate()
+        .map(|(k, token)| {
+            let query = format!("token={token}&conversation_id=idle-{}", args.first + k);
+            let (addr, received, delivered, semaphore) =
+                (addr.to_owned(), received.clone(), delivered.clone(), semaphore.clone());
+            smol::spawn(async move {
+                let _permit = semaphore.acquire().await;
+                open(addr, query, received, delivered).await
+            })
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    smol::block_on(async {
+        for task in tasks {
+            let _ = match task.await {
+                Ok(latency) => writeln!(out, "latency {}", latency.as_micros()),
+                Err(error) => writeln!(out, "failed {error}"),
+            };
+        }
+    });
+    let _ = writeln!(out, "done");
+    let _ = out.flush();
+    drop(out);
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+}
+
 fn main() {
     let args = Args::parse();
+    if let Some(addr) = &args.worker {
+        return worker(&args, addr);
+    }
     let binary = args
         .server
         .clone()
@@ -337,6 +457,9 @@ fn main() {
         eprintln!();
         let _ = std::fs::remove_file(path);
     }
+    // Connected first: a server at its open-file limit accepts nothing more, not even these.
+    let mut publishers: Vec<Publisher> =
+        (0..args.publishers.max(1)).map(|_| Publisher::connect(&server.addr)).collect();
     let delivered = Arc::new(AtomicU64::new(0));
     let receivers: Vec<Arc<Receiver>> = (0..args.connections)
         .map(|_| Arc::new(Receiver { latencies: Default::default() }))
@@ -386,15 +509,40 @@ fn main() {
     let (mut latencies, seconds_a) = connect(0..args.baseline);
     std::thread::sleep(Duration::from_millis(500));
     let rss_baseline = server.rss_kib();
-    eprintln!("connecting {} more ...", args.connections - args.baseline);
-    let (more, seconds_b) = connect(args.baseline..args.connections);
-    let connects_per_second = more.len() as f64 / seconds_b;
+    // The rest: this process takes the first share (and everything below 2 000, whose
+    // conversations the fan-out measures), workers the others.
+    let processes = args.processes.unwrap_or(args.connections.div_ceil(18_000)).max(1);
+    let share = (args.connections - args.baseline).div_ceil(processes);
+    let own_end = (args.baseline + share).max(2000).min(args.connections);
+    let worker_share = (args.connections - own_end).div_ceil((processes - 1).max(1));
+    eprintln!(
+        "connecting {} more in {processes} process(es) ...",
+        args.connections - args.baseline
+    );
+    let started = Instant::now();
+    let workers: Vec<Worker> = (own_end..args.connections)
+        .step_by(worker_share.max(1))
+        .map(|first| {
+            let range = first..(first + worker_share).min(args.connections);
+            Worker::start(&args, &server.addr, range, &tokens)
+        })
+        .collect();
+    let (more, _) = connect(args.baseline..own_end);
+    let mut opened = more.len();
     latencies.extend(more);
+    let mut children = Vec::new();
+    for worker in workers {
+        let (child, more) = worker.join();
+        opened += more.len();
+        latencies.extend(more);
+        children.push(child);
+    }
+    let connects_per_second = opened as f64 / started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
     let rss_full = server.rss_kib();
     latencies.sort_unstable();
-    let per_connection_kib =
-        (rss_full.saturating_sub(rss_baseline)) as f64 / (args.connections - args.baseline) as f64;
+    // Per connection actually opened after the baseline.
+    let per_connection_kib = rss_full.saturating_sub(rss_baseline) as f64 / opened.max(1) as f64;
     let _ = seconds_a;
 
     eprintln!("fan-out to one conversation of 1 000 ...");
@@ -404,7 +552,7 @@ fn main() {
         &delivered,
         &["big".to_owned()],
         args.big_messages,
-        args.publishers,
+        &mut publishers,
         1000,
     );
     eprintln!("fan-out to 100 conversations of 10 ...");
@@ -415,21 +563,25 @@ fn main() {
         &delivered,
         &small_names,
         args.small_messages,
-        args.publishers,
+        &mut publishers,
         10,
     );
 
     println!();
     println!("| measure | value |");
     println!("|---|---|");
-    println!("| authenticated connects | {} |", latencies.len());
+    println!(
+        "| authenticated connects (failed) | {} ({}) |",
+        latencies.len(),
+        args.connections - latencies.len()
+    );
     println!(
         "| connect latency p50 / p99 | {:.2} ms / {:.2} ms |",
         percentile(&latencies, 0.5) as f64 / 1000.0,
         percentile(&latencies, 0.99) as f64 / 1000.0
     );
     println!(
-        "| connects per second ({} in flight) | {:.0} |",
+        "| connects per second ({} in flight per process) | {:.0} |",
         args.concurrency, connects_per_second
     );
     println!(
@@ -455,6 +607,7 @@ fn main() {
             f.p99_us as f64 / 1000.0
         );
     }
+    println!("| processes holding connections | {processes} |");
     println!("| publish requests in flight | {} |", args.publishers);
     println!(
         "| tokens | {} |",
@@ -477,8 +630,14 @@ fn main() {
             "fan_out_1x1000": fan(&big),
             "fan_out_100x10": fan(&small),
             "publishers": args.publishers,
+            "processes": processes,
             "distinct_tokens": args.distinct_tokens,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    }
+    for mut child in children {
+        // Closing its stdin lets the worker go.
+        drop(child.stdin.take());
+        let _ = child.wait();
     }
 }
