@@ -4,6 +4,7 @@ use super::config::HubConfig;
 use super::io::{
     AuthFailure, Credentials, HubEvent, Input, OpenRequest, Output, Principal, SocketId, VerifyId,
 };
+use super::members::Members;
 use super::pubsub::{Channel, RemoteMessage};
 use super::rate_limit::RateLimiter;
 use super::replay::{Gap, ReplayBuffer};
@@ -163,8 +164,8 @@ pub struct Hub {
     sessions: BTreeMap<Key, Session>,
     sockets: HashMap<SocketId, Key>,
     by_connection_id: HashMap<Id, Key>,
-    by_user: HashMap<String, BTreeSet<Key>>,
-    by_conversation: HashMap<Id, BTreeSet<Key>>,
+    by_user: HashMap<String, Members>,
+    by_conversation: HashMap<Id, Members>,
     subscriptions: BTreeSet<Channel>,
     verifies: HashMap<VerifyId, (Key, Purpose)>,
     /// Sockets told to close whose end has not been reported yet.
@@ -289,7 +290,7 @@ impl Hub {
                 (self.by_connection_id.get(id).copied().into_iter().collect(), None, None)
             }
             Target::User(user) => (
-                self.by_user.get(user).map(|s| s.iter().copied().collect()).unwrap_or_default(),
+                self.by_user.get(user).map(|s| s.iter().collect()).unwrap_or_default(),
                 Some(Channel::User(user.clone())),
                 None,
             ),
@@ -1010,7 +1011,7 @@ impl Hub {
         let recipients = match Channel::parse(channel, &self.config.channel_prefix) {
             Some(Channel::Conversation(id)) => self.members_of(&id, message.except.as_ref()),
             Some(Channel::User(user)) => {
-                self.by_user.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default()
+                self.by_user.get(&user).map(|s| s.iter().collect()).unwrap_or_default()
             }
             Some(Channel::Broadcast) => self.all_members(),
             None => return,
@@ -1174,7 +1175,6 @@ impl Hub {
         let Some(members) = self.by_conversation.get(conversation_id) else { return Vec::new() };
         members
             .iter()
-            .copied()
             .filter(|k| {
                 except.is_none_or(|e| self.sessions.get(k).is_none_or(|s| s.connection_id != *e))
             })
@@ -1370,7 +1370,7 @@ impl Hub {
         self.by_connection_id.remove(&session.connection_id);
         if let Some(user) = session.principal.as_ref().map(|p| &p.user_id) {
             if let Some(keys) = self.by_user.get_mut(user) {
-                keys.remove(&key);
+                keys.remove(key);
                 if keys.is_empty() {
                     self.by_user.remove(user);
                     self.unsubscribe(Channel::User(user.clone()));
@@ -1379,7 +1379,7 @@ impl Hub {
         }
         if let Some(conversation) = &session.conversation_id {
             if let Some(keys) = self.by_conversation.get_mut(conversation) {
-                keys.remove(&key);
+                keys.remove(key);
                 if keys.is_empty() {
                     self.by_conversation.remove(conversation);
                     self.unsubscribe(Channel::Conversation(conversation.clone()));

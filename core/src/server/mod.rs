@@ -43,6 +43,7 @@
 mod config;
 mod hub;
 mod io;
+mod members;
 mod pubsub;
 mod rate_limit;
 mod replay;
