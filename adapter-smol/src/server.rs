@@ -216,6 +216,7 @@ impl Server {
         let spawner = executor.clone();
         executor
             .spawn(async move {
+                let mut last_warning: Option<std::time::Instant> = None;
                 loop {
                     match listener.accept().await {
                         Ok((stream, peer)) => {
@@ -225,7 +226,13 @@ impl Server {
                                 .detach();
                         }
                         Err(error) => {
-                            tracing::warn!(%error, "accept failed");
+                            // Out of file descriptors, most likely: the connection waits in the
+                            // listen backlog and is retried. Said at most every 10 s.
+                            let quiet = std::time::Duration::from_secs(10);
+                            if last_warning.is_none_or(|at| at.elapsed() >= quiet) {
+                                tracing::warn!(%error, "accept failed; retrying every 50 ms");
+                                last_warning = Some(std::time::Instant::now());
+                            }
                             smol::Timer::after(std::time::Duration::from_millis(50)).await;
                         }
                     }
