@@ -6,7 +6,8 @@
 //! this pays an uncontended lock and a `VecDeque` push, and wakes the writer only when the
 //! mailbox goes from empty to not empty. The writer swaps the whole queue out, so what was
 //! sent while it was busy goes out in its next write, and the two queues' capacities are
-//! reused back and forth. An idle socket's mailbox holds no allocation beyond its own.
+//! reused back and forth (the writer trims its side after a burst). A socket that was never
+//! sent anything holds no queue allocation.
 //!
 //! Unbounded here; bounded by the hub, which never lets a socket's unflushed frames or bytes
 //! exceed its outbound window (and cuts the socket off with 4013 instead).
@@ -92,6 +93,15 @@ impl<T> OutboxReceiver<T> {
         .await
     }
 
+    /// Waits until the sender is gone (whatever is still waiting).
+    pub async fn closed(&self) {
+        poll_fn(|cx| {
+            self.0.waker.register(cx.waker());
+            if self.0.lock().closed { Poll::Ready(()) } else { Poll::Pending }
+        })
+        .await
+    }
+
     /// Moves everything waiting into `batch` (which should be empty: its capacity is handed
     /// back to the sender's side).
     pub fn take_all(&self, batch: &mut VecDeque<T>) {
@@ -122,6 +132,7 @@ mod tests {
 
             sender.push(5);
             drop(sender);
+            receiver.closed().await;
             assert!(receiver.ready().await, "what was sent before the close is still taken");
             receiver.take_all(&mut batch);
             assert_eq!(batch.drain(..).collect::<Vec<_>>(), [5]);

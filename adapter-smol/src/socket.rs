@@ -9,17 +9,20 @@ use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use bytes::Bytes;
-use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::time::Duration;
 use switchboard_core::protocol::CloseCode;
 use switchboard_core::server::{Input, SocketId};
 
-/// How long a socket we closed may take to finish the close handshake.
+/// How long a socket the driver has let go of may take to finish.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs a socket until it ends, then reports the end to the driver.
+/// Frames a writer's batch queue may keep room for between batches.
+const MAX_IDLE_BATCH: usize = 64;
+
+/// Runs a socket until it ends, then reports the end to the driver (once).
 pub async fn run<S>(
     ws: WebSocketStream<S>,
     socket: SocketId,
@@ -29,6 +32,7 @@ pub async fn run<S>(
     S: futures_util::AsyncRead + futures_util::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, mut stream) = ws.split();
+    let reported = Cell::new(false);
 
     let reader = async {
         let mut code = None;
@@ -52,9 +56,9 @@ pub async fn run<S>(
             }
         }
         let _ = commands.send(Command::Input(Input::Closed { socket, code })).await;
+        reported.set(true);
     };
 
-    // Ends with whether it sent our close frame.
     let writer = async {
         let mut batch = VecDeque::new();
         while writes.ready().await {
@@ -70,15 +74,19 @@ pub async fn run<S>(
                         bytes += frame.len();
                         let Ok(text) = frame.try_into() else { continue };
                         if sink.feed(Message::Text(text)).await.is_err() {
-                            return false;
+                            return;
                         }
                     }
                     Write::Frame(_) => {}
                     Write::Close(code, reason) => close = Some((code, reason)),
                 }
             }
+            // After a burst, give the memory back rather than keep it for the socket's life.
+            if batch.capacity() > MAX_IDLE_BATCH {
+                batch = VecDeque::new();
+            }
             if sink.flush().await.is_err() {
-                return false;
+                return;
             }
             if frames > 0 {
                 let flushed = Input::Flushed { socket, frames, bytes };
@@ -87,34 +95,23 @@ pub async fn run<S>(
             if let Some((code, reason)) = close {
                 let frame = CloseFrame { code: WsCloseCode::from(code.0), reason: reason.into() };
                 let _ = sink.send(Message::Close(Some(frame))).await;
-                return true;
+                return;
             }
         }
-        false
     };
 
-    let (reader, writer) = (std::pin::pin!(reader), std::pin::pin!(writer));
-    match futures_util::future::select(reader, writer).await {
-        Either::Left(((), writer)) => {
-            // The peer is gone; the writer ends once the driver lets go of the socket.
-            writer.await;
-        }
-        Either::Right((false, reader)) => reader.await,
-        Either::Right((true, reader)) => {
-            // We closed: the peer has a grace period to finish the handshake.
-            let finished = async {
-                reader.await;
-                true
-            };
-            let gave_up = async {
-                smol::Timer::after(CLOSE_GRACE).await;
-                false
-            };
-            let finished = smol::future::or(finished, gave_up).await;
-            if !finished {
-                // The driver still hears of the end.
-                let _ = commands.send(Command::Input(Input::Closed { socket, code: None })).await;
-            }
-        }
+    let ended = async {
+        futures_util::future::join(reader, writer).await;
+    };
+    // Once the driver lets go of the socket (we closed it, or it heard of the end), the socket
+    // has a grace period to finish: the peer to complete the close handshake, or a writer stuck
+    // on a peer that stopped reading (a slow consumer cut off with 4013) to give up.
+    let abandoned = async {
+        writes.closed().await;
+        smol::Timer::after(CLOSE_GRACE).await;
+    };
+    smol::future::or(ended, abandoned).await;
+    if !reported.get() {
+        let _ = commands.send(Command::Input(Input::Closed { socket, code: None })).await;
     }
 }

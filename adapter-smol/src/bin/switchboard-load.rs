@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use switchboard_smol::auth::DevIssuer;
 
@@ -195,17 +195,17 @@ async fn open(
     received: Arc<Receiver>,
     delivered: Arc<AtomicU64>,
 ) -> Result<Duration, String> {
-    // A server out of file descriptors leaves connections in its accept queue: after the first
-    // connection that waited 10 s in vain, the rest are not tried.
-    static STALLED: AtomicBool = AtomicBool::new(false);
-    if STALLED.load(Ordering::Relaxed) {
+    // A server out of file descriptors leaves connections in its accept queue: after eight
+    // connections waited 10 s in vain, the rest are not tried.
+    static TIMEOUTS: AtomicU64 = AtomicU64::new(0);
+    if TIMEOUTS.load(Ordering::Relaxed) >= 8 {
         return Err("not tried: the server stopped answering".to_owned());
     }
     let started = Instant::now();
     let opening = async { open_socket(&addr, &query).await };
     let gave_up = async {
         smol::Timer::after(Duration::from_secs(10)).await;
-        STALLED.store(true, Ordering::Relaxed);
+        TIMEOUTS.fetch_add(1, Ordering::Relaxed);
         Err("no answer within 10 s".to_owned())
     };
     let mut ws = smol::future::or(opening, gave_up).await?;
@@ -530,6 +530,7 @@ fn main() {
     let (more, _) = connect(args.baseline..own_end);
     let mut opened = more.len();
     latencies.extend(more);
+    let processes = 1 + workers.len();
     let mut children = Vec::new();
     for worker in workers {
         let (child, more) = worker.join();
