@@ -190,7 +190,8 @@ pub struct Verifier {
     /// SHA-256 of a verified token → its principal, until the token expires. Bounded: cleared
     /// when full. A key removed from the JWKS stops new tokens at once; tokens it signed that
     /// were already verified live out their (short) lifetime.
-    verified: Mutex<HashMap<[u8; 32], Principal>>,
+    /// (Boxed: the table keeps spare slots, and a slot is then 40 bytes, not 120.)
+    verified: Mutex<HashMap<[u8; 32], Box<Principal>>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -257,7 +258,7 @@ impl Verifier {
         let now_ms =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         let cached = self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).cloned();
-        if let Some(principal) = cached {
+        if let Some(principal) = cached.map(|boxed| *boxed) {
             if principal
                 .expires_at_unix_ms
                 .is_some_and(|exp| exp + (LEEWAY_SECS as i64) * 1000 >= now_ms)
@@ -272,7 +273,7 @@ impl Verifier {
         if verified.len() >= CACHE_CAPACITY {
             verified.clear();
         }
-        verified.insert(digest, principal.clone());
+        verified.insert(digest, Box::new(principal.clone()));
         Ok(principal)
     }
 
