@@ -168,6 +168,7 @@ impl App {
                 let prefix = Bytes::copy_from_slice(&parts.read_buf);
                 drop(parts.read_buf);
                 let io = Prefixed { prefix, inner: parts.io.into_inner() };
+                let _open = app.metrics.socket_opened();
                 let ws =
                     WebSocketStream::from_raw_socket(io, Role::Server, Some(app.ws_config)).await;
                 let socket = SocketId(app.next_socket.fetch_add(1, Ordering::Relaxed));

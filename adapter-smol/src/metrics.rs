@@ -48,7 +48,18 @@ pub struct Metrics {
     users: Gauge,
     conversations: Gauge,
     outbound_queue_bytes: Gauge,
+    open_sockets: Gauge,
     ping_rtt: Histogram,
+}
+
+/// One open WebSocket: counted in `switchboard_open_sockets` until this is dropped.
+#[derive(Debug)]
+pub struct OpenSocket(Gauge);
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for Metrics {
@@ -70,6 +81,7 @@ impl Default for Metrics {
             users: Gauge::default(),
             conversations: Gauge::default(),
             outbound_queue_bytes: Gauge::default(),
+            open_sockets: Gauge::default(),
             ping_rtt: Histogram::new([
                 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
             ]),
@@ -118,6 +130,11 @@ impl Default for Metrics {
             "Bytes sent to sockets and not yet written",
             m.outbound_queue_bytes.clone(),
         );
+        registry.register(
+            "open_sockets",
+            "WebSockets this process holds, closing ones included (their tasks and TCP sockets)",
+            m.open_sockets.clone(),
+        );
         registry.register("ping_rtt_milliseconds", "Heartbeat round trips", m.ping_rtt.clone());
         Metrics { registry, ..m }
     }
@@ -165,6 +182,12 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// Counts a WebSocket as open until the returned guard is dropped.
+    pub fn socket_opened(&self) -> OpenSocket {
+        self.open_sockets.inc();
+        OpenSocket(self.open_sockets.clone())
     }
 
     /// Counts one frame sent.

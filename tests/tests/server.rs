@@ -361,6 +361,50 @@ fn refused_frames_over_real_sockets() {
     assert_eq!(binary.until_closed().0, Some(CloseCode::UNSUPPORTED_DATA));
 }
 
+/// Polls `/metrics` until it contains `line`; whether it did within `seconds`.
+fn metrics_show(server: &ServerProcess, line: &str, seconds: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if server.http("GET", "/metrics", &[], "").1.lines().any(|l| l == line) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_its_socket_let_go() {
+    let (server, keys) = server(&["--api-key", "k3y"]);
+    let token = sign(&keys.primary, &claims("sloth"));
+    let mut client =
+        TestClient::connect(server.addr, &format!("token={token}&conversation_id=slow"));
+    established(&mut client);
+    assert!(metrics_show(&server, "switchboard_open_sockets 1", 10));
+    // From here on the client reads nothing: the kernel's buffers fill, then the hub's window,
+    // then its replay buffer, and the hub cuts the connection off (4013).
+    let text = "x".repeat(32 * 1024);
+    let body = json!({"conversationId": "slow", "message": {"type": "data.load.blob", "payload": {"text": text}}});
+    let mut cut_off = false;
+    for _ in 0..4000 {
+        assert_eq!(publish(&server, "k3y", body.clone()).0, 200);
+        if server.http("GET", "/metrics", &[], "").1.contains("switchboard_slow_consumers_total 1")
+        {
+            cut_off = true;
+            break;
+        }
+    }
+    assert!(cut_off, "a client that reads nothing is cut off");
+    // Its writer is stuck on a full socket and the close frame cannot go out; after the grace
+    // period the server lets the socket go anyway, and the session waits for a resume.
+    assert!(
+        metrics_show(&server, "switchboard_open_sockets 0", 30),
+        "the socket of a client that stopped reading is released"
+    );
+    assert!(metrics_show(&server, "switchboard_connections{state=\"reconnecting\"} 1", 10));
+    drop(client);
+}
+
 #[test]
 fn resume_over_real_sockets_replays_exactly_the_missed_messages() {
     let (server, keys) = server(&["--api-key", "k3y"]);
