@@ -114,12 +114,18 @@ fn pump_session(config: &HubConfig, session: &mut Session, outputs: &mut VecDequ
         if !window_has_room(config, session, frame.len()) {
             break;
         }
-        session.outbound_frames += 1;
-        session.outbound_bytes += frame.len();
         session.sent_through = sequence;
-        outputs.push_back(Output::Send { socket, frame });
+        send_on(session, socket, frame, outputs);
     }
     Pump::Done
+}
+
+/// Hands `frame` to `socket`, counting it in the session's outbound window (which the caller
+/// has checked has room) until the adapter reports it flushed.
+fn send_on(session: &mut Session, socket: SocketId, frame: Bytes, outputs: &mut VecDeque<Output>) {
+    session.outbound_frames += 1;
+    session.outbound_bytes += frame.len();
+    outputs.push_back(Output::Send { socket, frame });
 }
 
 /// A snapshot of one connection, for diagnosis and tests.
@@ -1274,17 +1280,13 @@ impl Hub {
     fn write(&mut self, now: Instant, key: Key, frame: Bytes) -> bool {
         let Some(session) = self.sessions.get_mut(&key) else { return false };
         let Some(socket) = session.socket else { return false };
-        if session.outbound_frames + 1 > self.config.max_outbound_frames
-            || session.outbound_bytes + frame.len() > self.config.max_outbound_bytes
-        {
+        if !window_has_room(&self.config, session, frame.len()) {
             let connection_id = session.connection_id.clone();
             self.outputs.push_back(Output::Event(HubEvent::SlowConsumer { connection_id }));
             self.close(now, key, CloseCode::SLOW_CONSUMER, "slow_consumer");
             return false;
         }
-        session.outbound_frames += 1;
-        session.outbound_bytes += frame.len();
-        self.outputs.push_back(Output::Send { socket, frame });
+        send_on(session, socket, frame, &mut self.outputs);
         true
     }
 
