@@ -257,8 +257,13 @@ impl Verifier {
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         let now_ms =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-        let cached = self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).cloned();
-        if let Some(principal) = cached.map(|boxed| *boxed) {
+        let cached = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest)
+            .map(|boxed| Principal::clone(boxed));
+        if let Some(principal) = cached {
             if principal
                 .expires_at_unix_ms
                 .is_some_and(|exp| exp + (LEEWAY_SECS as i64) * 1000 >= now_ms)
