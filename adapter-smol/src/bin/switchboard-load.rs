@@ -511,14 +511,11 @@ fn main() {
     let rss_baseline = server.rss_kib();
     // The rest: this process takes the first share (and everything below 2 000, whose
     // conversations the fan-out measures), workers the others.
-    let processes = args.processes.unwrap_or(args.connections.div_ceil(18_000)).max(1);
-    let share = (args.connections - args.baseline).div_ceil(processes);
+    let planned = args.processes.unwrap_or(args.connections.div_ceil(18_000)).max(1);
+    let share = (args.connections - args.baseline).div_ceil(planned);
     let own_end = (args.baseline + share).max(2000).min(args.connections);
-    let worker_share = (args.connections - own_end).div_ceil((processes - 1).max(1));
-    eprintln!(
-        "connecting {} more in {processes} process(es) ...",
-        args.connections - args.baseline
-    );
+    let worker_share = (args.connections - own_end).div_ceil((planned - 1).max(1));
+    eprintln!("connecting {} more in {planned} process(es) ...", args.connections - args.baseline);
     let started = Instant::now();
     let workers: Vec<Worker> = (own_end..args.connections)
         .step_by(worker_share.max(1))
