@@ -1,0 +1,270 @@
+//! Fan-out: the application's sends, encoded once and given each recipient's sequence, kept
+//! for replay, and written as far as each socket's outbound window allows.
+
+use super::Hub;
+use super::session::{Key, Session, send_on, window_has_room};
+use crate::protocol::{CloseCode, Id, SharedFrame, SystemMessage};
+use crate::server::config::HubConfig;
+use crate::server::io::{HubEvent, Output};
+use crate::server::pubsub::{Channel, RemoteMessage};
+use crate::server::router::{Outgoing, Target};
+use crate::server::state::ConnectionState;
+use crate::time::Instant;
+use bytes::Bytes;
+use std::collections::VecDeque;
+
+/// What writing a session's backlog came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pump {
+    /// Everything that fits the window was written (or the session has no active socket).
+    Done,
+    /// The window is full while half the replay buffer waits: the client is not reading.
+    Stuck,
+    /// A message was evicted from the replay buffer before it could be written: the client
+    /// fell too far behind.
+    FellBehind,
+}
+
+/// Writes `session`'s unsent application messages, in order, as far as its socket's window
+/// allows; the rest wait in the replay buffer for [`Input::Flushed`].
+fn pump_session(config: &HubConfig, session: &mut Session, outputs: &mut VecDeque<Output>) -> Pump {
+    if session.state() != ConnectionState::Active {
+        return Pump::Done;
+    }
+    let Some(socket) = session.socket else { return Pump::Done };
+    while session.sent_through + 1 < session.next_sequence {
+        let sequence = session.sent_through + 1;
+        let Some(frame) = session.replay.get(sequence) else { return Pump::FellBehind };
+        let frame = frame.with_sequence(sequence);
+        if !window_has_room(config, session, frame.len()) {
+            break;
+        }
+        session.sent_through = sequence;
+        send_on(session, socket, frame, outputs);
+    }
+    Pump::Done
+}
+
+impl Hub {
+    /// Sends to wherever `target` says; returns the number of local sessions it reached (other
+    /// instances get it through one publish).
+    pub fn send(&mut self, now: Instant, target: Target, outgoing: Outgoing) -> usize {
+        let envelope = self
+            .envelope(now, outgoing.message_type, outgoing.payload)
+            .in_conversation(outgoing.conversation_id);
+        let envelope = match outgoing.correlation_id {
+            Some(id) => envelope.replying_to(id),
+            None => envelope,
+        };
+        let frame = SharedFrame::encode(&envelope);
+        let (recipients, channel, except) = match &target {
+            Target::Connection(id) => {
+                (self.by_connection_id.get(id).copied().into_iter().collect(), None, None)
+            }
+            Target::User(user) => (
+                self.by_user.get(user).map(|s| s.iter().collect()).unwrap_or_default(),
+                Some(Channel::User(user.clone())),
+                None,
+            ),
+            Target::Conversation { conversation_id, except } => (
+                self.members_of(conversation_id, except.as_ref()),
+                Some(Channel::Conversation(conversation_id.clone())),
+                except.clone(),
+            ),
+            Target::All => (self.all_members(), Some(Channel::Broadcast), None),
+        };
+        if let Some(channel) = channel {
+            let message =
+                RemoteMessage { origin: self.instance_id.clone(), except, frame: frame.clone() };
+            let channel = channel.name(&self.config.channel_prefix);
+            self.outputs.push_back(Output::Publish { channel, message: message.encode() });
+        }
+        self.deliver_to(now, &recipients, &frame)
+    }
+
+    /// Sends to one connection of this instance.
+    pub fn send_to_connection(
+        &mut self,
+        now: Instant,
+        connection_id: &Id,
+        outgoing: Outgoing,
+    ) -> usize {
+        self.send(now, Target::Connection(connection_id.clone()), outgoing)
+    }
+
+    /// Sends to every session of a user, here and on other instances.
+    pub fn send_to_user(&mut self, now: Instant, user_id: &str, outgoing: Outgoing) -> usize {
+        self.send(now, Target::User(user_id.to_owned()), outgoing)
+    }
+
+    /// Sends to every session in a conversation, here and elsewhere, except `except`.
+    pub fn broadcast_to_conversation(
+        &mut self,
+        now: Instant,
+        conversation_id: &Id,
+        outgoing: Outgoing,
+        except: Option<&Id>,
+    ) -> usize {
+        let target = Target::Conversation {
+            conversation_id: conversation_id.clone(),
+            except: except.cloned(),
+        };
+        self.send(now, target, outgoing)
+    }
+
+    /// Sends to every session everywhere.
+    pub fn broadcast_all(&mut self, now: Instant, outgoing: Outgoing) -> usize {
+        self.send(now, Target::All, outgoing)
+    }
+
+    /// Gives an application message its sequence in each recipient session, keeps it for
+    /// replay, and writes it to the sockets of those that are active. Returns how many
+    /// sessions got it. One session lookup per recipient: this is fan-out's inner loop.
+    pub(super) fn deliver_to(
+        &mut self,
+        now: Instant,
+        recipients: &[Key],
+        frame: &SharedFrame,
+    ) -> usize {
+        let mut delivered = 0;
+        let backlog_limit = (self.config.replay_max_messages / 2).max(1) as u64;
+        for &key in recipients {
+            let Some(session) = self.sessions.get_mut(&key) else { continue };
+            if !session.is_member() {
+                continue;
+            }
+            let sequence = session.next_sequence;
+            session.next_sequence += 1;
+            session.replay.push(
+                sequence,
+                frame.clone(),
+                self.config.replay_max_messages,
+                self.config.replay_max_bytes,
+            );
+            delivered += 1;
+            // A socket whose window is full while half the replay buffer waits unsent is not
+            // reading: cut it off while what it missed is still kept, so it can resume.
+            let backlog = session.next_sequence - 1 - session.sent_through;
+            let stuck = session.socket.is_some()
+                && session.state() == ConnectionState::Active
+                && !window_has_room(&self.config, session, frame.len() + 32)
+                && backlog >= backlog_limit;
+            let outcome = if stuck {
+                Pump::Stuck
+            } else {
+                pump_session(&self.config, session, &mut self.outputs)
+            };
+            self.after_pump(now, key, outcome);
+        }
+        delivered
+    }
+
+    /// Writes the session's unsent application messages, in order, as far as its socket's
+    /// window allows; the rest wait in the replay buffer for [`Input::Flushed`].
+    pub(super) fn pump(&mut self, now: Instant, key: Key) {
+        let Some(session) = self.sessions.get_mut(&key) else { return };
+        let outcome = pump_session(&self.config, session, &mut self.outputs);
+        self.after_pump(now, key, outcome);
+    }
+
+    /// Cuts off (4013) a session that [`pump_session`] found too far behind.
+    fn after_pump(&mut self, now: Instant, key: Key, outcome: Pump) {
+        let reason = match outcome {
+            Pump::Done => return,
+            Pump::Stuck => "slow_consumer",
+            Pump::FellBehind => "fell_behind",
+        };
+        let Some(session) = self.sessions.get(&key) else { return };
+        let connection_id = session.connection_id.clone();
+        self.outputs.push_back(Output::Event(HubEvent::SlowConsumer { connection_id }));
+        self.close(now, key, CloseCode::SLOW_CONSUMER, reason);
+    }
+
+    /// Sends one of switchboard's own messages. These are about the socket, not the
+    /// conversation: they carry no sequence and are not kept for replay.
+    pub(super) fn send_system(&mut self, now: Instant, key: Key, message: SystemMessage) {
+        self.send_system_reply(now, key, message, None);
+    }
+
+    pub(super) fn send_system_reply(
+        &mut self,
+        now: Instant,
+        key: Key,
+        message: SystemMessage,
+        correlation: Option<Id>,
+    ) {
+        let Some(session) = self.sessions.get(&key) else { return };
+        if session.socket.is_none() {
+            return;
+        }
+        let conversation = session.conversation_id.clone();
+        let mut envelope = self
+            .envelope(now, message.message_type(), message.to_payload())
+            .in_conversation(conversation);
+        envelope.correlation_id = correlation;
+        self.write(now, key, Bytes::from(envelope.encode()));
+    }
+
+    /// Writes a frame to the session's socket, within the outbound bounds. A socket that would
+    /// go over them is cut off with 4013 (its session stays resumable). Returns whether the
+    /// frame was written.
+    pub(super) fn write(&mut self, now: Instant, key: Key, frame: Bytes) -> bool {
+        let Some(session) = self.sessions.get_mut(&key) else { return false };
+        let Some(socket) = session.socket else { return false };
+        if !window_has_room(&self.config, session, frame.len()) {
+            let connection_id = session.connection_id.clone();
+            self.outputs.push_back(Output::Event(HubEvent::SlowConsumer { connection_id }));
+            self.close(now, key, CloseCode::SLOW_CONSUMER, "slow_consumer");
+            return false;
+        }
+        send_on(session, socket, frame, &mut self.outputs);
+        true
+    }
+
+    pub(super) fn members_of(&self, conversation_id: &Id, except: Option<&Id>) -> Vec<Key> {
+        let Some(members) = self.by_conversation.get(conversation_id) else { return Vec::new() };
+        members
+            .iter()
+            .filter(|k| {
+                except.is_none_or(|e| self.sessions.get(k).is_none_or(|s| s.connection_id != *e))
+            })
+            .collect()
+    }
+
+    pub(super) fn all_members(&self) -> Vec<Key> {
+        self.sessions.iter().filter(|(_, s)| s.is_member()).map(|(k, _)| *k).collect()
+    }
+
+    pub(super) fn subscribe(&mut self, channel: Channel) {
+        let name = channel.name(&self.config.channel_prefix);
+        if self.subscriptions.insert(channel) {
+            self.outputs.push_back(Output::Subscribe { channel: name });
+        }
+    }
+
+    pub(super) fn unsubscribe(&mut self, channel: Channel) {
+        let name = channel.name(&self.config.channel_prefix);
+        if self.subscriptions.remove(&channel) {
+            self.outputs.push_back(Output::Unsubscribe { channel: name });
+        }
+    }
+
+    pub(super) fn handle_remote(&mut self, now: Instant, channel: &str, message: &[u8]) {
+        let Some(message) = RemoteMessage::decode(message) else {
+            tracing::warn!(target: "switchboard::hub", channel, "dropping a malformed message from the bus");
+            return;
+        };
+        if message.origin == self.instance_id {
+            return;
+        }
+        let recipients = match Channel::parse(channel, &self.config.channel_prefix) {
+            Some(Channel::Conversation(id)) => self.members_of(&id, message.except.as_ref()),
+            Some(Channel::User(user)) => {
+                self.by_user.get(&user).map(|s| s.iter().collect()).unwrap_or_default()
+            }
+            Some(Channel::Broadcast) => self.all_members(),
+            None => return,
+        };
+        self.deliver_to(now, &recipients, &message.frame);
+    }
+}

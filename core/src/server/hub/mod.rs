@@ -1,0 +1,290 @@
+//! The hub: every connection of one server instance, as one deterministic state machine.
+//!
+//! The contract (inputs, draining outputs, deadlines) is in the [server module docs](super).
+//! The hub is one struct; its behaviour is split by concern, one `impl Hub` block a file:
+//!
+//! - [`session`]: what one session holds, and its outbound window.
+//! - [`lifecycle`]: a socket opens, a session closes, parks for resume or ends.
+//! - [`auth`]: credentials and their verdicts, then the session becomes active.
+//! - [`routing`]: a frame from a client, through the middleware, to a handler or the hub's own
+//!   system handlers.
+//! - [`fanout`]: the application's sends, one encoding per message, sequences, the replay buffer
+//!   and writing as far as each socket's window allows; messages from other instances.
+//! - [`resume`]: a client's new socket takes its old session back and gets what it missed.
+//! - [`liveness`]: deadlines: heartbeat, auth timeout, token expiry, the resume window.
+//! - [`shutdown`]: every client told, every socket closed, then drained.
+
+mod auth;
+mod fanout;
+mod lifecycle;
+mod liveness;
+mod resume;
+mod routing;
+mod session;
+mod shutdown;
+
+use super::config::HubConfig;
+use super::io::{HubEvent, Input, Output, SocketId, VerifyId};
+use super::members::Members;
+use super::pubsub::Channel;
+use super::router::{Command, Router};
+use super::state::{ConnectionState, Transition};
+use super::timers::{TimerKind, Timers};
+use crate::protocol::{Envelope, Id, MessageType, Payload, ProtocolError, Source};
+use crate::rng::Rng;
+use crate::time::{Instant, WallClock};
+use auth::Purpose;
+use session::{Key, Session};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+/// A snapshot of one connection, for diagnosis and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionInfo {
+    pub connection_id: Id,
+    pub state: ConnectionState,
+    pub user_id: Option<String>,
+    pub conversation_id: Option<Id>,
+    pub definition_id: Option<String>,
+    pub socket: Option<SocketId>,
+    pub created_at: Instant,
+    pub last_activity: Instant,
+    /// The sequence the next application message will get.
+    pub next_sequence: u64,
+    pub history: Vec<Transition>,
+    pub replay_len: usize,
+    pub outbound_frames: usize,
+    pub outbound_bytes: usize,
+}
+
+/// Counts for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HubStats {
+    pub by_state: BTreeMap<&'static str, usize>,
+    pub sessions: usize,
+    pub users: usize,
+    pub conversations: usize,
+    pub subscriptions: usize,
+    pub outbound_bytes: usize,
+    pub timers: usize,
+}
+
+/// The server hub. See the [module docs](super) for the contract.
+#[derive(Debug)]
+pub struct Hub {
+    config: HubConfig,
+    router: Router,
+    rng: Rng,
+    wall: WallClock,
+    instance_id: Id,
+    sessions: BTreeMap<Key, Session>,
+    sockets: HashMap<SocketId, Key>,
+    by_connection_id: HashMap<Id, Key>,
+    by_user: HashMap<String, Members>,
+    by_conversation: HashMap<Id, Members>,
+    subscriptions: BTreeSet<Channel>,
+    verifies: HashMap<VerifyId, (Key, Purpose)>,
+    /// Sockets told to close whose end has not been reported yet.
+    closing: BTreeSet<SocketId>,
+    pending_auths: usize,
+    timers: Timers<Key>,
+    outputs: VecDeque<Output>,
+    next_key: Key,
+    next_verify: u64,
+    shutting_down: bool,
+    drained: bool,
+    commands: Vec<Command>,
+}
+
+impl Hub {
+    /// A hub with `config`, drawing all its randomness from `seed`. `now` is the adapter's
+    /// monotonic time and `unix_ms` the wall clock read at the same moment; wire timestamps
+    /// are derived from the two.
+    pub fn new(config: HubConfig, seed: u64, now: Instant, unix_ms: i64) -> Self {
+        let mut rng = Rng::new(seed);
+        let instance_id = Id::ulid(u64::try_from(unix_ms).unwrap_or(0), rng.next_u128());
+        let mut hub = Hub {
+            config,
+            router: Router::default(),
+            rng,
+            wall: WallClock::new(now, unix_ms),
+            instance_id,
+            sessions: BTreeMap::new(),
+            sockets: HashMap::new(),
+            by_connection_id: HashMap::new(),
+            by_user: HashMap::new(),
+            by_conversation: HashMap::new(),
+            subscriptions: BTreeSet::new(),
+            verifies: HashMap::new(),
+            closing: BTreeSet::new(),
+            pending_auths: 0,
+            timers: Timers::default(),
+            outputs: VecDeque::new(),
+            next_key: 1,
+            next_verify: 1,
+            shutting_down: false,
+            drained: false,
+            commands: Vec::new(),
+        };
+        hub.subscribe(Channel::Broadcast);
+        hub
+    }
+
+    /// The router, to register handlers and middleware.
+    pub fn router_mut(&mut self) -> &mut Router {
+        &mut self.router
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// This instance's id (on messages it publishes).
+    pub fn instance_id(&self) -> &Id {
+        &self.instance_id
+    }
+
+    /// Feeds one input. Drain [`Hub::poll_output`] before the next.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Opened { socket, request } => self.handle_open(now, socket, request),
+            Input::Text { socket, frame } => {
+                if let Some(&key) = self.sockets.get(&socket) {
+                    self.handle_text(now, key, frame);
+                }
+            }
+            Input::Binary { socket } => {
+                if let Some(&key) = self.sockets.get(&socket) {
+                    self.touch(now, key);
+                    self.reject(now, key, ProtocolError::BinaryFrame.into());
+                }
+            }
+            Input::Flushed { socket, frames, bytes } => {
+                let Some(&key) = self.sockets.get(&socket) else { return };
+                if let Some(session) = self.sessions.get_mut(&key) {
+                    session.outbound_frames = session.outbound_frames.saturating_sub(frames);
+                    session.outbound_bytes = session.outbound_bytes.saturating_sub(bytes);
+                }
+                self.pump(now, key);
+            }
+            Input::Closed { socket, code } => self.handle_transport_closed(now, socket, code),
+            Input::AuthVerdict { request, verdict } => self.handle_verdict(now, request, verdict),
+            Input::Remote { channel, message } => self.handle_remote(now, &channel, &message),
+            Input::Timeout => self.handle_timeout(now),
+            Input::Shutdown => self.handle_shutdown(now),
+        }
+    }
+
+    /// The next output, or `None` when there is nothing more to do now.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When the hub next wants [`Input::Timeout`], and why. Ask after draining the outputs.
+    pub fn poll_timeout(&mut self) -> Option<(Instant, TimerKind)> {
+        let sessions = &self.sessions;
+        self.timers
+            .next(|at, key, kind| sessions.get(&key).is_some_and(|s| s.deadline(kind) == Some(at)))
+    }
+
+    /// A snapshot of one connection.
+    pub fn connection(&self, connection_id: &Id) -> Option<ConnectionInfo> {
+        let session = self.sessions.get(self.by_connection_id.get(connection_id)?)?;
+        Some(ConnectionInfo {
+            connection_id: session.connection_id.clone(),
+            state: session.state(),
+            user_id: session.user_id().map(str::to_owned),
+            conversation_id: session.conversation_id.clone(),
+            definition_id: session.definition_id.clone(),
+            socket: session.socket,
+            created_at: session.created_at,
+            last_activity: session.last_heard,
+            next_sequence: session.next_sequence,
+            history: session.machine.history().cloned().collect(),
+            replay_len: session.replay.len(),
+            outbound_frames: session.outbound_frames,
+            outbound_bytes: session.outbound_bytes,
+        })
+    }
+
+    /// The connection a socket belongs to.
+    pub fn connection_of(&self, socket: SocketId) -> Option<&Id> {
+        self.sessions.get(self.sockets.get(&socket)?).map(|s| &s.connection_id)
+    }
+
+    /// Connection ids of a conversation's local members.
+    pub fn conversation_members(&self, conversation_id: &Id) -> Vec<Id> {
+        self.members_of(conversation_id, None)
+            .iter()
+            .map(|k| self.sessions[k].connection_id.clone())
+            .collect()
+    }
+
+    /// Counts for metrics.
+    pub fn stats(&self) -> HubStats {
+        let mut by_state = BTreeMap::new();
+        for session in self.sessions.values() {
+            *by_state.entry(session.state().as_str()).or_insert(0) += 1;
+        }
+        HubStats {
+            by_state,
+            sessions: self.sessions.len(),
+            users: self.by_user.len(),
+            conversations: self.by_conversation.len(),
+            subscriptions: self.subscriptions.len(),
+            outbound_bytes: self.sessions.values().map(|s| s.outbound_bytes).sum(),
+            timers: self.timers.len(),
+        }
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+}
+
+impl Hub {
+    pub(super) fn wall_ms(&self, now: Instant) -> u64 {
+        u64::try_from(self.wall.timestamp(now).unix_ms()).unwrap_or(0)
+    }
+
+    pub(super) fn envelope(
+        &mut self,
+        now: Instant,
+        message_type: MessageType,
+        payload: Payload,
+    ) -> Envelope {
+        Envelope::create(
+            Source::Server,
+            message_type,
+            payload,
+            self.wall.timestamp(now),
+            self.rng.next_u128(),
+        )
+    }
+
+    pub(super) fn touch(&mut self, now: Instant, key: Key) {
+        if let Some(session) = self.sessions.get_mut(&key) {
+            session.last_heard = now;
+        }
+    }
+
+    pub(super) fn transition(
+        &mut self,
+        now: Instant,
+        key: Key,
+        to: ConnectionState,
+        reason: &'static str,
+    ) {
+        let Some(session) = self.sessions.get_mut(&key) else { return };
+        if let Err(illegal) = session.machine.transition(to, now, reason) {
+            tracing::error!(target: "switchboard::hub", connection = %session.connection_id, %illegal, "refused state change");
+            let connection_id = session.connection_id.clone();
+            self.outputs.push_back(Output::Event(HubEvent::IllegalTransition {
+                connection_id,
+                from: illegal.from,
+                to: illegal.to,
+            }));
+        }
+    }
+}

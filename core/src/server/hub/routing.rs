@@ -1,0 +1,203 @@
+//! A frame from a client: parsed, counted, passed through the middleware, then to the hub's
+//! own system handlers or to the router's route.
+
+use super::Hub;
+use super::auth::Purpose;
+use super::session::Key;
+use crate::protocol::{CloseCode, Envelope, Heartbeat, ProtocolError, SystemMessage, codes};
+use crate::server::io::{Credentials, HubEvent, Output};
+use crate::server::router::{Command, MiddlewareContext, Rejection, Routed, Sender};
+use crate::server::state::ConnectionState;
+use crate::time::Instant;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+
+impl Hub {
+    pub(super) fn handle_text(&mut self, now: Instant, key: Key, frame: Bytes) {
+        self.touch(now, key);
+        let len = frame.len();
+        let envelope = match Envelope::parse_shared(frame, self.config.max_frame_bytes) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                self.outputs
+                    .push_back(Output::Event(HubEvent::Received { plane: None, bytes: len }));
+                let counts = error.counts_as_invalid_frame();
+                self.reject(now, key, error.into());
+                let Some(session) = self.sessions.get_mut(&key) else { return };
+                if counts {
+                    session.invalid_streak += 1;
+                    if session.invalid_streak >= self.config.max_invalid_frames {
+                        self.close(
+                            now,
+                            key,
+                            CloseCode::TOO_MANY_INVALID_MESSAGES,
+                            "invalid_frames",
+                        );
+                    }
+                }
+                return;
+            }
+        };
+        self.outputs.push_back(Output::Event(HubEvent::Received {
+            plane: Some(envelope.message_type.plane()),
+            bytes: len,
+        }));
+        let Some(session) = self.sessions.get_mut(&key) else { return };
+        session.invalid_streak = 0;
+
+        let mut attributes = BTreeMap::new();
+        let cx = MiddlewareContext {
+            sender: Sender {
+                connection_id: &session.connection_id,
+                user_id: session.principal.as_ref().map(|p| p.user_id.as_str()),
+                roles: session.principal.as_ref().map_or(&[][..], |p| &p.roles[..]),
+                conversation_id: session.conversation_id.as_ref(),
+            },
+            attributes: &mut attributes,
+            now,
+            config: &self.config,
+            rate_limiter: &mut session.rate_limiter,
+        };
+
+        if envelope.message_type.is_system() {
+            let mut cx = cx;
+            let checked = self.router.run_middleware(&mut cx, &envelope);
+            match checked
+                .and_then(|()| SystemMessage::from_envelope(&envelope).map_err(Rejection::from))
+            {
+                Ok(message) => self.handle_system(now, key, &envelope, message),
+                Err(rejection) => self.reject(now, key, rejection),
+            }
+            return;
+        }
+        if matches!(envelope.message_type.as_str(), "control.flow.pause" | "control.flow.resume") {
+            let mut cx = cx;
+            match self.router.run_middleware(&mut cx, &envelope) {
+                Ok(()) => self.handle_flow(
+                    now,
+                    key,
+                    envelope.message_type.as_str() == "control.flow.pause",
+                ),
+                Err(rejection) => self.reject(now, key, rejection),
+            }
+            return;
+        }
+
+        let mut commands = std::mem::take(&mut self.commands);
+        match self.router.dispatch(cx, &envelope, &mut commands) {
+            Routed::Handled => {
+                for command in commands.drain(..) {
+                    self.run_command(now, command);
+                }
+            }
+            Routed::Forward => {
+                let session = &self.sessions[&key];
+                self.outputs.push_back(Output::Event(HubEvent::Message {
+                    connection_id: session.connection_id.clone(),
+                    user_id: session.user_id().unwrap_or_default().to_owned(),
+                    conversation_id: session.conversation_id.clone(),
+                    envelope: Box::new(envelope),
+                }));
+            }
+            Routed::Rejected(rejection) => {
+                commands.clear();
+                if rejection.error.code == codes::RATE_LIMITED {
+                    let connection_id = self.sessions[&key].connection_id.clone();
+                    let message_type = envelope.message_type.to_string();
+                    self.outputs.push_back(Output::Event(HubEvent::RateLimited {
+                        connection_id,
+                        message_type,
+                    }));
+                }
+                self.reject(now, key, rejection);
+            }
+        }
+        self.commands = commands;
+    }
+
+    pub(super) fn run_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::Send(target, outgoing) => {
+                self.send(now, target, outgoing);
+            }
+            Command::Close { connection_id, code, reason } => {
+                self.close_connection(now, &connection_id, code, reason)
+            }
+        }
+    }
+
+    pub(super) fn handle_system(
+        &mut self,
+        now: Instant,
+        key: Key,
+        envelope: &Envelope,
+        message: SystemMessage,
+    ) {
+        match message {
+            SystemMessage::Ping(_) => {
+                let pong = SystemMessage::Pong(Heartbeat { timestamp: self.wall.timestamp(now) });
+                self.send_system_reply(now, key, pong, Some(envelope.id.clone()));
+            }
+            SystemMessage::Pong(_) => {
+                let Some(session) = self.sessions.get_mut(&key) else { return };
+                if let Some(sent) = session.last_ping_at.take() {
+                    let millis = now.saturating_since(sent).as_millis() as u64;
+                    let connection_id = session.connection_id.clone();
+                    self.outputs.push_back(Output::Event(HubEvent::PingRoundTrip {
+                        connection_id,
+                        millis,
+                    }));
+                }
+            }
+            SystemMessage::ConnectionResume(resume) => self.handle_resume(now, key, resume),
+            SystemMessage::AuthRefresh(refresh) => {
+                let Some(session) = self.sessions.get(&key) else { return };
+                // One verification at a time: refreshes sent while one is pending are dropped.
+                let idle = session.pending_verify.is_none() && session.principal.is_some();
+                if let (Some(socket), true) = (session.socket, idle) {
+                    self.request_verify(
+                        key,
+                        socket,
+                        Credentials::Token(refresh.token),
+                        None,
+                        Purpose::Refresh,
+                    );
+                }
+            }
+            SystemMessage::ConnectionClose(_) => {
+                self.close(now, key, CloseCode::NORMAL, "client_close")
+            }
+            // Server-to-client messages have no business arriving here.
+            SystemMessage::ConnectionEstablished(_)
+            | SystemMessage::ConnectionResumed(_)
+            | SystemMessage::AuthRefreshed(_)
+            | SystemMessage::Error(_) => {
+                let error = ProtocolError::UnknownMessageType(envelope.message_type.to_string());
+                self.reject(now, key, error.into());
+            }
+        }
+    }
+
+    /// `control.flow.pause` / `control.flow.resume`.
+    pub(super) fn handle_flow(&mut self, now: Instant, key: Key, pause: bool) {
+        let Some(session) = self.sessions.get(&key) else { return };
+        match (pause, session.state()) {
+            (true, ConnectionState::Active) => {
+                self.transition(now, key, ConnectionState::Paused, "flow_pause")
+            }
+            (false, ConnectionState::Paused) => {
+                self.transition(now, key, ConnectionState::Active, "flow_resume");
+                self.flush_held(now, key);
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends a `system.error` for `rejection`, and closes if it says so.
+    pub(super) fn reject(&mut self, now: Instant, key: Key, rejection: Rejection) {
+        self.send_system(now, key, SystemMessage::Error(rejection.error));
+        if let Some(code) = rejection.close {
+            self.close(now, key, code, "rejected");
+        }
+    }
+}
