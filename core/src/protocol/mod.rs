@@ -35,7 +35,8 @@ pub use message_type::{Id, IdError, MessageType, MessageTypeError, Plane};
 pub use pattern::{PatternError, Specificity, TypePattern, type_matches};
 pub use shared_frame::SharedFrame;
 pub use system::{
-    AuthRefresh, AuthRefreshed, ClientState, CloseReason, ConnectionClose, ConnectionEstablished,
-    ConnectionResume, ConnectionResumed, ErrorPayload, Heartbeat, SystemMessage, types,
+    AuthRefresh, AuthRefreshed, ClientScreenState, CloseReason, ConnectionClose,
+    ConnectionEstablished, ConnectionResume, ConnectionResumed, ErrorPayload, Heartbeat,
+    SystemMessage, types,
 };
 pub use timestamp::{Timestamp, TimestampError};

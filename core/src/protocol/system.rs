@@ -51,7 +51,7 @@ pub struct Heartbeat {
 /// What the client had on screen when its socket dropped.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ClientState {
+pub struct ClientScreenState {
     #[serde(default)]
     pub pending_widget_ids: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,7 +70,7 @@ pub struct ConnectionResume {
     #[serde(default)]
     pub last_item_index: Option<i64>,
     #[serde(default)]
-    pub client_state: ClientState,
+    pub client_state: ClientScreenState,
     /// Ours: the session to resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_id: Option<Id>,

@@ -60,7 +60,7 @@ pub use pubsub::{Channel, RemoteMessage};
 pub use rate_limit::{RateLimiter, RateVerdict};
 pub use replay::{Gap, ReplayBuffer};
 pub use router::{
-    Authorization, Command, Context, Flow, Handler, Logging, Middleware, MiddlewareContext,
+    Action, Authorization, Context, Flow, Handler, Logging, Middleware, MiddlewareContext,
     Outgoing, RateLimiting, Rejection, Route, Router, Sender, Target,
 };
 pub use state::{ConnectionState, IllegalTransition, StateMachine, Transition};

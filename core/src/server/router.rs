@@ -88,7 +88,7 @@ pub enum Target {
 
 /// What a handler asked for.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Command {
+pub enum Action {
     Send(Target, Outgoing),
     Close { connection_id: Id, code: CloseCode, reason: &'static str },
 }
@@ -101,7 +101,7 @@ pub struct Context<'a> {
     pub attributes: &'a BTreeMap<String, String>,
     pub now: Instant,
     request_id: &'a Id,
-    commands: &'a mut Vec<Command>,
+    actions: &'a mut Vec<Action>,
 }
 
 impl fmt::Debug for Context<'_> {
@@ -119,13 +119,13 @@ impl Context<'_> {
             conversation_id: self.sender.conversation_id.cloned(),
             correlation_id: Some(self.request_id.clone()),
         };
-        self.commands
-            .push(Command::Send(Target::Connection(self.sender.connection_id.clone()), outgoing));
+        self.actions
+            .push(Action::Send(Target::Connection(self.sender.connection_id.clone()), outgoing));
     }
 
     /// Sends a message to `target`.
     pub fn send(&mut self, target: Target, outgoing: Outgoing) {
-        self.commands.push(Command::Send(target, outgoing));
+        self.actions.push(Action::Send(target, outgoing));
     }
 
     /// Sends to every member of the sender's conversation (if it has one), optionally not to the
@@ -144,14 +144,13 @@ impl Context<'_> {
             conversation_id: Some(conversation_id.clone()),
             correlation_id: None,
         };
-        self.commands
-            .push(Command::Send(Target::Conversation { conversation_id, except }, outgoing));
+        self.actions.push(Action::Send(Target::Conversation { conversation_id, except }, outgoing));
     }
 
     /// Closes the sender's connection after the handler returns.
     pub fn close(&mut self, code: CloseCode, reason: &'static str) {
         let connection_id = self.sender.connection_id.clone();
-        self.commands.push(Command::Close { connection_id, code, reason });
+        self.actions.push(Action::Close { connection_id, code, reason });
     }
 }
 
@@ -306,7 +305,7 @@ impl Default for Router {
 /// The outcome of routing one message.
 #[derive(Debug)]
 pub(crate) enum Routed {
-    /// A handler ran (its commands are in the list passed in).
+    /// A handler ran (its actions are in the list passed in).
     Handled,
     /// The application should get the message.
     Forward,
@@ -416,7 +415,7 @@ impl Router {
         &mut self,
         mut cx: MiddlewareContext<'_>,
         envelope: &Envelope,
-        commands: &mut Vec<Command>,
+        actions: &mut Vec<Action>,
     ) -> Routed {
         if let Err(rejection) = self.run_middleware(&mut cx, envelope) {
             return Routed::Rejected(rejection);
@@ -440,7 +439,7 @@ impl Router {
                     attributes: cx.attributes,
                     now: cx.now,
                     request_id: &envelope.id,
-                    commands,
+                    actions,
                 };
                 match handler(&mut context, envelope) {
                     Ok(()) => Routed::Handled,

@@ -27,7 +27,7 @@ use super::config::HubConfig;
 use super::io::{HubEvent, Input, Output, SocketId, VerifyId};
 use super::members::Members;
 use super::pubsub::Channel;
-use super::router::{Command, Router};
+use super::router::{Action, Router};
 use super::state::{ConnectionState, Transition};
 use super::timers::{TimerKind, Timers};
 use crate::protocol::{Envelope, Id, MessageType, Payload, ProtocolError, Source};
@@ -92,7 +92,7 @@ pub struct Hub {
     next_verify: u64,
     shutting_down: bool,
     drained: bool,
-    commands: Vec<Command>,
+    actions: Vec<Action>,
 }
 
 impl Hub {
@@ -123,7 +123,7 @@ impl Hub {
             next_verify: 1,
             shutting_down: false,
             drained: false,
-            commands: Vec::new(),
+            actions: Vec::new(),
         };
         hub.subscribe(Channel::Broadcast);
         hub

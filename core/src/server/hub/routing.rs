@@ -6,7 +6,7 @@ use super::auth::Purpose;
 use super::session::Key;
 use crate::protocol::{CloseCode, Envelope, Heartbeat, ProtocolError, SystemMessage, codes};
 use crate::server::io::{Credentials, HubEvent, Output};
-use crate::server::router::{Command, MiddlewareContext, Rejection, Routed, Sender};
+use crate::server::router::{Action, MiddlewareContext, Rejection, Routed, Sender};
 use crate::server::state::ConnectionState;
 use crate::time::Instant;
 use bytes::Bytes;
@@ -83,11 +83,11 @@ impl Hub {
             return;
         }
 
-        let mut commands = std::mem::take(&mut self.commands);
-        match self.router.dispatch(cx, &envelope, &mut commands) {
+        let mut actions = std::mem::take(&mut self.actions);
+        match self.router.dispatch(cx, &envelope, &mut actions) {
             Routed::Handled => {
-                for command in commands.drain(..) {
-                    self.run_command(now, command);
+                for action in actions.drain(..) {
+                    self.run_action(now, action);
                 }
             }
             Routed::Forward => {
@@ -100,7 +100,7 @@ impl Hub {
                 }));
             }
             Routed::Rejected(rejection) => {
-                commands.clear();
+                actions.clear();
                 if rejection.error.code == codes::RATE_LIMITED {
                     let connection_id = self.sessions[&key].connection_id.clone();
                     let message_type = envelope.message_type.to_string();
@@ -112,15 +112,15 @@ impl Hub {
                 self.reject(now, key, rejection);
             }
         }
-        self.commands = commands;
+        self.actions = actions;
     }
 
-    pub(super) fn run_command(&mut self, now: Instant, command: Command) {
-        match command {
-            Command::Send(target, outgoing) => {
+    pub(super) fn run_action(&mut self, now: Instant, action: Action) {
+        match action {
+            Action::Send(target, outgoing) => {
                 self.send(now, target, outgoing);
             }
-            Command::Close { connection_id, code, reason } => {
+            Action::Close { connection_id, code, reason } => {
                 self.close_connection(now, &connection_id, code, reason)
             }
         }
