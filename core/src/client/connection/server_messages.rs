@@ -1,0 +1,188 @@
+//! What the server says: `established`, `resumed`, pings, errors and application messages.
+
+use crate::client::io::{ClientEvent, ClientOutput, SendError};
+use crate::client::state::ClientState;
+use crate::protocol::{ConnectionResume, Envelope, Heartbeat, Id, SystemMessage};
+use crate::time::Instant;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::Client;
+
+#[derive(Debug)]
+pub(super) struct PendingResume {
+    /// The session the server opened for this socket, kept if the resume is refused.
+    pub(super) fresh: Id,
+    /// Application messages of that session that arrived meanwhile.
+    pub(super) held: VecDeque<Envelope>,
+    pub(super) overflowed: bool,
+}
+
+impl Client {
+    pub(super) fn handle_frame(&mut self, now: Instant, text: &[u8]) {
+        let envelope = match Envelope::parse(text, usize::MAX) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                self.emit(ClientEvent::LocalError(format!(
+                    "unreadable frame from the server: {error}"
+                )));
+                return;
+            }
+        };
+        if !envelope.message_type.is_system() {
+            self.handle_application(envelope);
+            return;
+        }
+        let message = match SystemMessage::from_envelope(&envelope) {
+            Ok(message) => message,
+            Err(error) => {
+                self.emit(ClientEvent::LocalError(format!("unreadable system message: {error}")));
+                return;
+            }
+        };
+        match message {
+            SystemMessage::Ping(_) => {
+                let pong = SystemMessage::Pong(Heartbeat { timestamp: self.wall.timestamp(now) });
+                self.send_system(now, pong, Some(envelope.id));
+            }
+            SystemMessage::ConnectionEstablished(established) => {
+                if let Some(ms) = established.heartbeat_interval_ms.filter(|ms| *ms > 0) {
+                    self.heartbeat_interval = Duration::from_millis(ms);
+                }
+                match self.connection_id.clone().filter(|_| self.config.resume) {
+                    Some(previous) => {
+                        self.pending_resume = Some(PendingResume {
+                            fresh: established.connection_id,
+                            held: VecDeque::new(),
+                            overflowed: false,
+                        });
+                        let resume = ConnectionResume {
+                            conversation_id: self
+                                .config
+                                .conversation_id
+                                .clone()
+                                .unwrap_or_default(),
+                            last_message_id: self.last_message_id.as_ref().map(|id| id.to_string()),
+                            last_item_index: None,
+                            client_state: Default::default(),
+                            connection_id: Some(previous),
+                            last_sequence: Some(self.last_sequence),
+                        };
+                        self.send_system(now, SystemMessage::ConnectionResume(resume), None);
+                    }
+                    None => {
+                        self.adopt_session(established.connection_id.clone());
+                        self.become_active(now, established.connection_id, false, 0);
+                    }
+                }
+            }
+            SystemMessage::ConnectionResumed(resumed) => {
+                let Some(pending) = self.pending_resume.take() else {
+                    // A refused flow resume: what was held is gone, and sequences jump.
+                    if !resumed.state_valid {
+                        self.expect_jump = true;
+                        self.emit(ClientEvent::Gap { reason: "held_messages_evicted" });
+                    }
+                    return;
+                };
+                if resumed.state_valid {
+                    let id = resumed
+                        .connection_id
+                        .or(self.connection_id.clone())
+                        .unwrap_or(pending.fresh);
+                    self.connection_id = Some(id.clone());
+                    self.become_active(now, id, true, resumed.missed_messages);
+                } else {
+                    self.emit(ClientEvent::Gap { reason: "resume_refused" });
+                    self.adopt_session(pending.fresh.clone());
+                    self.become_active(now, pending.fresh, false, 0);
+                    for envelope in pending.held {
+                        self.handle_application(envelope);
+                    }
+                    if pending.overflowed {
+                        self.emit(ClientEvent::Gap { reason: "held_messages_overflowed" });
+                        self.expect_jump = true;
+                    }
+                }
+            }
+            SystemMessage::ConnectionClose(close) => {
+                self.retry_hint = close.retry_after_ms.map(Duration::from_millis);
+            }
+            SystemMessage::Error(error) => self.emit(ClientEvent::ServerError(error)),
+            SystemMessage::Pong(_)
+            | SystemMessage::AuthRefreshed(_)
+            | SystemMessage::AuthRefresh(_)
+            | SystemMessage::ConnectionResume(_) => {}
+        }
+    }
+
+    pub(super) fn handle_application(&mut self, envelope: Envelope) {
+        if let Some(pending) = &mut self.pending_resume {
+            if pending.held.len() < self.config.held_max_messages {
+                pending.held.push_back(envelope);
+            } else {
+                pending.overflowed = true;
+            }
+            return;
+        }
+        if let Some(sequence) = envelope.sequence {
+            if sequence <= self.last_sequence {
+                tracing::debug!(target: "protocol:client", sequence, "dropping a message already received");
+                return;
+            }
+            if sequence != self.last_sequence + 1 && !std::mem::take(&mut self.expect_jump) {
+                self.emit(ClientEvent::Gap { reason: "sequence_jump" });
+            }
+            self.expect_jump = false;
+            self.last_sequence = sequence;
+            self.last_message_id = Some(envelope.id.clone());
+            self.persist();
+        }
+        let subscribers = self.bus.publish(envelope.message_type.as_str());
+        tracing::trace!(target: "protocol:bus", message_type = %envelope.message_type, subscribers = subscribers.len(), "delivering");
+        self.emit(ClientEvent::Message { envelope, subscribers });
+    }
+
+    pub(super) fn adopt_session(&mut self, id: Id) {
+        self.connection_id = Some(id);
+        self.last_sequence = 0;
+        self.last_message_id = None;
+        self.expect_jump = false;
+        self.persist();
+    }
+
+    pub(super) fn become_active(
+        &mut self,
+        now: Instant,
+        connection_id: Id,
+        resumed: bool,
+        replayed: u64,
+    ) {
+        self.backoff.stop();
+        self.backoff.reset();
+        self.refreshed_after_expiry = false;
+        self.retry_hint = None;
+        self.set_state(
+            now,
+            ClientState::Active,
+            if resumed { "resumed" } else { "established" },
+            None,
+            true,
+        );
+        self.emit(ClientEvent::Connected { connection_id, resumed, replayed });
+        // Queued messages go out in order, after the resume's replay.
+        while let Some(queued) = self.queue.pop_front() {
+            self.queue_bytes -= queued.frame.len();
+            if queued.expires_at <= now {
+                self.emit(ClientEvent::SendFailed { id: queued.id, error: SendError::Expired });
+                continue;
+            }
+            if let Some(socket) = &self.socket {
+                self.outputs.push_back(ClientOutput::SendFrame {
+                    attempt: socket.attempt,
+                    frame: queued.frame,
+                });
+            }
+        }
+    }
+}
