@@ -34,7 +34,8 @@ enum Msg {
     Abort,
 }
 
-/// A running client. Dropping it does not stop the driver; call [`NativeClient::disconnect`].
+/// A running client. Dropping it does not stop the driver; send it
+/// [`ClientInput::Disconnect`] with [`NativeClient::input`].
 #[derive(Debug, Clone)]
 pub struct NativeClient {
     inputs: Sender<Msg>,

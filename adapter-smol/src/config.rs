@@ -47,6 +47,42 @@ pub struct Args {
     /// Accepted authorized parties, the token's `azp` (repeatable).
     #[arg(long = "azp", env = "SWITCHBOARD_AZP", value_delimiter = ',')]
     pub azps: Vec<String>,
+    /// Accept tokens for any audience (only when the issuer serves nothing but this
+    /// application). Without it, `--audience` or `--azp` is required.
+    #[arg(long, env = "SWITCHBOARD_ANY_AUDIENCE")]
+    pub any_audience: bool,
+    /// Clock skew tolerated on a token's `exp` and `nbf`, by the verifier and the hub alike
+    /// [default: 30s].
+    #[arg(long, env = "SWITCHBOARD_CLOCK_LEEWAY", value_parser = parse_duration)]
+    pub clock_leeway: Option<Duration>,
+    /// Who may join which conversation: `allow-all` lets any authenticated user into any
+    /// conversation (dev mode's default; otherwise it must be asked for). See also
+    /// `--authorize-claim`, `--authorize-role` and `--authorize-url`.
+    #[arg(long, env = "SWITCHBOARD_AUTHORIZE")]
+    pub authorize: Option<String>,
+    /// Claim rule: a token may join the conversations listed in this claim (a string or an
+    /// array of strings; `*` for all), e.g. `conversations`.
+    #[arg(long, env = "SWITCHBOARD_AUTHORIZE_CLAIM")]
+    pub authorize_claim: Option<String>,
+    /// Claim rule: a token with this realm role (or `client:role`) may join any conversation
+    /// (repeatable).
+    #[arg(long = "authorize-role", env = "SWITCHBOARD_AUTHORIZE_ROLE", value_delimiter = ',')]
+    pub authorize_roles: Vec<String>,
+    /// The backend decides: `POST URL {userId, conversationId, definitionId}` answered with
+    /// `{"allow": bool, "write": bool, "reason": "forbidden"|"conversation_not_found"}`. Fails
+    /// closed: an error or a timeout refuses the join (close 1013, retryable).
+    #[arg(long, env = "SWITCHBOARD_AUTHORIZE_URL")]
+    pub authorize_url: Option<String>,
+    /// Limit on one request to `--authorize-url` [default: 2s].
+    #[arg(long, env = "SWITCHBOARD_AUTHORIZE_TIMEOUT", value_parser = parse_duration)]
+    pub authorize_timeout: Option<Duration>,
+    /// How long the backend's answer is reused for the same user and conversation [default:
+    /// 10s].
+    #[arg(long, env = "SWITCHBOARD_AUTHORIZE_CACHE_TTL", value_parser = parse_duration)]
+    pub authorize_cache_ttl: Option<Duration>,
+    /// Requests to `--authorize-url` in flight at once [default: 32].
+    #[arg(long, env = "SWITCHBOARD_AUTHORIZE_CONCURRENCY")]
+    pub authorize_concurrency: Option<usize>,
     /// Origins allowed to connect with a session cookie (repeatable).
     #[arg(long = "allowed-origin", env = "SWITCHBOARD_ALLOWED_ORIGIN", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -77,6 +113,49 @@ pub struct Args {
     /// The key the backend presents to `POST /api/publish`; without one the API is off.
     #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Serve the publish API on this address only (not on `--listen`), so it need not face
+    /// the internet.
+    #[arg(long, env = "SWITCHBOARD_API_LISTEN")]
+    pub api_listen: Option<String>,
+    /// Publish API requests allowed, `N/DURATION` over all callers; more get 429 [default:
+    /// 10000/1s].
+    #[arg(long, env = "SWITCHBOARD_API_RATE", value_parser = parse_rate)]
+    pub api_rate: Option<RateLimit>,
+    /// Largest publish request body, in bytes; larger get 413 [default: 1048576].
+    #[arg(long, env = "SWITCHBOARD_API_MAX_BODY")]
+    pub api_max_body: Option<usize>,
+    /// Largest message the server sends, in bytes encoded; the publish API answers 413 above
+    /// it [default: 262144].
+    #[arg(long, env = "SWITCHBOARD_MAX_OUTGOING_MESSAGE_SIZE")]
+    pub max_outgoing_message_size: Option<usize>,
+    /// Time a client has to send a request's headers, and the longest idle time between two
+    /// requests on a keep-alive connection [default: 10s].
+    #[arg(long, env = "SWITCHBOARD_HEADER_TIMEOUT", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+    /// TCP connections that have not finished an upgrade (or are between HTTP requests) at
+    /// once; beyond it new ones are closed at once [default: 4096].
+    #[arg(long, env = "SWITCHBOARD_MAX_PENDING_UPGRADES")]
+    pub max_pending_upgrades: Option<usize>,
+    /// Open sockets from one IP address; beyond it new ones are closed at once (0: no cap)
+    /// [default: 1024].
+    #[arg(long, env = "SWITCHBOARD_MAX_SOCKETS_PER_IP")]
+    pub max_sockets_per_ip: Option<usize>,
+    /// A proxy whose `X-Forwarded-For` is believed for the per-IP cap (repeatable IP
+    /// addresses). Other peers' headers are ignored.
+    #[arg(
+        long = "trust-forwarded-for",
+        env = "SWITCHBOARD_TRUST_FORWARDED_FOR",
+        value_delimiter = ','
+    )]
+    pub trust_forwarded_for: Vec<std::net::IpAddr>,
+    /// Sessions one user may hold at once [default: 100]. At the cap, the user's oldest session
+    /// waiting for a resume is let go; if none waits, the new connection is refused (4014).
+    #[arg(long, env = "SWITCHBOARD_MAX_SESSIONS_PER_USER")]
+    pub max_sessions_per_user: Option<usize>,
+    /// Where dev mode keeps its signing key, so that printed tokens survive a restart
+    /// [default: $XDG_STATE_HOME/switchboard/dev-key.pem, or ~/.local/state/switchboard/].
+    #[arg(long, env = "SWITCHBOARD_DEV_KEY")]
+    pub dev_key: Option<PathBuf>,
     /// Client message types re-broadcast to the sender's conversation (repeatable patterns
     /// such as `data.*`; on as `data.*` in dev mode).
     #[arg(long = "relay", env = "SWITCHBOARD_RELAY", value_delimiter = ',')]
@@ -116,6 +195,50 @@ pub struct FileConfig {
     #[serde(default)]
     pub relay: Vec<String>,
     pub log_json: Option<bool>,
+    pub any_audience: Option<bool>,
+    pub clock_leeway: Option<String>,
+    pub authorize: Option<String>,
+    pub authorize_claim: Option<String>,
+    #[serde(default)]
+    pub authorize_roles: Vec<String>,
+    pub authorize_url: Option<String>,
+    pub authorize_timeout: Option<String>,
+    pub authorize_cache_ttl: Option<String>,
+    pub authorize_concurrency: Option<usize>,
+    pub api_listen: Option<String>,
+    pub api_rate: Option<String>,
+    pub api_max_body: Option<usize>,
+    pub max_outgoing_message_size: Option<usize>,
+    pub header_timeout: Option<String>,
+    pub max_pending_upgrades: Option<usize>,
+    pub max_sockets_per_ip: Option<usize>,
+    #[serde(default)]
+    pub trust_forwarded_for: Vec<std::net::IpAddr>,
+    pub max_sessions_per_user: Option<usize>,
+    pub dev_key: Option<PathBuf>,
+}
+
+/// Who decides joins.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Authorize {
+    /// Everyone everywhere (dev mode, or asked for by name).
+    AllowAll,
+    /// The token's claim and roles ([`crate::authorize::ClaimRule`]).
+    Claims { claim: Option<String>, roles: Vec<String> },
+    /// The backend ([`crate::authorize::Callback`]).
+    Callback(crate::authorize::CallbackConfig),
+}
+
+/// The HTTP side's limits on sockets that have not become WebSockets.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub header_timeout: Duration,
+    pub max_pending_upgrades: usize,
+    /// 0: no cap.
+    pub max_sockets_per_ip: usize,
+    pub trust_forwarded_for: Vec<std::net::IpAddr>,
+    pub api_rate: RateLimit,
+    pub api_max_body: usize,
 }
 
 /// Everything resolved.
@@ -124,16 +247,21 @@ pub struct Settings {
     pub listen: String,
     pub path: String,
     pub dev: bool,
+    pub dev_key: PathBuf,
     pub jwks_file: Option<PathBuf>,
     pub jwks_url: Option<String>,
     pub issuers: Vec<String>,
     pub audiences: Vec<String>,
     pub azps: Vec<String>,
+    pub any_audience: bool,
     pub allowed_origins: Vec<String>,
+    pub authorize: Option<Authorize>,
     pub api_key: Option<String>,
+    pub api_listen: Option<String>,
     pub relay: Vec<String>,
     pub log_json: bool,
     pub shutdown_grace: Duration,
+    pub http: HttpLimits,
     pub hub: HubConfig,
 }
 
@@ -185,6 +313,15 @@ impl Settings {
                 &file.shutdown_spread,
                 defaults.shutdown_spread,
             )?,
+            clock_leeway: duration(args.clock_leeway, &file.clock_leeway, defaults.clock_leeway)?,
+            max_message_bytes: args
+                .max_outgoing_message_size
+                .or(file.max_outgoing_message_size)
+                .unwrap_or(defaults.max_message_bytes),
+            max_sessions_per_user: args
+                .max_sessions_per_user
+                .or(file.max_sessions_per_user)
+                .unwrap_or(defaults.max_sessions_per_user),
             ..defaults
         };
         hub.connection_rate = match (args.connection_rate, &file.connection_rate) {
@@ -208,17 +345,119 @@ impl Settings {
         if dev && relay.is_empty() {
             relay.push("data.*".to_owned());
         }
+        hub.validate().map_err(|e| e.to_string())?;
+
+        let issuers = list(args.issuers, file.issuers);
+        let audiences = list(args.audiences, file.audiences);
+        let azps = list(args.azps, file.azps);
+        let any_audience = args.any_audience || file.any_audience.unwrap_or(false);
+        let roles = list(args.authorize_roles, file.authorize_roles);
+        let claim = args.authorize_claim.or(file.authorize_claim);
+        let url = args.authorize_url.or(file.authorize_url);
+        let named = args.authorize.or(file.authorize);
+        let authorize = match (named.as_deref(), claim.is_some() || !roles.is_empty(), url) {
+            (Some("allow-all"), false, None) => Some(Authorize::AllowAll),
+            (Some(other), false, None) => {
+                return Err(format!(
+                    "--authorize {other:?}: the only named authorizer is allow-all"
+                ));
+            }
+            (Some(_), _, _) | (None, true, Some(_)) => {
+                return Err("choose one authorizer: --authorize allow-all, the claim rule (--authorize-claim/--authorize-role) or --authorize-url".into());
+            }
+            (None, true, None) => Some(Authorize::Claims { claim, roles }),
+            (None, false, Some(url)) => {
+                Some(Authorize::Callback(crate::authorize::CallbackConfig {
+                    url,
+                    timeout: duration(
+                        args.authorize_timeout,
+                        &file.authorize_timeout,
+                        Duration::from_secs(2),
+                    )?,
+                    cache_ttl: duration(
+                        args.authorize_cache_ttl,
+                        &file.authorize_cache_ttl,
+                        Duration::from_secs(10),
+                    )?,
+                    concurrency: args
+                        .authorize_concurrency
+                        .or(file.authorize_concurrency)
+                        .unwrap_or(32),
+                }))
+            }
+            (None, false, None) if dev => Some(Authorize::AllowAll),
+            (None, false, None) => None,
+        };
+        // Safe defaults outside dev mode: nothing is accepted by omission.
+        if !dev {
+            if issuers.is_empty() {
+                return Err("no --issuer: name the issuer your tokens carry (their `iss`), e.g. --issuer https://sso.example/realms/agents".into());
+            }
+            if audiences.is_empty() && azps.is_empty() && !any_audience {
+                return Err("no --audience or --azp: name the audience (or authorized party) your tokens are for, or pass --any-audience if the issuer serves only this application".into());
+            }
+            if authorize.is_none() {
+                return Err("no authorizer: say who may join which conversation with --authorize-url URL (the backend decides), --authorize-claim CLAIM / --authorize-role ROLE (the token says), or --authorize allow-all (anyone authenticated may join any conversation)".into());
+            }
+        }
+        let defaults_http = HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            max_pending_upgrades: 4096,
+            max_sockets_per_ip: 1024,
+            trust_forwarded_for: Vec::new(),
+            api_rate: RateLimit::new(10_000, Duration::from_secs(1)),
+            api_max_body: 1 << 20,
+        };
+        let http = HttpLimits {
+            header_timeout: duration(
+                args.header_timeout,
+                &file.header_timeout,
+                defaults_http.header_timeout,
+            )?,
+            max_pending_upgrades: args
+                .max_pending_upgrades
+                .or(file.max_pending_upgrades)
+                .unwrap_or(defaults_http.max_pending_upgrades),
+            max_sockets_per_ip: args
+                .max_sockets_per_ip
+                .or(file.max_sockets_per_ip)
+                .unwrap_or(defaults_http.max_sockets_per_ip),
+            trust_forwarded_for: if args.trust_forwarded_for.is_empty() {
+                file.trust_forwarded_for
+            } else {
+                args.trust_forwarded_for
+            },
+            api_rate: match (args.api_rate, &file.api_rate) {
+                (Some(rate), _) => rate,
+                (None, Some(text)) => parse_rate(text)?,
+                (None, None) => defaults_http.api_rate,
+            },
+            api_max_body: args
+                .api_max_body
+                .or(file.api_max_body)
+                .unwrap_or(defaults_http.api_max_body),
+        };
+        if http.header_timeout.is_zero() || http.max_pending_upgrades == 0 {
+            return Err("--header-timeout and --max-pending-upgrades must be positive".into());
+        }
         Ok(Settings {
             listen: args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
             path: args.path.or(file.path).unwrap_or_else(|| "/ws".to_owned()),
             dev,
+            dev_key: args
+                .dev_key
+                .or(file.dev_key)
+                .unwrap_or_else(crate::auth::dev::default_key_path),
             jwks_file: args.jwks_file.or(file.jwks_file),
             jwks_url: args.jwks_url.or(file.jwks_url),
-            issuers: list(args.issuers, file.issuers),
-            audiences: list(args.audiences, file.audiences),
-            azps: list(args.azps, file.azps),
+            issuers,
+            audiences,
+            azps,
+            any_audience,
             allowed_origins: list(args.allowed_origins, file.allowed_origins),
+            authorize,
             api_key: args.api_key.or(file.api_key).filter(|k| !k.is_empty()),
+            api_listen: args.api_listen.or(file.api_listen),
             relay,
             log_json: args.log_json || file.log_json.unwrap_or(false),
             shutdown_grace: duration(
@@ -226,6 +465,7 @@ impl Settings {
                 &file.shutdown_grace,
                 Duration::from_secs(10),
             )?,
+            http,
             hub,
         })
     }
@@ -275,7 +515,7 @@ mod tests {
         let path = dir.join("switchboard.toml");
         std::fs::write(
             &path,
-            "listen = \"0.0.0.0:9000\"\nheartbeat_interval = \"10s\"\nrelay = [\"data.chat.*\"]\n",
+            "listen = \"0.0.0.0:9000\"\nheartbeat_interval = \"10s\"\nrelay = [\"data.chat.*\"]\nissuers = [\"https://sso.test/realms/a\"]\nany_audience = true\nauthorize = \"allow-all\"\n",
         )
         .unwrap();
         let args = Args::parse_from([
@@ -291,5 +531,45 @@ mod tests {
         assert_eq!(settings.relay, ["data.chat.*"]);
         assert_eq!(settings.path, "/ws");
         assert_eq!(settings.hub.resume_window, Duration::from_secs(120));
+        assert_eq!(settings.authorize, Some(Authorize::AllowAll));
+    }
+
+    #[test]
+    fn unsafe_settings_are_refused_with_the_flag_to_add() {
+        let resolve = |args: &[&str]| {
+            let mut all = vec!["switchboard"];
+            all.extend_from_slice(args);
+            Settings::resolve(Args::parse_from(all))
+        };
+        assert!(resolve(&[]).unwrap_err().contains("--issuer"));
+        assert!(resolve(&["--issuer", "i"]).unwrap_err().contains("--any-audience"));
+        assert!(resolve(&["--issuer", "i", "--azp", "a"]).unwrap_err().contains("--authorize-url"));
+        let claims = resolve(&["--issuer", "i", "--azp", "a", "--authorize-claim", "c"]).unwrap();
+        assert_eq!(
+            claims.authorize,
+            Some(Authorize::Claims { claim: Some("c".into()), roles: vec![] })
+        );
+        assert!(resolve(&["--issuer", "i", "--azp", "a", "--authorize", "everyone"]).is_err());
+        assert!(
+            resolve(&[
+                "--issuer",
+                "i",
+                "--azp",
+                "a",
+                "--authorize",
+                "allow-all",
+                "--authorize-role",
+                "r"
+            ])
+            .is_err(),
+            "one authorizer at a time"
+        );
+        let dev = resolve(&["--dev"]).unwrap();
+        assert_eq!(dev.authorize, Some(Authorize::AllowAll), "dev mode lets everyone in");
+        assert!(
+            resolve(&["--dev", "--max-outgoing-message-size", "999999999"])
+                .unwrap_err()
+                .contains("max_message_bytes")
+        );
     }
 }

@@ -1,18 +1,39 @@
 //! The one owner of the hub: a loop that feeds it inputs and carries out its outputs, with no
 //! decisions of its own.
 
+use crate::answer::Answer;
 use crate::auth::Verifier;
+use crate::authorize::Authorizer;
 use crate::metrics::Metrics;
 use crate::outbox::OutboxSender;
 use async_channel::{Receiver, Sender};
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 use switchboard_core::protocol::CloseCode;
 use switchboard_core::server::{
-    AuthFailure, Hub, HubEvent, HubStats, Input, OpenRequest, Outgoing, Output, SocketId, Target,
+    AuthFailure, Hub, HubEvent, HubStats, Input, OpenRequest, Outgoing, Output, RefusedSend,
+    SocketId, Target,
 };
 use switchboard_core::time::Instant;
+
+/// Commands handled in a row before the driver lets the sockets' writers run: a burst of
+/// messages must not fill every window before a single frame is written. (Not every command:
+/// a writer that runs after every publish writes one frame per syscall; 256 keeps the batches
+/// while staying well under the hub's cut-off at half the replay buffer, 512 messages.)
+const COMMANDS_BETWEEN_YIELDS: u32 = 256;
+
+/// What wakes the driver.
+enum Wake {
+    Command(Command),
+    /// A writer's report of what it wrote ([`Input::Flushed`]): on a channel of its own, taken
+    /// before any command, so that a socket's progress is known before more is given to it.
+    Written(Input),
+    Timeout,
+    /// Every sender is gone.
+    Ended,
+}
 
 /// What a socket's writer is told.
 #[derive(Debug)]
@@ -28,8 +49,9 @@ pub enum Command {
     Open { socket: SocketId, writer: OutboxSender<Write>, request: OpenRequest },
     /// An input for the hub.
     Input(Input),
-    /// Send a message (the publish API); the reply is the number of local sessions reached.
-    Send { target: Target, outgoing: Outgoing, reply: Sender<usize> },
+    /// Send a message (the publish API); the reply is the number of local sessions reached,
+    /// or why the hub refused it.
+    Send { target: Target, outgoing: Outgoing, reply: Sender<Result<usize, RefusedSend>> },
     /// The hub's counts, for `/metrics`.
     Stats { reply: Sender<HubStats> },
     /// Begin graceful shutdown.
@@ -80,11 +102,18 @@ pub struct Driver {
     pub hub: Hub,
     pub clock: Clock,
     pub commands: Receiver<Command>,
-    /// For verdicts coming back from verification tasks.
+    /// The writers' reports of what they wrote.
+    pub written: Receiver<Input>,
+    /// For answers that come back later (a key fetch, the backend's join verdict).
     pub loopback: Sender<Command>,
-    pub verifier: Arc<Verifier>,
+    pub verifier: Rc<Verifier>,
+    pub authorizer: Rc<dyn Authorizer>,
     pub metrics: Arc<Metrics>,
+    /// The event loop, to run the answers that come later.
+    pub executor: Rc<smol::LocalExecutor<'static>>,
     writers: HashMap<SocketId, OutboxSender<Write>>,
+    /// Answers decided on the spot, fed to the hub once the outputs at hand are carried out.
+    ready: VecDeque<Input>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -94,35 +123,93 @@ impl std::fmt::Debug for Driver {
 }
 
 impl Driver {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         hub: Hub,
         clock: Clock,
         commands: Receiver<Command>,
+        written: Receiver<Input>,
         loopback: Sender<Command>,
-        verifier: Arc<Verifier>,
+        verifier: Rc<Verifier>,
+        authorizer: Rc<dyn Authorizer>,
         metrics: Arc<Metrics>,
+        executor: Rc<smol::LocalExecutor<'static>>,
     ) -> Self {
-        Driver { hub, clock, commands, loopback, verifier, metrics, writers: HashMap::new() }
+        Driver {
+            hub,
+            clock,
+            commands,
+            written,
+            loopback,
+            verifier,
+            authorizer,
+            metrics,
+            executor,
+            writers: HashMap::new(),
+            ready: VecDeque::new(),
+        }
     }
 
     /// Runs until the hub has drained after a shutdown (or every sender is gone).
     pub async fn run(mut self) {
         self.drain();
+        let mut handled = 0u32;
         loop {
             let deadline = self.hub.poll_timeout().map(|(at, _)| at);
-            let command = self.clock.next(deadline, &self.commands).await;
-            let drained = match command {
-                None => {
+            let drained = match self.wake(deadline).await {
+                Wake::Timeout => {
                     self.hub.handle_input(self.clock.now(), Input::Timeout);
                     self.drain()
                 }
-                Some(Ok(command)) => self.handle(command),
-                Some(Err(_)) => return,
+                Wake::Written(input) => {
+                    self.hub.handle_input(self.clock.now(), input);
+                    self.drain()
+                }
+                Wake::Command(command) => self.handle(command),
+                Wake::Ended => return,
             };
             if drained {
                 return;
             }
+            handled += 1;
+            if handled % COMMANDS_BETWEEN_YIELDS == 0 {
+                smol::future::yield_now().await;
+            }
         }
+    }
+
+    /// Waits for the next thing to do: a writer's report first, then a command, or the hub's
+    /// deadline (the clock is read before sleeping, so a deadline already past is served at
+    /// once).
+    async fn wake(&self, deadline: Option<Instant>) -> Wake {
+        if let Ok(input) = self.written.try_recv() {
+            return Wake::Written(input);
+        }
+        if deadline.is_some_and(|at| at <= self.clock.now()) {
+            return Wake::Timeout;
+        }
+        let written = async {
+            match self.written.recv().await {
+                Ok(input) => Wake::Written(input),
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let commands = async {
+            match self.commands.recv().await {
+                Ok(command) => Wake::Command(command),
+                Err(_) => Wake::Ended,
+            }
+        };
+        let timer = async {
+            match deadline {
+                Some(at) => {
+                    smol::Timer::at(self.clock.std_instant(at)).await;
+                    Wake::Timeout
+                }
+                None => std::future::pending().await,
+            }
+        };
+        smol::future::or(written, smol::future::or(commands, timer)).await
     }
 
     /// Feeds one command; returns whether the hub reported itself drained.
@@ -151,51 +238,71 @@ impl Driver {
         self.drain()
     }
 
-    /// Carries out every output; returns whether the hub reported itself drained.
+    /// Carries out every output, then feeds the answers decided on the spot (each followed by
+    /// its own outputs); returns whether the hub reported itself drained.
     fn drain(&mut self) -> bool {
         let mut drained = false;
-        while let Some(output) = self.hub.poll_output() {
-            match output {
-                Output::Send { socket, frame } => {
-                    self.metrics.sent(frame.len());
-                    if let Some(writer) = self.writers.get(&socket) {
-                        writer.push(Write::Frame(frame));
-                    }
-                }
-                Output::Close { socket, code, reason } => {
-                    if let Some(writer) = self.writers.remove(&socket) {
-                        writer.push(Write::Close(code, reason));
-                    }
-                }
-                Output::Verify { request, socket: _, credentials, origin } => {
-                    let verifier = self.verifier.clone();
-                    let loopback = self.loopback.clone();
-                    smol::spawn(async move {
-                        let verdict = smol::unblock(move || {
-                            // A verifier bug must cost one connection, not the verdict (and
-                            // with it ten seconds of the client's time).
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                verifier.verify(&credentials, origin.as_deref())
-                            }))
-                            .unwrap_or_else(|_| Err(AuthFailure::Invalid("verifier failed".into())))
-                        })
-                        .await;
-                        let _ = loopback
-                            .send(Command::Input(Input::AuthVerdict { request, verdict }))
-                            .await;
-                    })
-                    .detach();
-                }
-                // One instance: the in-process hub is the whole fan-out. (Redis comes later.)
-                Output::Publish { .. } | Output::Subscribe { .. } | Output::Unsubscribe { .. } => {}
-                Output::Event(event) => {
-                    self.metrics.event(&event);
-                    drained |= event == HubEvent::Drained;
-                    log_event(&event);
+        loop {
+            while let Some(output) = self.hub.poll_output() {
+                drained |= self.carry_out(output);
+            }
+            let Some(input) = self.ready.pop_front() else { return drained };
+            self.hub.handle_input(self.clock.now(), input);
+        }
+    }
+
+    /// Carries out one output; returns whether it was the hub's report that it drained.
+    fn carry_out(&mut self, output: Output) -> bool {
+        match output {
+            Output::Send { socket, frame } => {
+                self.metrics.sent(frame.len());
+                if let Some(writer) = self.writers.get(&socket) {
+                    writer.push(Write::Frame(frame));
                 }
             }
+            Output::Close { socket, code, reason } => {
+                if let Some(writer) = self.writers.remove(&socket) {
+                    writer.push(Write::Close(code, reason));
+                }
+            }
+            Output::Verify { request, socket: _, credentials, origin } => {
+                // A verifier bug must cost one connection, not the server.
+                let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.verifier.verify(credentials, origin)
+                }))
+                .unwrap_or(Answer::Now(Err(AuthFailure::Internal)));
+                self.answer(answer, move |verdict| Input::AuthVerdict { request, verdict });
+            }
+            Output::Authorize(join) => {
+                let request = join.request;
+                let answer = self.authorizer.authorize(&join);
+                self.answer(answer, move |verdict| Input::JoinVerdict { request, verdict });
+            }
+            // One instance: the in-process hub is the whole fan-out. (Redis comes later.)
+            Output::Publish { .. } | Output::Subscribe { .. } | Output::Unsubscribe { .. } => {}
+            Output::Event(event) => {
+                self.metrics.event(&event);
+                log_event(&event);
+                return event == HubEvent::Drained;
+            }
         }
-        drained
+        false
+    }
+
+    /// Feeds an answer back to the hub: now (after the outputs at hand), or when it comes.
+    fn answer<T: 'static>(&mut self, answer: Answer<T>, input: impl FnOnce(T) -> Input + 'static) {
+        match answer {
+            Answer::Now(value) => self.ready.push_back(input(value)),
+            Answer::Later(future) => {
+                let loopback = self.loopback.clone();
+                self.executor
+                    .spawn(async move {
+                        let value = future.await;
+                        let _ = loopback.send(Command::Input(input(value))).await;
+                    })
+                    .detach();
+            }
+        }
     }
 }
 
@@ -220,8 +327,19 @@ fn log_event(event: &HubEvent) {
             "socket lost; session kept for resume"
         ),
         HubEvent::AuthFailed { reason } => {
-            tracing::info!(reason = %reason, "authentication failed")
+            tracing::info!(%reason, "authentication failed")
         }
+        HubEvent::JoinRefused { connection_id, conversation_id, refusal } => tracing::info!(
+            connection = %connection_id,
+            conversation = %conversation_id,
+            refusal = refusal.as_str(),
+            "join refused"
+        ),
+        HubEvent::SessionCap { user_id, evicted } => tracing::warn!(
+            user = %user_id,
+            evicted,
+            "a user reached its session cap"
+        ),
         HubEvent::Message { connection_id, envelope, .. } => tracing::debug!(
             connection = %connection_id,
             message_type = %envelope.message_type,

@@ -1,6 +1,7 @@
 //! The HTTP side of the port: the WebSocket upgrade, health, readiness, metrics, the publish
 //! API, and (dev mode) the JWKS.
 
+use crate::admission::{Admission, FromIp, Pending};
 use crate::driver::{Command, Write};
 use crate::metrics::Metrics;
 use crate::socket;
@@ -10,30 +11,41 @@ use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use bytes::Bytes;
 use futures_util::{AsyncRead, AsyncWrite};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use smol_hyper::rt::FuturesIo;
+use smol_hyper::rt::{FuturesIo, SmolTimer};
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Instant;
 use switchboard_core::protocol::{Id, MessageType, Payload};
-use switchboard_core::server::{OpenRequest, Outgoing, SocketId, Target};
+use switchboard_core::server::{OpenRequest, Outgoing, RateLimit, RefusedSend, SocketId, Target};
 
-/// The largest publish request body, in bytes.
-const MAX_PUBLISH_BODY: usize = 1 << 20;
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The public port: the WebSocket endpoint, health, readiness, metrics, and the publish API
+    /// unless it has a listener of its own.
+    Public { api: bool },
+    /// `--api-listen`: the publish API, health, readiness and metrics.
+    Api,
+}
 
 /// What every HTTP connection shares.
 #[derive(Debug)]
 pub struct App {
     pub path: String,
     pub commands: async_channel::Sender<Command>,
+    /// Where sockets' writers report what they wrote.
+    pub written: async_channel::Sender<switchboard_core::server::Input>,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
     /// Every task of the server runs on this one thread's executor, with the hub's driver, so
@@ -42,7 +54,38 @@ pub struct App {
     pub next_socket: AtomicU64,
     pub ws_config: WebSocketConfig,
     pub api_key: Option<String>,
+    pub api_bucket: ApiBucket,
+    pub admission: Rc<Admission>,
     pub dev_jwks: Option<String>,
+}
+
+/// The publish API's own rate limit: one token bucket over every caller.
+#[derive(Debug)]
+pub struct ApiBucket {
+    limit: RateLimit,
+    state: Cell<(f64, Instant)>,
+}
+
+impl ApiBucket {
+    pub fn new(limit: RateLimit) -> Self {
+        ApiBucket { limit, state: Cell::new((f64::from(limit.capacity), Instant::now())) }
+    }
+
+    /// Takes a token, or says how long until one is there.
+    fn take(&self) -> Result<(), std::time::Duration> {
+        let (tokens, at) = self.state.get();
+        let now = Instant::now();
+        let capacity = f64::from(self.limit.capacity);
+        let rate = capacity / self.limit.per.as_secs_f64().max(1e-9);
+        let tokens = (tokens + now.duration_since(at).as_secs_f64() * rate).min(capacity);
+        if tokens >= 1.0 {
+            self.state.set((tokens - 1.0, now));
+            Ok(())
+        } else {
+            self.state.set((tokens, now));
+            Err(std::time::Duration::from_secs_f64((1.0 - tokens) / rate))
+        }
+    }
 }
 
 type Body = Full<Bytes>;
@@ -61,23 +104,50 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     response
 }
 
-/// Serves one TCP connection (HTTP/1.1, with upgrades).
-pub async fn serve(stream: TcpStream, peer: SocketAddr, app: Rc<App>) {
+/// Serves one TCP connection (HTTP/1.1, with upgrades) admitted as `pending` (counted until
+/// its HTTP phase ends) and `from_ip` (counted until the socket closes, upgraded or not).
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Rc<App>,
+    listener: Listener,
+    pending: Pending,
+    from_ip: Option<FromIp>,
+) {
+    let from_ip = Rc::new(RefCell::new(from_ip));
+    let metrics = app.metrics.clone();
+    let header_timeout = app.admission.limits().header_timeout;
     let service = hyper::service::service_fn(move |request| {
-        let app = app.clone();
-        async move { Ok::<_, std::convert::Infallible>(app.route(request, peer).await) }
+        let (app, from_ip) = (app.clone(), from_ip.clone());
+        async move {
+            Ok::<_, std::convert::Infallible>(app.route(request, peer, listener, from_ip).await)
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
+        .timer(SmolTimer::new())
+        // Bounds both a request's headers and the idle time before the next request on a
+        // keep-alive connection: a silent or trickling socket is let go.
+        .header_read_timeout(header_timeout)
         .serve_connection(FuturesIo::new(stream), service)
         .with_upgrades();
-    if let Err(error) = connection.await {
-        tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+    match connection.await {
+        Err(error) if error.is_timeout() => metrics.refused_socket("header_timeout"),
+        Err(error) => tracing::debug!(%peer, %error, "HTTP connection ended with an error"),
+        Ok(()) => {}
     }
+    drop(pending);
 }
 
 impl App {
-    async fn route(self: Rc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn route(
+        self: Rc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        listener: Listener,
+        from_ip: Rc<RefCell<Option<FromIp>>>,
+    ) -> Response<Body> {
         let path = request.uri().path().to_owned();
+        let api = matches!(listener, Listener::Api | Listener::Public { api: true });
         match (request.method(), path.as_str()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") if self.ready.load(Ordering::Relaxed) => {
@@ -85,6 +155,8 @@ impl App {
             }
             (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
             (&Method::GET, "/metrics") => self.metrics().await,
+            (&Method::POST, "/api/publish") if api => self.publish(request).await,
+            (_, _) if listener == Listener::Api => text(StatusCode::NOT_FOUND, "not found\n"),
             (&Method::GET, "/.well-known/jwks.json") if self.dev_jwks.is_some() => {
                 let mut response = text(StatusCode::OK, self.dev_jwks.clone().unwrap_or_default());
                 response
@@ -92,8 +164,7 @@ impl App {
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 response
             }
-            (&Method::POST, "/api/publish") => self.publish(request).await,
-            (&Method::GET, p) if p == self.path => self.upgrade(request, peer),
+            (&Method::GET, p) if p == self.path => self.upgrade(request, peer, from_ip),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
@@ -115,7 +186,25 @@ impl App {
     }
 
     /// Answers the upgrade with 101 and hands the socket to the driver once hyper lets go of it.
-    fn upgrade(self: Rc<Self>, mut request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    fn upgrade(
+        self: Rc<Self>,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+        from_ip: Rc<RefCell<Option<FromIp>>>,
+    ) -> Response<Body> {
+        // Behind a trusted proxy, the socket counts against its client's address.
+        if self.admission.trusts(peer.ip()) {
+            let forwarded = request
+                .headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            match self.admission.admit_forwarded(forwarded) {
+                Ok(counted) => *from_ip.borrow_mut() = counted,
+                Err(_) => return text(StatusCode::TOO_MANY_REQUESTS, "too many sockets\n"),
+            }
+        }
+        let from_ip = from_ip.borrow_mut().take();
         let headers = request.headers();
         let is_upgrade = headers
             .get(header::UPGRADE)
@@ -169,13 +258,15 @@ impl App {
                 drop(parts.read_buf);
                 let io = Prefixed { prefix, inner: parts.io.into_inner() };
                 let _open = app.metrics.socket_opened();
+                let _from_ip = from_ip;
                 let ws =
                     WebSocketStream::from_raw_socket(io, Role::Server, Some(app.ws_config)).await;
                 let socket = SocketId(app.next_socket.fetch_add(1, Ordering::Relaxed));
                 let (writer, writes) = crate::outbox::outbox::<Write>();
                 if app.commands.send(Command::Open { socket, writer, request: open }).await.is_ok()
                 {
-                    socket::run(ws, socket, app.commands.clone(), writes).await;
+                    socket::run(ws, socket, app.commands.clone(), app.written.clone(), writes)
+                        .await;
                 }
             })
             .detach();
@@ -193,11 +284,9 @@ impl App {
 
     /// `POST /api/publish`: the backend's way in.
     async fn publish(&self, request: Request<Incoming>) -> Response<Body> {
+        let error = |status, message: &str| json(status, serde_json::json!({ "error": message }));
         let Some(key) = &self.api_key else {
-            return json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "the publish API is off (no --api-key)"}),
-            );
+            return error(StatusCode::NOT_FOUND, "the publish API is off (no --api-key)");
         };
         let presented = request
             .headers()
@@ -205,38 +294,43 @@ impl App {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes())) {
-            return json(
-                StatusCode::UNAUTHORIZED,
-                serde_json::json!({"error": "bad or missing API key"}),
-            );
+            return error(StatusCode::UNAUTHORIZED, "bad or missing API key");
         }
-        let body = match Limited::new(request.into_body(), MAX_PUBLISH_BODY).collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(error) => {
-                return json(
-                    StatusCode::BAD_REQUEST,
-                    serde_json::json!({"error": error.to_string()}),
-                );
+        if let Err(wait) = self.api_bucket.take() {
+            let mut response =
+                error(StatusCode::TOO_MANY_REQUESTS, "the publish API's rate limit was reached");
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
             }
+            return response;
+        }
+        let limit = self.admission.limits().api_max_body;
+        let body = match Limited::new(request.into_body(), limit).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                let message = format!("the body is over the limit of {limit} bytes");
+                return error(StatusCode::PAYLOAD_TOO_LARGE, &message);
+            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
         };
         let (target, outgoing) = match parse_publish(&body) {
             Ok(parsed) => parsed,
-            Err(error) => {
-                return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": error}));
-            }
+            Err(message) => return error(StatusCode::BAD_REQUEST, &message),
         };
         let (reply, answer) = async_channel::bounded(1);
         if self.commands.send(Command::Send { target, outgoing, reply }).await.is_err() {
-            return json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": "shutting down"}),
-            );
+            return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
         }
         match answer.recv().await {
-            Ok(delivered) => json(StatusCode::OK, serde_json::json!({ "delivered": delivered })),
-            Err(_) => {
-                json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "shutting down"}))
+            Ok(Ok(delivered)) => {
+                json(StatusCode::OK, serde_json::json!({ "delivered": delivered }))
             }
+            Ok(Err(refused @ RefusedSend::TooLarge { .. })) => {
+                error(StatusCode::PAYLOAD_TOO_LARGE, &refused.to_string())
+            }
+            Ok(Err(refused)) => error(StatusCode::BAD_REQUEST, &refused.to_string()),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
         }
     }
 }
@@ -268,6 +362,9 @@ fn parse_publish(body: &[u8]) -> Result<(Target, Outgoing), String> {
         serde_json::from_slice(body).map_err(|e| format!("invalid body: {e}"))?;
     let message_type = MessageType::new(&request.message.message_type)
         .map_err(|e| format!("message.type: {e}"))?;
+    if message_type.is_system() {
+        return Err("message.type: system.* messages are the connection layer's own; publish control.* or data.*".into());
+    }
     let payload = match request.message.payload {
         Some(raw) => Payload::from_json(raw.get()).map_err(|e| format!("message.payload: {e}"))?,
         None => Payload::empty(),
@@ -280,14 +377,16 @@ fn parse_publish(body: &[u8]) -> Result<(Target, Outgoing), String> {
     let (target, conversation_id) =
         match (request.conversation_id, request.user_id, request.broadcast) {
             (Some(c), None, false) => {
-                let id = Id::new(&c).map_err(|e| format!("conversationId: {e}"))?;
+                let id = Id::name(&c).map_err(|e| format!("conversationId: {e}"))?;
                 (Target::Conversation { conversation_id: id.clone(), except: None }, Some(id))
             }
             (None, Some(u), false) if !u.is_empty() => (Target::User(u), None),
             (None, None, true) => (Target::All, None),
             _ => return Err("name exactly one of conversationId, userId or broadcast: true".into()),
         };
-    Ok((target, Outgoing { message_type, payload, conversation_id, correlation_id }))
+    let outgoing =
+        Outgoing { conversation_id, correlation_id, ..Outgoing::new(message_type, payload) };
+    Ok((target, outgoing))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -356,6 +455,11 @@ mod tests {
                 .is_err()
         );
         assert!(parse_publish(b"not json").is_err());
+        assert!(
+            parse_publish(br#"{"userId":"u","message":{"type":"system.connection.close"}}"#)
+                .unwrap_err()
+                .contains("system")
+        );
         assert!(
             constant_time_eq(b"abc", b"abc")
                 && !constant_time_eq(b"abc", b"abd")

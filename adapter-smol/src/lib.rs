@@ -6,7 +6,10 @@
 //! API) is served by hyper on the same port as the WebSocket endpoint. See [`Server`] for
 //! embedding it in an application with its own handlers.
 
+mod admission;
+pub mod answer;
 pub mod auth;
+pub mod authorize;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -16,7 +16,23 @@ struct PlaneLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
-    code: u16,
+    /// A close code switchboard knows, or `other`: a client chooses the code it closes with,
+    /// and one series per code it invents would be a memory leak.
+    code: &'static str,
+}
+
+/// The label of close code `code`.
+fn code_label(code: u16) -> &'static str {
+    macro_rules! known {
+        ($($n:literal)*) => {
+            match code {
+                $($n => stringify!($n),)*
+                _ => "other",
+            }
+        };
+    }
+    known!(1000 1001 1002 1003 1005 1006 1007 1008 1009 1010 1011 1012 1013 1014
+        4000 4001 4002 4003 4004 4005 4006 4008 4009 4010 4011 4012 4013 4014)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,6 +55,9 @@ pub struct Metrics {
     bytes_out: Counter,
     closes: Family<CodeLabel, Counter>,
     auth_failures: Family<ReasonLabel, Counter>,
+    join_refusals: Family<ReasonLabel, Counter>,
+    refused_sockets: Family<ReasonLabel, Counter>,
+    session_cap: Family<ReasonLabel, Counter>,
     rate_limited: Counter,
     resume_attempts: Counter,
     resume_successes: Counter,
@@ -72,6 +91,9 @@ impl Default for Metrics {
             bytes_out: Counter::default(),
             closes: Family::default(),
             auth_failures: Family::default(),
+            join_refusals: Family::default(),
+            refused_sockets: Family::default(),
+            session_cap: Family::default(),
             rate_limited: Counter::default(),
             resume_attempts: Counter::default(),
             resume_successes: Counter::default(),
@@ -100,6 +122,21 @@ impl Default for Metrics {
             "auth_failures",
             "Refused credentials, by reason",
             m.auth_failures.clone(),
+        );
+        registry.register(
+            "join_refusals",
+            "Joins the authorizer refused, by reason",
+            m.join_refusals.clone(),
+        );
+        registry.register(
+            "refused_sockets",
+            "TCP connections closed before an upgrade: over a cap, or too slow with their headers",
+            m.refused_sockets.clone(),
+        );
+        registry.register(
+            "session_cap",
+            "Users at their session cap: a waiting session let go (evicted) or the new one refused",
+            m.session_cap.clone(),
         );
         registry.register(
             "rate_limited",
@@ -150,21 +187,21 @@ impl Metrics {
                 self.bytes_in.inc_by(*bytes as u64);
             }
             HubEvent::ConnectionClosed { code, .. } => {
-                self.closes.get_or_create(&CodeLabel { code: code.0 }).inc();
+                self.closes.get_or_create(&CodeLabel { code: code_label(code.0) }).inc();
             }
             HubEvent::Disconnected { code, .. } => {
-                let code = code.map_or(1006, |c| c.0);
+                let code = code_label(code.map_or(1006, |c| c.0));
                 self.closes.get_or_create(&CodeLabel { code }).inc();
             }
             HubEvent::AuthFailed { reason } => {
-                // A fixed set of labels: reasons are free text.
-                let reason = match reason.as_str() {
-                    "expired" => "expired",
-                    "timeout" => "timeout",
-                    "no credentials" => "no_credentials",
-                    _ => "invalid",
-                };
-                self.auth_failures.get_or_create(&ReasonLabel { reason }).inc();
+                self.auth_failures.get_or_create(&ReasonLabel { reason: reason.as_str() }).inc();
+            }
+            HubEvent::JoinRefused { refusal, .. } => {
+                self.join_refusals.get_or_create(&ReasonLabel { reason: refusal.as_str() }).inc();
+            }
+            HubEvent::SessionCap { evicted, .. } => {
+                let reason = if *evicted { "evicted" } else { "refused" };
+                self.session_cap.get_or_create(&ReasonLabel { reason }).inc();
             }
             HubEvent::RateLimited { .. } => {
                 self.rate_limited.inc();
@@ -182,6 +219,11 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// Counts a TCP connection closed before its upgrade, for `reason`.
+    pub fn refused_socket(&self, reason: &'static str) {
+        self.refused_sockets.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// Counts a WebSocket as open until the returned guard is dropped.
@@ -208,5 +250,21 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_a_client_invents_share_one_label() {
+        assert_eq!(code_label(4013), "4013");
+        assert_eq!(code_label(1000), "1000");
+        assert_eq!(code_label(4999), "other");
+        assert_eq!(code_label(3000), "other");
+        for code in switchboard_core::protocol::CloseCode::KNOWN {
+            assert_eq!(code_label(code.0), code.0.to_string(), "every known code has its label");
+        }
     }
 }

@@ -1,10 +1,12 @@
 //! The server: binds, wires the hub's driver to sockets, HTTP and signals, and runs until a
 //! graceful shutdown has drained every connection.
 
-use crate::auth::{DevIssuer, KeySource, MemorySessions, SessionStore, Verifier};
-use crate::config::Settings;
+use crate::admission::Admission;
+use crate::auth::{DevIssuer, KeySet, KeySource, MemorySessions, Rules, SessionStore, Verifier};
+use crate::authorize::{AllowAll, Authorizer, Callback, ClaimRule};
+use crate::config::{Authorize, Settings};
 use crate::driver::{Clock, Command, Driver};
-use crate::http::App;
+use crate::http::{ApiBucket, App, Listener};
 use crate::metrics::Metrics;
 use async_net::TcpListener;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -15,8 +17,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
-use switchboard_core::protocol::{ErrorCategory, Payload, TypePattern};
-use switchboard_core::server::{Hub, Outgoing, Rejection, Router, Target};
+use switchboard_core::protocol::TypePattern;
+use switchboard_core::server::{Hub, Rejection, Router};
 
 /// Something that registers handlers or middleware on the hub's router.
 type RouterSetup = Box<dyn FnOnce(&mut Router)>;
@@ -43,6 +45,7 @@ pub struct Server {
     settings: Settings,
     configure: Vec<RouterSetup>,
     sessions: Box<dyn SessionStore>,
+    authorizer: Option<Box<dyn FnOnce() -> Rc<dyn Authorizer>>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -52,10 +55,15 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// A server with `settings`, no handlers of the application's, and an in-memory session
-    /// store.
+    /// A server with `settings`, no handlers of the application's, an in-memory session
+    /// store, and the authorizer the settings name.
     pub fn new(settings: Settings) -> Self {
-        Server { settings, configure: Vec::new(), sessions: Box::new(MemorySessions::default()) }
+        Server {
+            settings,
+            configure: Vec::new(),
+            sessions: Box::new(MemorySessions::default()),
+            authorizer: None,
+        }
     }
 
     /// Registers handlers and middleware on the hub's router.
@@ -70,6 +78,16 @@ impl Server {
         self
     }
 
+    /// Decides joins with the application's own authorizer (made on the server's thread by
+    /// `make`), instead of the one the settings name.
+    pub fn with_authorizer<A: Authorizer + 'static>(
+        mut self,
+        make: impl FnOnce() -> A + Send + 'static,
+    ) -> Self {
+        self.authorizer = Some(Box::new(move || Rc::new(make()) as Rc<dyn Authorizer>));
+        self
+    }
+
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
     pub fn run(self) -> Result<(), String> {
         let executor = Rc::new(smol::LocalExecutor::new());
@@ -77,24 +95,28 @@ impl Server {
     }
 
     async fn serve(self, executor: Rc<smol::LocalExecutor<'static>>) -> Result<(), String> {
-        let Server { settings, configure, sessions } = self;
+        let Server { settings, configure, sessions, authorizer } = self;
         let listener = TcpListener::bind(&settings.listen)
             .await
             .map_err(|e| format!("{}: {e}", settings.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let api_listener = match &settings.api_listen {
+            Some(api) => Some(TcpListener::bind(api).await.map_err(|e| format!("{api}: {e}"))?),
+            None => None,
+        };
 
         let mut issuers = settings.issuers.clone();
         let dev = if settings.dev {
             let issuer = format!("http://{addr}/realms/dev");
             issuers.push(issuer.clone());
-            Some(DevIssuer::generate(issuer)?)
+            let dev_key = settings.dev_key.clone();
+            Some(smol::unblock(move || DevIssuer::load_or_create(&dev_key, issuer)).await?)
         } else {
             None
         };
         let (keys, source) = match (&dev, &settings.jwks_file, &settings.jwks_url) {
             (Some(dev), _, _) => {
-                let key = dev.key_pair.public_key().with_key_id(&dev.kid);
-                (HashMap::from([(dev.kid.clone(), key)]), KeySource::Fixed)
+                (HashMap::from([(dev.kid.clone(), dev.public_key())]), KeySource::Fixed)
             }
             (None, Some(path), _) => {
                 let source = KeySource::File(path.clone());
@@ -115,22 +137,45 @@ impl Server {
                 (HashMap::new(), KeySource::Fixed)
             }
         };
-        let verifier = Arc::new(Verifier::new(
-            keys,
-            source,
-            issuers,
-            settings.audiences.clone(),
-            settings.azps.clone(),
+        let grants_claim = match &settings.authorize {
+            Some(Authorize::Claims { claim, .. }) => claim.clone(),
+            _ => None,
+        };
+        let rules = Rules {
+            issuers: issuers.into_iter().collect(),
+            audiences: settings.audiences.iter().cloned().collect(),
+            azps: settings.azps.iter().cloned().collect(),
+            // Dev tokens carry no audience of the operator's choosing.
+            any_audience: settings.any_audience
+                || (settings.dev && settings.audiences.is_empty() && settings.azps.is_empty()),
+            leeway: settings.hub.clock_leeway,
+            grants_claim,
+        };
+        let verifier = Rc::new(Verifier::new(
+            KeySet::new(keys, source),
+            rules,
             settings.allowed_origins.clone(),
             sessions,
         ));
+        let authorizer: Rc<dyn Authorizer> = match (authorizer, &settings.authorize) {
+            (Some(make), _) => make(),
+            (None, Some(Authorize::AllowAll)) => Rc::new(AllowAll),
+            (None, Some(Authorize::Claims { roles, .. })) => {
+                Rc::new(ClaimRule { roles: roles.clone() })
+            }
+            (None, Some(Authorize::Callback(config))) => Rc::new(Callback::new(config.clone())),
+            (None, None) => {
+                return Err("no authorizer: pass --authorize-url, --authorize-claim/--authorize-role or --authorize allow-all, or give the server one with with_authorizer".into());
+            }
+        };
 
         let clock = Clock::start();
         let unix_ms =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         // The only randomness the server draws from the OS: the hub's seed.
         let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
-        let mut hub = Hub::new(settings.hub.clone(), seed, clock.now(), unix_ms);
+        let mut hub = Hub::new(settings.hub.clone(), seed, clock.now(), unix_ms)
+            .map_err(|e| e.to_string())?;
         for pattern in &settings.relay {
             let pattern =
                 TypePattern::new(pattern).map_err(|e| format!("--relay {pattern:?}: {e}"))?;
@@ -142,10 +187,12 @@ impl Server {
 
         let metrics = Arc::new(Metrics::default());
         let (commands, inbox) = async_channel::bounded::<Command>(4096);
+        let (written, written_inbox) = async_channel::bounded(4096);
         let ready = Arc::new(AtomicBool::new(true));
         let app = Rc::new(App {
             path: settings.path.clone(),
             commands: commands.clone(),
+            written,
             metrics: metrics.clone(),
             ready: ready.clone(),
             executor: executor.clone(),
@@ -163,6 +210,8 @@ impl Server {
                 .max_message_size(Some(settings.hub.max_frame_bytes * 4 + 64 * 1024))
                 .max_frame_size(Some(settings.hub.max_frame_bytes * 4 + 64 * 1024)),
             api_key: settings.api_key.clone(),
+            api_bucket: ApiBucket::new(settings.http.api_rate),
+            admission: Admission::new(settings.http.clone(), metrics.clone()),
             dev_jwks: dev.as_ref().map(|d| d.jwks().to_string()),
         });
 
@@ -172,7 +221,8 @@ impl Server {
             let token = dev.token("dev-user", 12)?;
             let _ = writeln!(
                 out,
-                "dev mode: tokens are signed with a key made at start-up (JWKS at http://{addr}/.well-known/jwks.json)"
+                "dev mode: tokens are signed with the key in {} (JWKS at http://{addr}/.well-known/jwks.json)",
+                settings.dev_key.display()
             );
             let _ = writeln!(out, "  token (12 h, user dev-user): {token}");
             let _ = writeln!(
@@ -212,67 +262,75 @@ impl Server {
             }
         });
 
-        let accept_app = app.clone();
-        let spawner = executor.clone();
-        executor
-            .spawn(async move {
-                let mut last_warning: Option<std::time::Instant> = None;
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, peer)) => {
-                            let _ = stream.set_nodelay(true);
-                            spawner
-                                .spawn(crate::http::serve(stream, peer, accept_app.clone()))
-                                .detach();
-                        }
-                        Err(error) => {
-                            // Out of file descriptors, most likely: the connection waits in the
-                            // listen backlog and is retried. Said at most every 10 s.
-                            let quiet = std::time::Duration::from_secs(10);
-                            if last_warning.is_none_or(|at| at.elapsed() >= quiet) {
-                                tracing::warn!(%error, "accept failed; retrying every 50 ms");
-                                last_warning = Some(std::time::Instant::now());
-                            }
-                            smol::Timer::after(std::time::Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            })
-            .detach();
+        let public = Listener::Public { api: api_listener.is_none() };
+        executor.spawn(accept(listener, app.clone(), public, executor.clone())).detach();
+        if let Some(api_listener) = api_listener {
+            executor
+                .spawn(accept(api_listener, app.clone(), Listener::Api, executor.clone()))
+                .detach();
+        }
 
-        Driver::new(hub, clock, inbox, commands, verifier, metrics).run().await;
+        let driver = Driver::new(
+            hub,
+            clock,
+            inbox,
+            written_inbox,
+            commands,
+            verifier,
+            authorizer,
+            metrics,
+            executor.clone(),
+        );
+        driver.run().await;
         tracing::info!("drained; exiting");
         Ok(())
     }
 }
 
+/// Accepts connections on `listener` as long as the server runs; each one admitted (see
+/// [`Admission`]) is served on the event loop.
+async fn accept(
+    listener: TcpListener,
+    app: Rc<App>,
+    role: Listener,
+    spawner: Rc<smol::LocalExecutor<'static>>,
+) {
+    let mut last_warning: Option<std::time::Instant> = None;
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let Ok((pending, from_ip)) = app.admission.admit(peer.ip()) else {
+                    // Over a cap: closed before a byte is read.
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                spawner
+                    .spawn(crate::http::serve(stream, peer, app.clone(), role, pending, from_ip))
+                    .detach();
+            }
+            Err(error) => {
+                // Out of file descriptors, most likely: the connection waits in the listen
+                // backlog and is retried. Said at most every 10 s.
+                let quiet = std::time::Duration::from_secs(10);
+                if last_warning.is_none_or(|at| at.elapsed() >= quiet) {
+                    tracing::warn!(%error, "accept failed; retrying every 50 ms");
+                    last_warning = Some(std::time::Instant::now());
+                }
+                smol::Timer::after(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// The relay route: a client message re-broadcast to every member of the sender's
 /// conversation, the sender included (its copy, with the server's id, timestamp and sequence,
-/// is the confirmation; its `correlationId` is the original id), with `senderId` added to the
-/// payload. Forwarding to a backend (webhook, Redis stream) will hang off the same place.
+/// is the confirmation). The envelope names the sender (`senderId`, the user) and the message
+/// it relays (`correlationId`); the payload belongs to the application and passes untouched.
+/// Only members whose join verdict allows writing may relay. Forwarding to a backend (webhook,
+/// Redis stream) will hang off the same place.
 fn relay(
     cx: &mut switchboard_core::server::Context<'_>,
     envelope: &switchboard_core::protocol::Envelope,
 ) -> Result<(), Rejection> {
-    let Some(conversation_id) = cx.sender.conversation_id.cloned() else {
-        return Err(Rejection::new(
-            ErrorCategory::Validation,
-            "NO_CONVERSATION",
-            "relayed messages need a connection with a conversation",
-        ));
-    };
-    let mut payload: serde_json::Map<String, serde_json::Value> = envelope
-        .payload
-        .parse()
-        .map_err(|e| Rejection::new(ErrorCategory::Validation, "INVALID_PAYLOAD", e.to_string()))?;
-    payload.insert("senderId".into(), cx.sender.user_id.unwrap_or_default().into());
-    let payload = Payload::from_serialize(&payload).map_err(Rejection::from)?;
-    let outgoing = Outgoing {
-        message_type: envelope.message_type.clone(),
-        payload,
-        conversation_id: Some(conversation_id.clone()),
-        correlation_id: Some(envelope.id.clone()),
-    };
-    cx.send(Target::Conversation { conversation_id, except: None }, outgoing);
-    Ok(())
+    cx.broadcast_to_conversation(envelope.message_type.clone(), envelope.payload.clone(), true)
 }

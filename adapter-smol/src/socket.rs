@@ -27,6 +27,7 @@ pub async fn run<S>(
     ws: WebSocketStream<S>,
     socket: SocketId,
     commands: Sender<Command>,
+    written: Sender<Input>,
     writes: OutboxReceiver<Write>,
 ) where
     S: futures_util::AsyncRead + futures_util::AsyncWrite + Unpin + Send + 'static,
@@ -90,7 +91,7 @@ pub async fn run<S>(
             }
             if frames > 0 {
                 let flushed = Input::Flushed { socket, frames, bytes };
-                let _ = commands.send(Command::Input(flushed)).await;
+                let _ = written.send(flushed).await;
             }
             if let Some((code, reason)) = close {
                 let frame = CloseFrame { code: WsCloseCode::from(code.0), reason: reason.into() };

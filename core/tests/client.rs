@@ -238,11 +238,19 @@ fn test_auto_responds_to_ping() {
     h.input(ClientInput::Connect);
     h.establish("01ABC");
     h.take();
-    h.server(SystemMessage::Ping(Heartbeat { timestamp: Timestamp::UNIX_EPOCH }));
+    let ping = Envelope::create(
+        Source::Server,
+        MessageType::new(types::PING).unwrap(),
+        SystemMessage::Ping(Heartbeat { timestamp: Timestamp::UNIX_EPOCH }).to_payload(),
+        Timestamp::UNIX_EPOCH,
+        0x5eed,
+    );
+    let attempt = h.last_attempt();
+    h.input(ClientInput::Frame { attempt, text: Bytes::from(ping.encode()) });
     let sent = h.sent();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].message_type, types::PONG);
-    assert!(sent[0].correlation_id.is_some());
+    assert_eq!(sent[0].correlation_id, Some(ping.id), "the pong names the ping it answers");
 }
 
 #[test]
@@ -818,4 +826,23 @@ fn a_refused_flow_resume_is_a_gap_and_the_jump_after_it_is_not() {
     h.server_data(9, 9);
     assert_eq!(h.gaps(), 1, "the announced jump is not a second gap");
     assert_eq!(h.received(), [1, 9]);
+}
+
+#[test]
+fn a_graceful_shutdown_is_reported_as_such_with_the_servers_delay() {
+    let mut h = no_jitter();
+    h.input(ClientInput::Connect);
+    h.establish("01A");
+    h.server(SystemMessage::ConnectionClose(switchboard_core::protocol::ConnectionClose {
+        reason: switchboard_core::protocol::CloseReason::ServerShutdown,
+        code: 1012,
+        retry_after_ms: Some(2500),
+    }));
+    h.drop_socket(Some(CloseCode::SERVICE_RESTART));
+    let change = h.last_change().unwrap();
+    assert_eq!(change.new_state, ClientState::Reconnecting);
+    assert_eq!(change.reason, "server_shutdown", "not a lost connection: the server said so");
+    assert_eq!(change.code, Some(CloseCode::SERVICE_RESTART));
+    assert_eq!(change.next_retry_at, Some(h.now + Duration::from_millis(2500)));
+    assert!(change.will_reconnect);
 }

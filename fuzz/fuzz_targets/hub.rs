@@ -18,8 +18,8 @@ use switchboard_core::protocol::{
     CloseCode, Envelope, Id, MessageType, Payload, SharedFrame, Source, Timestamp, TypePattern,
 };
 use switchboard_core::server::{
-    AuthFailure, Hub, HubConfig, HubEvent, Input, OpenRequest, Outgoing, Output, Principal,
-    RateLimit, Rejection, RemoteMessage, Route, SocketId, VerifyId,
+    AuthFailure, Hub, HubConfig, HubEvent, Input, JoinGrant, JoinId, JoinRefusal, OpenRequest,
+    Outgoing, Output, Principal, RateLimit, Rejection, RemoteMessage, Route, SocketId, VerifyId,
 };
 use switchboard_core::time::Instant;
 
@@ -113,6 +113,11 @@ enum Op {
         pending: u8,
         verdict: Verdict,
     },
+    /// An answer to a pending join: allowed (writing or not) or refused.
+    Join {
+        pending: u8,
+        verdict: Result<bool, JoinRefusal>,
+    },
     Text {
         socket: u8,
         frame: Frame,
@@ -187,7 +192,16 @@ impl<'a> Arbitrary<'a> for Op {
                     _ => Verdict::Expired,
                 },
             },
-            60..=139 => Op::Text {
+            60..=69 => Op::Join {
+                pending: u.arbitrary()?,
+                verdict: match u.int_in_range(0..=5)? {
+                    0..=2 => Ok(true),
+                    3 => Ok(false),
+                    4 => Err(pick(u, &[JoinRefusal::Forbidden, JoinRefusal::NotFound])?),
+                    _ => Err(JoinRefusal::Unavailable),
+                },
+            },
+            70..=139 => Op::Text {
                 socket: u.arbitrary()?,
                 frame: if u.ratio(7, 8)? {
                     Frame::Envelope {
@@ -278,10 +292,13 @@ fn config() -> HubConfig {
         max_connections: 8,
         max_pending_auths: 3,
         max_subscriptions: 6,
-        max_outbound_bytes: 4096,
-        max_outbound_frames: 6,
+        max_outbound_bytes: 1024,
+        max_outbound_frames: 2,
         replay_max_messages: 4,
         replay_max_bytes: 2048,
+        max_message_bytes: 1024,
+        max_sessions_per_user: 3,
+        system_rate: RateLimit::new(8, ten_s),
         history_len: 8,
         connection_rate: RateLimit::new(6, ten_s),
         type_rates: vec![("data.x.y".to_owned(), RateLimit::new(3, ten_s))],
@@ -297,12 +314,11 @@ fn data(message_type: &str) -> MessageType {
 }
 
 fn hub() -> Hub {
-    let mut hub = Hub::new(config(), SEED, START, UNIX_MS);
+    let mut hub = Hub::new(config(), SEED, START, UNIX_MS).expect("a valid configuration");
     let router = hub.router_mut();
     router.on(TypePattern::new("data.x.y").unwrap(), |cx, _| {
         cx.reply(data("data.x.reply"), Payload::empty());
-        cx.broadcast_to_conversation(data("data.x.said"), Payload::empty(), true);
-        Ok(())
+        cx.broadcast_to_conversation(data("data.x.said"), Payload::empty(), true)
     });
     router.on(TypePattern::new("data.x.close").unwrap(), |cx, _| {
         cx.close(CloseCode::CONVERSATION_COMPLETE, "handler_close");
@@ -332,6 +348,8 @@ struct World {
     dead: BTreeSet<SocketId>,
     /// Verifications asked for and not answered.
     pending: Vec<VerifyId>,
+    /// Joins asked for and not answered.
+    joins: Vec<JoinId>,
     /// Per socket, the sizes of the frames sent and not yet reported written.
     unwritten: HashMap<SocketId, VecDeque<usize>>,
     /// Connection ids the hub announced.
@@ -348,6 +366,7 @@ impl World {
             open: Vec::new(),
             dead: BTreeSet::new(),
             pending: Vec::new(),
+            joins: Vec::new(),
             unwritten: HashMap::new(),
             connections: Vec::new(),
         };
@@ -391,6 +410,7 @@ impl World {
                     );
                 }
                 Output::Verify { request, .. } => self.pending.push(request),
+                Output::Authorize(join) => self.joins.push(join.request),
                 Output::Event(HubEvent::IllegalTransition { connection_id, from, to }) => {
                     panic!("illegal transition {from:?} → {to:?} of {connection_id:?}")
                 }
@@ -451,11 +471,11 @@ impl World {
     fn outgoing(&mut self, conversation: Option<&Id>) -> Outgoing {
         let n = self.next_message;
         self.next_message += 1;
-        Outgoing {
-            message_type: data("data.app.event"),
-            payload: Payload::from_json(&format!(r#"{{"n":{n}}}"#)).unwrap(),
-            conversation_id: conversation.cloned(),
-            correlation_id: None,
+        let outgoing =
+            Outgoing::new(data("data.app.event"), Payload::from_json(&format!(r#"{{"n":{n}}}"#)).unwrap());
+        match conversation {
+            Some(conversation) => outgoing.in_conversation(conversation.clone()),
+            None => outgoing,
         }
     }
 
@@ -493,10 +513,18 @@ impl World {
                             .map(|s| self.wall_ms() + i64::from(s) * 1000),
                         ..Principal::user(USERS[user])
                     }),
-                    Verdict::Deny => Err(AuthFailure::Invalid("denied".to_owned())),
+                    Verdict::Deny => Err(AuthFailure::Signature),
                     Verdict::Expired => Err(AuthFailure::Expired),
                 };
                 self.input(Input::AuthVerdict { request, verdict });
+            }
+            Op::Join { pending, verdict } => {
+                if self.joins.is_empty() {
+                    return;
+                }
+                let request = self.joins.remove(usize::from(pending) % self.joins.len());
+                let verdict = verdict.map(|write| JoinGrant { write });
+                self.input(Input::JoinVerdict { request, verdict });
             }
             Op::Text { socket, ref frame } => {
                 let Some(socket) = self.socket(socket) else { return };
@@ -568,7 +596,7 @@ impl World {
                         let conversation = Id::new(CONVERSATIONS[conversation]).unwrap();
                         let except = except.and_then(|n| self.connection(n));
                         let outgoing = self.outgoing(Some(&conversation));
-                        self.hub.broadcast_to_conversation(
+                        let _ = self.hub.broadcast_to_conversation(
                             self.now,
                             &conversation,
                             outgoing,
@@ -577,16 +605,16 @@ impl World {
                     }
                     AppTarget::User(user) => {
                         let outgoing = self.outgoing(None);
-                        self.hub.send_to_user(self.now, USERS[user], outgoing);
+                        let _ = self.hub.send_to_user(self.now, USERS[user], outgoing);
                     }
                     AppTarget::Connection(n) => {
                         let Some(id) = self.connection(n) else { return };
                         let outgoing = self.outgoing(None);
-                        self.hub.send_to_connection(self.now, &id, outgoing);
+                        let _ = self.hub.send_to_connection(self.now, &id, outgoing);
                     }
                     AppTarget::All => {
                         let outgoing = self.outgoing(None);
-                        self.hub.broadcast_all(self.now, outgoing);
+                        let _ = self.hub.broadcast_all(self.now, outgoing);
                     }
                 }
                 self.drain();

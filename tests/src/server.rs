@@ -88,15 +88,20 @@ pub fn claims(user: &str) -> Value {
     })
 }
 
-/// A token with this exact header text, signed RS256 with `key`.
-pub fn sign_with_header(key: &RsaPrivateKey, header: &str, claims: &Value) -> String {
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
+/// `text` in base64url without padding, as JWTs encode their parts.
+pub fn base64url(text: &str) -> String {
+    URL_SAFE_NO_PAD.encode(text)
+}
+
+/// `input` (a JWT's `header.payload`) with its RS256 signature by `key` appended.
+pub fn sign_input(key: &RsaPrivateKey, input: &str) -> String {
     let signature = SigningKey::<sha2::Sha256>::new(key.clone()).sign(input.as_bytes());
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+}
+
+/// A token with this exact header text, signed RS256 with `key`.
+pub fn sign_with_header(key: &RsaPrivateKey, header: &str, claims: &Value) -> String {
+    sign_input(key, &format!("{}.{}", base64url(header), base64url(&claims.to_string())))
 }
 
 /// A token signed as Keycloak signs: RS256, its header spacing, `kid` from the key.
@@ -134,6 +139,7 @@ pub struct ServerProcess {
     child: Child,
     pub addr: SocketAddr,
     pub dir: PathBuf,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
@@ -164,27 +170,71 @@ impl ServerProcess {
     fn spawn(exe: &str, dir: PathBuf, args: &[&str]) -> ServerProcess {
         let listen: &[&str] =
             if args.contains(&"--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
-        let mut child = Command::new(exe)
-            .args(listen)
-            .args(["--issuer", ISSUER, "--audience", AUDIENCE])
-            .args(args)
-            .env("RUST_LOG", "warn")
+        let mut command = Command::new(exe);
+        command.args(listen).args(["--issuer", ISSUER, "--audience", AUDIENCE]);
+        if !args.iter().any(|a| a.starts_with("--authorize")) {
+            command.args(["--authorize", "allow-all"]);
+        }
+        command.args(args);
+        Self::from_command(command, dir)
+    }
+
+    /// Starts `command` (a `switchboard` with all its arguments) as is.
+    pub fn start_command(command: Command) -> ServerProcess {
+        Self::from_command(command, Self::scratch_dir())
+    }
+
+    fn from_command(mut command: Command, dir: PathBuf) -> ServerProcess {
+        if command.get_envs().all(|(k, _)| k != "RUST_LOG") {
+            command.env("RUST_LOG", "warn");
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the server starts");
         let stdout = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
+        let kept = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on ").nth(1) {
                     let _ = tx.send(addr.trim().to_owned());
                 }
+                kept.lock().unwrap().push(line);
             }
         });
         let addr =
-            rx.recv_timeout(Duration::from_secs(30)).expect("the server says where it listens");
-        ServerProcess { child, addr: addr.parse().expect("an address"), dir }
+            rx.recv_timeout(Duration::from_secs(60)).expect("the server says where it listens");
+        ServerProcess { child, addr: addr.parse().expect("an address"), dir, stdout: lines }
+    }
+
+    /// The number of threads the process has now.
+    pub fn threads(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// What the server printed on its standard output so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Runs `exe` with `args` (and nothing added) to its end; its exit code and standard error.
+    pub fn run_to_end(exe: &str, args: &[&str]) -> (Option<i32>, String) {
+        let output = Command::new(exe)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("the server runs");
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
     }
 
     /// Replaces the JWKS file (key rotation).
@@ -208,6 +258,21 @@ impl ServerProcess {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("the server did not exit within 30 s of SIGTERM");
+    }
+
+    /// [`ServerProcess::http`] that says `None` instead of panicking when the request fails
+    /// (a server that refuses connections at a cap resets them).
+    pub fn try_http(&self, method: &str, path: &str) -> Option<(u16, String)> {
+        let mut stream = std::net::TcpStream::connect(self.addr).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok())?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Some((status, body))
     }
 
     /// A plain HTTP request; returns the status code and the body.
@@ -249,7 +314,7 @@ impl Drop for ServerProcess {
 /// What a test client sees next.
 #[derive(Debug)]
 pub enum Seen {
-    Message(Envelope),
+    Message(Box<Envelope>),
     Closed(Option<CloseCode>),
 }
 
@@ -263,6 +328,16 @@ impl TestClient {
     /// Connects to `ws://addr/ws?query`.
     pub fn connect(addr: SocketAddr, query: &str) -> TestClient {
         Self::connect_with(addr, query, &[])
+    }
+
+    /// Upgrades an already connected TCP stream to `ws://addr/ws?query`.
+    pub fn over(stream: std::net::TcpStream, addr: SocketAddr, query: &str) -> TestClient {
+        smol::block_on(async {
+            let stream = TcpStream::try_from(stream).unwrap();
+            let url = format!("ws://{addr}/ws?{query}");
+            let (ws, _) = async_tungstenite::client_async(url, stream).await.expect("upgrade");
+            TestClient { ws }
+        })
     }
 
     /// Connects with extra request headers (Cookie, Origin).
@@ -298,7 +373,7 @@ impl TestClient {
                             if envelope.message_type == "system.ping" {
                                 continue;
                             }
-                            return Seen::Message(envelope);
+                            return Seen::Message(Box::new(envelope));
                         }
                         Some(Ok(Message::Close(frame))) => {
                             return Seen::Closed(frame.map(|f| CloseCode(u16::from(f.code))));
@@ -319,7 +394,7 @@ impl TestClient {
     /// The next message, which must be one.
     pub fn message(&mut self) -> Envelope {
         match self.next_seen() {
-            Seen::Message(envelope) => envelope,
+            Seen::Message(envelope) => *envelope,
             Seen::Closed(code) => panic!("closed ({code:?}) where a message was expected"),
         }
     }
@@ -329,10 +404,42 @@ impl TestClient {
         let mut seen = Vec::new();
         loop {
             match self.next_seen() {
-                Seen::Message(envelope) => seen.push(envelope),
+                Seen::Message(envelope) => seen.push(*envelope),
                 Seen::Closed(code) => return (code, seen),
             }
         }
+    }
+
+    /// The text of the next message (pings skipped), which must be one.
+    pub fn message_text(&mut self) -> String {
+        smol::block_on(async {
+            let next = async {
+                loop {
+                    match self.ws.next().await {
+                        Some(Ok(Message::Text(text))) => {
+                            if !text.contains("\"type\":\"system.ping\"") {
+                                return text.to_string();
+                            }
+                        }
+                        Some(Ok(_)) => continue,
+                        other => panic!("closed ({other:?}) where a message was expected"),
+                    }
+                }
+            };
+            let guard = async {
+                smol::Timer::after(Duration::from_secs(10)).await;
+                panic!("nothing arrived within 10 s");
+            };
+            smol::future::or(next, guard).await
+        })
+    }
+
+    /// Closes the socket with this close code and waits for the server's answer.
+    pub fn close_with(mut self, code: u16) {
+        use async_tungstenite::tungstenite::protocol::CloseFrame;
+        let frame = CloseFrame { code: code.into(), reason: "".into() };
+        let _ = smol::block_on(self.ws.send(Message::Close(Some(frame))));
+        let _ = self.until_closed();
     }
 
     /// Sends raw text.
@@ -367,56 +474,126 @@ impl TestClient {
     }
 }
 
-/// A tiny HTTP server that serves a JWKS document, counts its requests, and can be changed or
-/// stopped while a test runs (Keycloak's certs endpoint, for the fetch and rotation tests).
+/// A tiny HTTP server for the tests: each request (method, path, body) is answered by a
+/// handler, on its own thread; requests are logged and can be held back (a backend or identity
+/// provider that hangs).
+#[derive(Clone)]
+pub struct HttpStub {
+    pub addr: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+    held: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl std::fmt::Debug for HttpStub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpStub").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+/// What a [`HttpStub`] answers: status and JSON body.
+pub type Handler = dyn Fn(&str, &str, &str) -> (u16, String) + Send + Sync;
+
+impl HttpStub {
+    pub fn start(
+        handler: impl Fn(&str, &str, &str) -> (u16, String) + Send + Sync + 'static,
+    ) -> HttpStub {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stub = HttpStub {
+            addr: listener.local_addr().unwrap(),
+            log: Default::default(),
+            held: Default::default(),
+        };
+        let handler: std::sync::Arc<Handler> = std::sync::Arc::new(handler);
+        let served = stub.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (served, handler) = (served.clone(), handler.clone());
+                std::thread::spawn(move || served.answer(stream, &*handler));
+            }
+        });
+        stub
+    }
+
+    fn answer(&self, mut stream: std::net::TcpStream, handler: &Handler) {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n")
+            && stream.read(&mut byte).map(|n| n == 1).unwrap_or(false)
+        {
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let mut words = head.split_whitespace();
+        let (method, path) =
+            (words.next().unwrap_or("").to_owned(), words.next().unwrap_or("").to_owned());
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+            })
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        let _ = stream.read_exact(&mut body);
+        let body = String::from_utf8_lossy(&body).into_owned();
+        self.log.lock().unwrap().push((method.clone(), path.clone(), body.clone()));
+        let (lock, released) = &*self.held;
+        let mut held = lock.lock().unwrap();
+        while *held {
+            held = released.wait(held).unwrap();
+        }
+        drop(held);
+        let (status, body) = handler(&method, &path, &body);
+        let response = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes());
+    }
+
+    /// Requests received so far (method, path, body), answered or held.
+    pub fn requests(&self) -> Vec<(String, String, String)> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Holds every answer back from now on, until [`HttpStub::release`].
+    pub fn hold(&self) {
+        *self.held.0.lock().unwrap() = true;
+    }
+
+    /// Answers what was held, and everything from now on.
+    pub fn release(&self) {
+        *self.held.0.lock().unwrap() = false;
+        self.held.1.notify_all();
+    }
+}
+
+/// Keycloak's certs endpoint for the fetch and rotation tests: serves a JWKS document that the
+/// test can change, or answers 503, or holds its answers back.
 #[derive(Debug, Clone)]
 pub struct JwksEndpoint {
     pub url: String,
+    pub stub: HttpStub,
     document: std::sync::Arc<std::sync::Mutex<String>>,
-    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JwksEndpoint {
     pub fn start(jwks: &[Value]) -> JwksEndpoint {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!(
-            "http://{}/realms/agents/protocol/openid-connect/certs",
-            listener.local_addr().unwrap()
-        );
-        let endpoint = JwksEndpoint {
-            url,
-            document: std::sync::Arc::new(std::sync::Mutex::new(
-                json!({ "keys": jwks }).to_string(),
-            )),
-            requests: Default::default(),
-            up: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
-        };
-        let served = endpoint.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n")
-                    && stream.read(&mut byte).map(|n| n == 1).unwrap_or(false)
-                {
-                    head.push(byte[0]);
-                }
-                served.requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let response = if served.up.load(std::sync::atomic::Ordering::SeqCst) {
-                    let body = served.document.lock().unwrap().clone();
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-cache\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                } else {
-                    "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
-                };
-                let _ = stream.write_all(response.as_bytes());
+        let document =
+            std::sync::Arc::new(std::sync::Mutex::new(json!({ "keys": jwks }).to_string()));
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (doc, is_up) = (document.clone(), up.clone());
+        let stub = HttpStub::start(move |_, _, _| {
+            if is_up.load(std::sync::atomic::Ordering::SeqCst) {
+                (200, doc.lock().unwrap().clone())
+            } else {
+                (503, String::new())
             }
         });
-        endpoint
+        let url = format!("http://{}/realms/agents/protocol/openid-connect/certs", stub.addr);
+        JwksEndpoint { url, stub, document, up }
     }
 
     /// Serves `jwks` from now on.
@@ -431,6 +608,15 @@ impl JwksEndpoint {
 
     /// Requests served so far.
     pub fn requests(&self) -> usize {
-        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+        self.stub.requests().len()
     }
+}
+
+/// A TCP connection to `addr` from the loopback address `from` (127.0.0.x), so that tests can
+/// play several clients' IP addresses.
+pub fn connect_from(from: std::net::Ipv4Addr, addr: SocketAddr) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.into()
 }

@@ -24,8 +24,8 @@ use switchboard_core::protocol::{
 };
 use switchboard_core::rng::Rng;
 use switchboard_core::server::{
-    AuthFailure, Credentials, Hub, HubConfig, HubEvent, Input, OpenRequest, Outgoing, Output,
-    Principal, SocketId, VerifyId,
+    AuthFailure, Credentials, Hub, HubConfig, HubEvent, Input, JoinGrant, JoinId, JoinRefusal,
+    OpenRequest, Outgoing, Output, Principal, SocketId, VerifyId,
 };
 use switchboard_core::time::Instant;
 
@@ -53,6 +53,17 @@ pub enum AuthMode {
     Allow { delay_ms: u64 },
     /// Every verification is refused.
     Deny,
+    /// No verdict ever comes.
+    Hang,
+}
+
+/// How the simulated application answers join requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinMode {
+    /// Every join is allowed, writing or not.
+    Allow { write: bool },
+    /// Every join is refused so.
+    Refuse(JoinRefusal),
     /// No verdict ever comes.
     Hang,
 }
@@ -183,6 +194,7 @@ enum Event {
     ServerText { node: usize, socket: SocketId, frame: Bytes },
     ServerClosed { node: usize, socket: SocketId, code: Option<CloseCode> },
     Verdict { node: usize, request: VerifyId, verdict: Result<Principal, AuthFailure> },
+    Join { node: usize, request: JoinId, verdict: Result<JoinGrant, JoinRefusal> },
     Remote { node: usize, channel: String, message: Bytes },
     ClientFrame { peer: Peer, socket: SocketId, frame: Bytes },
     ClientClosed { peer: Peer, socket: SocketId, code: Option<CloseCode> },
@@ -237,6 +249,7 @@ pub struct World {
     next_event: usize,
     bus: BTreeMap<String, BTreeSet<usize>>,
     pub auth: AuthMode,
+    pub join: JoinMode,
     /// One-way network latency range, milliseconds.
     pub latency_ms: (u64, u64),
     pub bus_latency_ms: u64,
@@ -264,7 +277,8 @@ impl World {
         let net_rng = master.split();
         let nodes = (0..nodes)
             .map(|_| Node {
-                hub: Hub::new(config.clone(), master.next_u64(), Instant::ZERO, WALL_START_MS),
+                hub: Hub::new(config.clone(), master.next_u64(), Instant::ZERO, WALL_START_MS)
+                    .expect("a valid configuration"),
                 events: Vec::new(),
                 open: BTreeMap::new(),
                 down: false,
@@ -290,6 +304,7 @@ impl World {
             next_event: 0,
             bus: BTreeMap::new(),
             auth: AuthMode::Allow { delay_ms: 0 },
+            join: JoinMode::Allow { write: true },
             latency_ms: (0, 0),
             bus_latency_ms: 0,
             core_users: Vec::new(),
@@ -366,8 +381,8 @@ impl World {
         self.schedule(at, Event::ServerText { node, socket, frame: Bytes::from(frame) });
     }
 
-    /// Sends a message of `message_type` from `client`.
-    pub fn client_send_message(&mut self, client: usize, message_type: &str, payload: &str) {
+    /// Sends a message of `message_type` from `client`; returns its id.
+    pub fn client_send_message(&mut self, client: usize, message_type: &str, payload: &str) -> Id {
         let envelope = Envelope::create(
             Source::Client,
             MessageType::new(message_type).expect("a valid type"),
@@ -376,6 +391,7 @@ impl World {
             self.net_rng.next_u128(),
         );
         self.client_send(client, envelope.encode());
+        envelope.id
     }
 
     /// Cuts `client`'s socket: the client sees 1006 at once; the server notices after
@@ -413,15 +429,17 @@ impl World {
     pub fn publish(&mut self, node: usize, conversation: &str, except: Option<&Id>) -> u64 {
         let n = self.next_message;
         self.next_message += 1;
-        let outgoing = Outgoing {
-            message_type: MessageType::new("data.message.created").expect("valid"),
-            payload: Payload::from_json(&format!("{{\"n\":{n}}}")).expect("an object"),
-            conversation_id: Some(Id::new(conversation).expect("valid")),
-            correlation_id: None,
-        };
+        let outgoing = Outgoing::new(
+            MessageType::new("data.message.created").expect("valid"),
+            Payload::from_json(&format!("{{\"n\":{n}}}")).expect("an object"),
+        )
+        .in_conversation(Id::new(conversation).expect("valid"));
         let now = self.now;
         let conversation = Id::new(conversation).expect("valid");
-        self.nodes[node].hub.broadcast_to_conversation(now, &conversation, outgoing, except);
+        self.nodes[node]
+            .hub
+            .broadcast_to_conversation(now, &conversation, outgoing, except)
+            .expect("the hub takes application messages");
         self.drain(node);
         n
     }
@@ -545,6 +563,9 @@ impl World {
             }
             Event::Verdict { node, request, verdict } => {
                 self.input(node, Input::AuthVerdict { request, verdict })
+            }
+            Event::Join { node, request, verdict } => {
+                self.input(node, Input::JoinVerdict { request, verdict })
             }
             Event::Remote { node, channel, message } => {
                 self.input(node, Input::Remote { channel, message })
@@ -777,18 +798,18 @@ impl World {
                         self.nodes[node].unanswered.push(request);
                         return;
                     }
-                    (_, AuthMode::Deny) => Err(AuthFailure::Invalid("denied".to_owned())),
+                    (_, AuthMode::Deny) => Err(AuthFailure::Signature),
                     (Credentials::Token(t), AuthMode::Allow { .. }) => {
                         match t.strip_prefix("user:") {
                             Some(user) => Ok(Principal::user(user)),
                             None => match t.strip_prefix("expired:") {
                                 Some(_) => Err(AuthFailure::Expired),
-                                None => Err(AuthFailure::Invalid("bad token".to_owned())),
+                                None => Err(AuthFailure::Malformed),
                             },
                         }
                     }
                     (Credentials::Cookie(_), AuthMode::Allow { .. }) => {
-                        Err(AuthFailure::Invalid("no sessions".to_owned()))
+                        Err(AuthFailure::UnknownSession)
                     }
                 };
                 let delay = match self.auth {
@@ -797,6 +818,16 @@ impl World {
                 };
                 let at = self.now + Duration::from_millis(delay);
                 self.schedule(at, Event::Verdict { node, request, verdict });
+            }
+            Output::Authorize(join) => {
+                self.trace = fnv(self.trace, &join.request.0.to_le_bytes());
+                let verdict = match self.join {
+                    JoinMode::Allow { write } => Ok(JoinGrant { write }),
+                    JoinMode::Refuse(refusal) => Err(refusal),
+                    JoinMode::Hang => return,
+                };
+                let at = self.now;
+                self.schedule(at, Event::Join { node, request: join.request, verdict });
             }
             Output::Publish { channel, message } => {
                 self.trace = fnv(self.trace, channel.as_bytes());
@@ -961,7 +992,8 @@ impl World {
         // The process is gone, and every session with it; a fresh hub waits for the restart.
         let seed = self.master.next_u64();
         let wall = WALL_START_MS + self.now.as_millis() as i64;
-        self.nodes[node].hub = Hub::new(self.config.clone(), seed, self.now, wall);
+        self.nodes[node].hub =
+            Hub::new(self.config.clone(), seed, self.now, wall).expect("a valid configuration");
         self.drain(node);
     }
 

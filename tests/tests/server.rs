@@ -5,8 +5,8 @@
 use serde_json::{Value, json};
 use switchboard_core::protocol::{CloseCode, Envelope, SystemMessage, types};
 use switchboard_tests::server::{
-    AUDIENCE, ISSUER, Keys, Seen, ServerProcess, TestClient, claims, jwk, kid, sign, sign_hmac,
-    sign_with_header,
+    AUDIENCE, ISSUER, Keys, Seen, ServerProcess, TestClient, base64url, claims, jwk, kid, sign,
+    sign_hmac, sign_input, sign_with_header,
 };
 
 const EXE: &str = env!("CARGO_BIN_EXE_switchboard-under-test");
@@ -266,6 +266,65 @@ fn the_negative_token_table() {
             CloseCode::AUTH_FAILED,
         ),
         (
+            "nbf an hour ahead",
+            sign(primary, &with(&|c| c["nbf"] = json!(now + 3600))),
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+        (
+            "no typ",
+            sign(
+                primary,
+                &with(&|c| {
+                    c.as_object_mut().unwrap().remove("typ");
+                }),
+            ),
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+        (
+            "no sub",
+            sign(
+                primary,
+                &with(&|c| {
+                    c.as_object_mut().unwrap().remove("sub");
+                }),
+            ),
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+        (
+            "a crit header",
+            sign_with_header(
+                primary,
+                &format!(
+                    r#"{{"alg":"RS256","typ":"JWT","kid":"{}","crit":["exp"]}}"#,
+                    kid(primary)
+                ),
+                &claims("alice"),
+            ),
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+        (
+            "a duplicated claim",
+            {
+                let mut text = claims("alice").to_string();
+                text.insert_str(1, r#""sub":"root","#);
+                let input = format!(
+                    "{}.{}",
+                    base64url(&format!(
+                        r#"{{"alg":"RS256","typ":"JWT","kid":"{}"}}"#,
+                        kid(primary)
+                    )),
+                    base64url(&text)
+                );
+                sign_input(primary, &input)
+            },
+            "AUTH_FAILED",
+            CloseCode::AUTH_FAILED,
+        ),
+        (
             "oversized",
             sign(primary, &with(&|c| c["padding"] = json!("x".repeat(9000)))),
             "AUTH_FAILED",
@@ -343,9 +402,12 @@ fn refused_frames_over_real_sockets() {
     let relayed = seen.iter().filter(|e| e.message_type == "data.chat.say").count();
     assert_eq!(relayed, 2, "relayed back to the sender as confirmation");
     assert!(
-        seen.iter()
-            .filter(|e| e.message_type == "data.chat.say")
-            .all(|e| e.payload.as_str().contains(r#""senderId":"alice""#))
+        seen.iter().filter(|e| e.message_type == "data.chat.say").all(|e| e
+            .sender_id
+            .as_ref()
+            .map(|s| s.as_str())
+            == Some("alice")
+            && e.payload.as_str() == r#"{"text":"hi"}"#)
     );
     let error = seen.iter().find(|e| e.message_type == types::ERROR).expect("an error");
     let SystemMessage::Error(e) = SystemMessage::from_envelope(error).unwrap() else { panic!() };
@@ -566,6 +628,9 @@ fn cookie_sessions_need_an_allowed_origin() {
     let args = switchboard_smol::Args {
         listen: Some(format!("127.0.0.1:{port}")),
         allowed_origins: vec!["https://app.test".into()],
+        issuers: vec![ISSUER.into()],
+        any_audience: true,
+        authorize: Some("allow-all".into()),
         ..Default::default()
     };
     let settings = switchboard_smol::Settings::resolve(args).unwrap();

@@ -101,10 +101,14 @@ impl Server {
             Command::new(binary)
         };
         command.args(["--listen", "127.0.0.1:0", "--api-key", "load"]);
+        // Every connection comes from 127.0.0.1 and every publish from the generator: the
+        // per-address and publish caps are not what is measured.
+        command.args(["--max-sockets-per-ip", "0", "--api-rate", "100000000/1s"]);
         match trust {
             Some((jwks_file, issuer)) => {
                 command.arg("--jwks-file").arg(jwks_file);
                 command.args(["--issuer", issuer, "--azp", "switchboard-dev"]);
+                command.args(["--authorize", "allow-all"]);
             }
             None => {
                 command.arg("--dev");

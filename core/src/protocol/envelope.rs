@@ -111,6 +111,9 @@ pub struct Envelope {
     pub conversation_id: Option<Id>,
     /// For a reply: the id of the message it answers.
     pub correlation_id: Option<Id>,
+    /// Ours, server to client: the user whose client message this is (the relay sets it; a
+    /// value a client sends is not trusted and is replaced).
+    pub sender_id: Option<Id>,
     /// The type's payload.
     pub payload: Payload,
     /// Server to client only: the per-session sequence number, from 1 and strictly increasing.
@@ -136,6 +139,7 @@ impl Envelope {
             source,
             conversation_id: None,
             correlation_id: None,
+            sender_id: None,
             payload,
             sequence: None,
         }
@@ -204,6 +208,10 @@ impl Envelope {
             out.extend_from_slice(b",\"correlationId\":");
             json_string(out, id.as_str());
         }
+        if let Some(id) = &self.sender_id {
+            out.extend_from_slice(b",\"senderId\":");
+            json_string(out, id.as_str());
+        }
         out.extend_from_slice(b",\"payload\":");
         out.extend_from_slice(self.payload.as_str().as_bytes());
         if let Some(sequence) = self.sequence {
@@ -230,7 +238,8 @@ impl fmt::Debug for Envelope {
             .field("timestamp", &self.timestamp)
             .field("source", &self.source)
             .field("conversation_id", &self.conversation_id)
-            .field("correlation_id", &self.correlation_id);
+            .field("correlation_id", &self.correlation_id)
+            .field("sender_id", &self.sender_id);
         if self.message_type == super::types::AUTH_REFRESH {
             s.field("payload", &"<redacted>");
         } else {
@@ -327,6 +336,7 @@ struct RawEnvelope<'a> {
     source: Option<Scalar<'a>>,
     conversation_id: Option<Scalar<'a>>,
     correlation_id: Option<Scalar<'a>>,
+    sender_id: Option<Scalar<'a>>,
     payload: Option<&'a RawValue>,
     sequence: Option<Scalar<'a>>,
 }
@@ -351,6 +361,7 @@ impl<'de> Deserialize<'de> for Key {
                     "source" => Some(Field::Source),
                     "conversationId" => Some(Field::ConversationId),
                     "correlationId" => Some(Field::CorrelationId),
+                    "senderId" => Some(Field::SenderId),
                     "payload" => Some(Field::Payload),
                     "sequence" => Some(Field::Sequence),
                     _ => None,
@@ -389,6 +400,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawEnvelope<'a> {
                         Field::CorrelationId => {
                             raw.correlation_id.replace(map.next_value()?).is_some()
                         }
+                        Field::SenderId => raw.sender_id.replace(map.next_value()?).is_some(),
                         Field::Sequence => raw.sequence.replace(map.next_value()?).is_some(),
                     };
                     if seen && raw.duplicate.is_none() {
@@ -459,6 +471,7 @@ impl<'a> RawEnvelope<'a> {
             .ok_or_else(|| ProtocolError::InvalidSource(source.into_owned()))?;
         let conversation_id = optional_id(frame, Field::ConversationId, self.conversation_id)?;
         let correlation_id = optional_id(frame, Field::CorrelationId, self.correlation_id)?;
+        let sender_id = optional_id(frame, Field::SenderId, self.sender_id)?;
         let payload = self.payload.ok_or(ProtocolError::MissingField(Field::Payload))?;
         if !payload.get().starts_with('{') {
             return Err(ProtocolError::PayloadNotObject);
@@ -475,6 +488,7 @@ impl<'a> RawEnvelope<'a> {
             source,
             conversation_id,
             correlation_id,
+            sender_id,
             payload: Payload(share(frame, Cow::Borrowed(payload.get()))),
             sequence,
         })

@@ -25,6 +25,16 @@ pub mod codes {
     pub const AUTH_FAILED: &str = "AUTH_FAILED";
     /// The token has expired.
     pub const TOKEN_EXPIRED: &str = "TOKEN_EXPIRED";
+    /// Authenticated, but not allowed to join (or write into) the conversation.
+    pub const FORBIDDEN: &str = "FORBIDDEN";
+    /// The conversation does not exist.
+    pub const CONVERSATION_NOT_FOUND: &str = "CONVERSATION_NOT_FOUND";
+    /// Whether the conversation may be joined could not be decided now (retry later).
+    pub const JOIN_UNAVAILABLE: &str = "JOIN_UNAVAILABLE";
+    /// A message that needs a conversation came on a connection without one.
+    pub const NO_CONVERSATION: &str = "NO_CONVERSATION";
+    /// The user holds as many sessions as the server allows.
+    pub const TOO_MANY_SESSIONS: &str = "TOO_MANY_SESSIONS";
 }
 
 /// The six categories of `system.error`.
@@ -49,6 +59,7 @@ pub enum Field {
     Source,
     ConversationId,
     CorrelationId,
+    SenderId,
     Payload,
     Sequence,
 }
@@ -64,6 +75,7 @@ impl Field {
             Field::Source => "source",
             Field::ConversationId => "conversationId",
             Field::CorrelationId => "correlationId",
+            Field::SenderId => "senderId",
             Field::Payload => "payload",
             Field::Sequence => "sequence",
         }

@@ -156,6 +156,8 @@ pub enum IdError {
     Empty,
     #[error("longer than {} bytes", Id::MAX_LEN)]
     TooLong,
+    #[error("may hold only ASCII letters, digits and - _ . : @ ~ + = /")]
+    BadCharacter,
 }
 
 /// An identifier on the wire: a message id, a conversation id, a correlation id. Any non-empty
@@ -175,6 +177,18 @@ impl Id {
             n if n > Self::MAX_LEN => Err(IdError::TooLong),
             _ => Ok(Id(ByteString::from(text))),
         }
+    }
+
+    /// Validates `text` as the name of something the server keys by it: a conversation, a
+    /// definition. Stricter than [`Id::new`]: the name ends up in channel names and storage keys
+    /// (`sb:{conversation:ID}:…`), so only ASCII letters, digits and `-_.:@~+=/` are allowed
+    /// (UUIDs, ULIDs and `org:42`-style names pass; braces, spaces and controls do not).
+    pub fn name(text: &str) -> Result<Self, IdError> {
+        let ok = |b: u8| b.is_ascii_alphanumeric() || b"-_.:@~+=/".contains(&b);
+        if !text.bytes().all(ok) {
+            return Err(IdError::BadCharacter);
+        }
+        Self::new(text)
     }
 
     /// A ULID from its 48-bit millisecond time and 80 random bits (higher bits are ignored).
@@ -329,5 +343,17 @@ mod tests {
         assert_eq!(ulid.as_str().len(), 26);
         assert_eq!(ulid, Id::ulid(1_766_053_800_000, 0x1234_5678_9abc_def0_1234));
         assert!(Id::ulid(1, 0) < Id::ulid(2, 0), "ULIDs sort by time");
+    }
+
+    #[test]
+    fn names_are_ids_of_a_safe_alphabet() {
+        for good in ["conv-1", "6f1c2d3e-aaaa-4bbb-8ccc-000011112222", "org:42/c_1.x@y~z+w=v"] {
+            assert_eq!(Id::name(good).map(|id| id.as_str().to_owned()), Ok(good.to_owned()));
+        }
+        for bad in ["a}b", "a{b", "a b", "a\nb", "é", "a\"b"] {
+            assert_eq!(Id::name(bad), Err(IdError::BadCharacter), "{bad:?}");
+        }
+        assert_eq!(Id::name(""), Err(IdError::Empty));
+        assert_eq!(Id::name(&"x".repeat(129)), Err(IdError::TooLong));
     }
 }

@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-/// Whether `message_type` matches `pattern` (see the [module docs](self)).
+/// Whether `message_type` matches `pattern` (see [`TypePattern`]).
 pub fn type_matches(pattern: &str, message_type: &str) -> bool {
     if pattern == "*" {
         return true;

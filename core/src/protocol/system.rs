@@ -17,6 +17,11 @@ pub mod types {
     pub const AUTH_REFRESH: &str = "system.auth.refresh";
     pub const AUTH_REFRESHED: &str = "system.auth.refreshed";
     pub const ERROR: &str = "system.error";
+
+    /// Whether a client may send a message of this type (the rest are the server's).
+    pub fn is_client_to_server(message_type: &str) -> bool {
+        matches!(message_type, PING | PONG | CONNECTION_RESUME | CONNECTION_CLOSE | AUTH_REFRESH)
+    }
 }
 
 /// `system.connection.established` (server → client): the connection is authenticated and live.
@@ -109,6 +114,20 @@ pub enum CloseReason {
     /// A reason this version does not know.
     #[serde(other)]
     Unknown,
+}
+
+impl CloseReason {
+    /// The reason as the wire spells it; `None` for one this version does not know.
+    pub fn as_str(self) -> Option<&'static str> {
+        Some(match self {
+            CloseReason::UserLogout => "user_logout",
+            CloseReason::SessionExpired => "session_expired",
+            CloseReason::ServerShutdown => "server_shutdown",
+            CloseReason::ConversationComplete => "conversation_complete",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Unknown => return None,
+        })
+    }
 }
 
 /// `system.connection.close` (both directions): the sender is about to close the socket.

@@ -15,6 +15,10 @@ pub struct SocketId(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VerifyId(pub u64);
 
+/// One join decision the hub asked for; the verdict names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JoinId(pub u64);
+
 /// What the adapter knows about an upgrade request.
 #[derive(Clone, Default)]
 pub struct OpenRequest {
@@ -64,7 +68,11 @@ pub struct Principal {
     pub user_id: String,
     pub display_name: Option<String>,
     pub roles: Vec<String>,
-    /// When the credentials stop being valid (wall clock); the hub closes with 4001 then.
+    /// Conversations the credentials themselves grant (the claim an authorizer's claim rule
+    /// names), for authorizers that read them.
+    pub grants: Vec<String>,
+    /// When the credentials stop being valid (wall clock); the hub closes with 4001 then (after
+    /// the configured clock leeway).
     pub expires_at_unix_ms: Option<i64>,
 }
 
@@ -75,18 +83,152 @@ impl Principal {
             user_id: user_id.into(),
             display_name: None,
             roles: Vec::new(),
+            grants: Vec::new(),
             expires_at_unix_ms: None,
         }
     }
 }
 
-/// Why credentials were refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why credentials were refused: for logs and metrics (a fixed set of labels). The client hears
+/// only that authentication failed (or that its token expired): the detail would help an
+/// attacker more than it helps a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthFailure {
-    /// Expired: the client should refresh its token and reconnect (close 4001).
+    /// Neither a token nor a session cookie (close 4000).
+    NoCredentials,
+    /// The token expired: the client should refresh it and reconnect (close 4001).
     Expired,
-    /// Anything else (close 4000). The reason is for logs and metrics and never holds the token.
-    Invalid(String),
+    /// Not a JWT, too large, or its parts do not decode.
+    Malformed,
+    /// An algorithm or header type that is not accepted (only RS256 JWTs).
+    Algorithm,
+    /// A key id the key set does not hold (after at most one reload).
+    UnknownKey,
+    /// The signature does not verify.
+    Signature,
+    /// An issuer that is not accepted.
+    Issuer,
+    /// Neither an accepted audience nor an accepted authorized party.
+    Audience,
+    /// `nbf` is in the future.
+    NotYetValid,
+    /// Not an access token (`typ` is not `Bearer`), or a required claim (`exp`, `sub`) is
+    /// missing.
+    NotAccessToken,
+    /// A session cookie from an Origin not allowed to use one.
+    Origin,
+    /// A session cookie the session store does not know.
+    UnknownSession,
+    /// A refresh whose token belongs to another user.
+    OtherUser,
+    /// No verdict in time.
+    Timeout,
+    /// The verifier failed (a bug or an outage on our side).
+    Internal,
+}
+
+impl AuthFailure {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::NoCredentials => "no_credentials",
+            AuthFailure::Expired => "expired",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::Algorithm => "algorithm",
+            AuthFailure::UnknownKey => "unknown_key",
+            AuthFailure::Signature => "signature",
+            AuthFailure::Issuer => "issuer",
+            AuthFailure::Audience => "audience",
+            AuthFailure::NotYetValid => "not_yet_valid",
+            AuthFailure::NotAccessToken => "not_access_token",
+            AuthFailure::Origin => "origin",
+            AuthFailure::UnknownSession => "unknown_session",
+            AuthFailure::OtherUser => "other_user",
+            AuthFailure::Timeout => "timeout",
+            AuthFailure::Internal => "internal",
+        }
+    }
+
+    /// Every reason, for metrics.
+    pub const ALL: [AuthFailure; 15] = [
+        AuthFailure::NoCredentials,
+        AuthFailure::Expired,
+        AuthFailure::Malformed,
+        AuthFailure::Algorithm,
+        AuthFailure::UnknownKey,
+        AuthFailure::Signature,
+        AuthFailure::Issuer,
+        AuthFailure::Audience,
+        AuthFailure::NotYetValid,
+        AuthFailure::NotAccessToken,
+        AuthFailure::Origin,
+        AuthFailure::UnknownSession,
+        AuthFailure::OtherUser,
+        AuthFailure::Timeout,
+        AuthFailure::Internal,
+    ];
+}
+
+impl fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a user may join a conversation: what the hub asks with [`Output::Authorize`] after
+/// the credentials were accepted, before the session becomes active (and again when a resume
+/// would move a socket into another conversation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRequest {
+    pub request: JoinId,
+    pub socket: SocketId,
+    pub principal: Principal,
+    pub conversation_id: Id,
+    pub definition_id: Option<String>,
+}
+
+/// A join that was allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinGrant {
+    /// Whether the member may write into the conversation (relay, and handlers that write on
+    /// its behalf).
+    pub write: bool,
+}
+
+/// A join that was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JoinRefusal {
+    /// Not allowed (close 4002, `FORBIDDEN`).
+    Forbidden,
+    /// No such conversation (close 4003, `CONVERSATION_NOT_FOUND`).
+    NotFound,
+    /// The authorizer could not decide (it is down or too slow): refused, but the client may
+    /// come back later (close 1013).
+    Unavailable,
+}
+
+impl JoinRefusal {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinRefusal::Forbidden => "forbidden",
+            JoinRefusal::NotFound => "not_found",
+            JoinRefusal::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Why [`super::Hub::send`] refused a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefusedSend {
+    /// `system.*` messages are the connection layer's own: an application that could send them
+    /// could forge a close or a resume, and clients do not count them in the sequence.
+    #[error("{0} is a system type; the application sends control.* and data.* types only")]
+    SystemType(String),
+    /// Larger than `max_message_bytes`: it would not fit a socket's outbound window or the
+    /// replay buffer.
+    #[error("the message is {len} bytes encoded, over the limit of {limit}")]
+    TooLarge { len: usize, limit: usize },
 }
 
 /// The inputs, each fed with the current time to [`super::Hub::handle_input`].
@@ -105,6 +247,8 @@ pub enum Input {
     Closed { socket: SocketId, code: Option<CloseCode> },
     /// The answer to an [`Output::Verify`].
     AuthVerdict { request: VerifyId, verdict: Result<Principal, AuthFailure> },
+    /// The answer to an [`Output::Authorize`].
+    JoinVerdict { request: JoinId, verdict: Result<JoinGrant, JoinRefusal> },
     /// A message from another instance, from a channel the hub subscribed to.
     Remote { channel: String, message: Bytes },
     /// A deadline from [`super::Hub::poll_timeout`] passed (or may have).
@@ -138,6 +282,11 @@ impl fmt::Debug for Input {
                 .field("request", request)
                 .field("verdict", verdict)
                 .finish(),
+            Input::JoinVerdict { request, verdict } => f
+                .debug_struct("JoinVerdict")
+                .field("request", request)
+                .field("verdict", verdict)
+                .finish(),
             Input::Remote { channel, message } => f
                 .debug_struct("Remote")
                 .field("channel", channel)
@@ -158,6 +307,9 @@ pub enum Output {
     Close { socket: SocketId, code: CloseCode, reason: &'static str },
     /// Verify these credentials and answer with [`Input::AuthVerdict`].
     Verify { request: VerifyId, socket: SocketId, credentials: Credentials, origin: Option<String> },
+    /// Decide whether this user may join this conversation, and answer with
+    /// [`Input::JoinVerdict`].
+    Authorize(Box<JoinRequest>),
     /// Publish to the other instances.
     Publish { channel: String, message: Bytes },
     /// Start receiving a channel.
@@ -183,7 +335,16 @@ pub enum HubEvent {
         reason: &'static str,
     },
     /// Credentials were refused.
-    AuthFailed { reason: String },
+    AuthFailed { reason: AuthFailure },
+    /// A join was refused.
+    JoinRefused { connection_id: Id, conversation_id: Id, refusal: JoinRefusal },
+    /// A user at its session cap: the oldest of its sessions waiting for a resume was let go,
+    /// or (none waiting) the new connection was refused.
+    SessionCap { user_id: String, evicted: bool },
+    /// The application asked the hub to send something it refused (a `system.*` type, or a
+    /// message over the size limit); [`super::Hub::send`] returned the error. Reported here
+    /// for sends made by handlers, which have no caller to return it to.
+    SendRefused { message_type: String, error: RefusedSend },
     /// An application message routed to [`super::Route::Forward`].
     Message {
         connection_id: Id,

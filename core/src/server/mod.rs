@@ -11,7 +11,9 @@
 //! - Feed one [`Input`] at a time with [`Hub::handle_input`]`(now, input)`. Application calls
 //!   ([`Hub::send`], [`Hub::broadcast_to_conversation`], …) are inputs too.
 //! - **After every input, drain [`Hub::poll_output`] until it returns `None`**, carrying out
-//!   each [`Output`] in order (send, close, verify, publish, subscribe, events). Then ask
+//!   each [`Output`] in order (send, close, verify, authorize, publish, subscribe, events). An
+//!   answer the adapter has at once (a remembered token, a claim rule) is fed as the next input
+//!   after the drain, never in the middle of it. Then ask
 //!   [`Hub::poll_timeout`] for the next deadline and feed [`Input::Timeout`] when it passes (a
 //!   late timeout is fine: deadlines compare with the `now` passed in). Asking for the deadline
 //!   before draining, or feeding two inputs without draining, is the classic sans-IO bug.
@@ -25,10 +27,24 @@
 //!   replay buffer. switchboard's own `system.*` messages are about the socket, not the
 //!   conversation: they carry no sequence and are never replayed. A client therefore sees
 //!   application sequences without holes, paused or resumed.
-//! - **Backpressure**: the hub counts what it told the adapter to send to each socket and the
-//!   adapter reports what it wrote with [`Input::Flushed`]. A socket whose unwritten frames or
-//!   bytes would exceed the bounds is closed with 4013; its session stays resumable, so a client
-//!   that comes back within the window loses nothing.
+//! - **Joining**: credentials say who the user is, not where it may go. A socket that names a
+//!   conversation is `Authenticated` until the adapter answers [`Output::Authorize`]; refused,
+//!   it is closed with 4002 (forbidden), 4003 (no such conversation) or 1013 (the authorizer
+//!   could not decide). The verdict also says whether the member may write into the
+//!   conversation (relay, and handlers writing on its behalf). A resume that would move a
+//!   socket into another conversation asks again.
+//! - **Backpressure**: the hub hands each socket at most a window of frames and bytes and the
+//!   adapter reports what it wrote with [`Input::Flushed`]; the rest waits in the session's
+//!   replay buffer. The window is at most half the replay buffer ([`HubConfig::validate`]), and
+//!   a socket whose unwritten messages pass half the replay buffer is cut off with 4013: at that
+//!   moment everything it was not written is still kept, and the other half is the room for what
+//!   arrives while its client comes back and resumes. Nothing is lost in between.
+//! - **Limits**: the system plane has its own rate budget; invalid frames (and unknown or
+//!   server-only `system.*` types) close with 4012 when `max_invalid_frames` come within
+//!   `invalid_window`, valid frames in between notwithstanding; one user holds at most
+//!   `max_sessions_per_user` sessions (its oldest waiting session is let go first, else the new
+//!   one is refused with 4014). The application side ([`Hub::send`]) never sends `system.*` and
+//!   refuses messages larger than `max_message_bytes`.
 //! - **Closing**: a session whose socket ends with a code that tells a client to reconnect (see
 //!   [`crate::protocol::ReconnectAdvice`]) waits in `Reconnecting` for the resume window; any
 //!   other close ends it.
@@ -51,10 +67,11 @@ mod router;
 mod state;
 mod timers;
 
-pub use config::{HubConfig, RateLimit};
+pub use config::{HubConfig, InvalidConfig, RateLimit};
 pub use hub::{ConnectionInfo, Hub, HubStats};
 pub use io::{
-    AuthFailure, Credentials, HubEvent, Input, OpenRequest, Output, Principal, SocketId, VerifyId,
+    AuthFailure, Credentials, HubEvent, Input, JoinGrant, JoinId, JoinRefusal, JoinRequest,
+    OpenRequest, Output, Principal, RefusedSend, SocketId, VerifyId,
 };
 pub use pubsub::{Channel, RemoteMessage};
 pub use rate_limit::{RateLimiter, RateVerdict};

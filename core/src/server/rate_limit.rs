@@ -54,13 +54,15 @@ pub enum RateVerdict {
     Abusive,
 }
 
-/// One connection's buckets: one over all non-system messages, one per limited type, and the
-/// recent rejections that decide abuse. Memory is bounded by the configured types and the abuse
-/// threshold.
+/// One connection's buckets: one over all non-system messages, one per limited type, one over
+/// the system plane, one over invalid frames, and the recent rejections that decide abuse.
+/// Memory is bounded by the configured types and the abuse threshold.
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
     connection: TokenBucket,
     by_type: Vec<TokenBucket>,
+    system: TokenBucket,
+    invalid: TokenBucket,
     rejections: VecDeque<Instant>,
 }
 
@@ -70,8 +72,33 @@ impl RateLimiter {
         RateLimiter {
             connection: TokenBucket::full(config.connection_rate, now),
             by_type: config.type_rates.iter().map(|(_, l)| TokenBucket::full(*l, now)).collect(),
+            system: TokenBucket::full(config.system_rate, now),
+            invalid: TokenBucket::full(invalid_rate(config), now),
             rejections: VecDeque::new(),
         }
+    }
+
+    /// Checks one `system.*` message against the system plane's own bucket (pings, resumes and
+    /// refreshes do not use up the application's budget, nor it theirs). Rejections count
+    /// towards abuse like the application's.
+    pub fn check_system(&mut self, config: &HubConfig, now: Instant) -> RateVerdict {
+        match self.system.check(config.system_rate, now) {
+            Ok(()) => {
+                self.system.take();
+                RateVerdict::Allow
+            }
+            Err(retry_after) => self.rejected(config, now, retry_after),
+        }
+    }
+
+    /// Counts one invalid frame; returns whether `max_invalid_frames` were seen within
+    /// `invalid_window` (the connection is then closed with 4012), valid frames in between
+    /// notwithstanding.
+    pub fn count_invalid(&mut self, config: &HubConfig, now: Instant) -> bool {
+        let limit = invalid_rate(config);
+        let _ = self.invalid.check(limit, now);
+        self.invalid.take();
+        self.invalid.check(limit, now).is_err()
     }
 
     /// Checks one message of `message_type` and takes its tokens if allowed. A message is
@@ -91,6 +118,11 @@ impl RateLimiter {
             }
             return RateVerdict::Allow;
         };
+        self.rejected(config, now, retry_after)
+    }
+
+    /// Remembers a rejection; sustained ones are abuse.
+    fn rejected(&mut self, config: &HubConfig, now: Instant, retry_after: Duration) -> RateVerdict {
         let window_start = now - config.abuse_window;
         while self.rejections.front().is_some_and(|&t| t < window_start) {
             self.rejections.pop_front();
@@ -102,6 +134,11 @@ impl RateLimiter {
             RateVerdict::Limited { retry_after }
         }
     }
+}
+
+/// The bucket of invalid frames: `max_invalid_frames` per `invalid_window`.
+fn invalid_rate(config: &HubConfig) -> RateLimit {
+    RateLimit::new(config.max_invalid_frames, config.invalid_window)
 }
 
 #[cfg(test)]
@@ -170,5 +207,41 @@ mod tests {
             limiter.check(&config, "control.x.y", at(0)),
             RateVerdict::Limited { retry_after: Duration::from_millis(334) }
         );
+    }
+}
+
+#[cfg(test)]
+mod system_and_invalid {
+    use super::*;
+
+    #[test]
+    fn the_system_plane_has_its_own_bucket() {
+        let config = HubConfig {
+            connection_rate: RateLimit::new(1, Duration::from_secs(60)),
+            system_rate: RateLimit::new(2, Duration::from_secs(10)),
+            ..HubConfig::default()
+        };
+        let at = Instant::from_millis;
+        let mut limiter = RateLimiter::new(&config, at(0));
+        assert_eq!(limiter.check(&config, "data.a.b", at(0)), RateVerdict::Allow);
+        assert_eq!(limiter.check_system(&config, at(0)), RateVerdict::Allow);
+        assert_eq!(limiter.check_system(&config, at(0)), RateVerdict::Allow);
+        assert_eq!(
+            limiter.check_system(&config, at(0)),
+            RateVerdict::Limited { retry_after: Duration::from_secs(5) }
+        );
+        assert_eq!(limiter.check_system(&config, at(5_000)), RateVerdict::Allow);
+    }
+
+    #[test]
+    fn invalid_frames_close_by_count_within_the_window() {
+        let config = HubConfig::default();
+        let at = Instant::from_millis;
+        let mut limiter = RateLimiter::new(&config, at(0));
+        assert!((0..9).all(|i| !limiter.count_invalid(&config, at(i))));
+        assert!(limiter.count_invalid(&config, at(10)), "the tenth within a minute");
+        // Spread out, they never add up.
+        let mut limiter = RateLimiter::new(&config, at(0));
+        assert!((0..100).all(|i| !limiter.count_invalid(&config, at(i * 7_000))));
     }
 }

@@ -62,6 +62,9 @@ pub struct Sender<'a> {
     pub user_id: Option<&'a str>,
     pub roles: &'a [String],
     pub conversation_id: Option<&'a Id>,
+    /// Whether the join verdict lets the sender write into its conversation (relay, and
+    /// handlers that write on its behalf).
+    pub can_write: bool,
 }
 
 /// A message a handler wants sent; the hub gives it an id, a timestamp and a sequence.
@@ -71,6 +74,33 @@ pub struct Outgoing {
     pub payload: Payload,
     pub conversation_id: Option<Id>,
     pub correlation_id: Option<Id>,
+    /// The user on whose behalf it is sent (the envelope's `senderId`), if any.
+    pub sender_id: Option<Id>,
+}
+
+impl Outgoing {
+    /// A message of `message_type` with `payload`, in no conversation, answering nothing.
+    pub fn new(message_type: MessageType, payload: Payload) -> Self {
+        Outgoing {
+            message_type,
+            payload,
+            conversation_id: None,
+            correlation_id: None,
+            sender_id: None,
+        }
+    }
+
+    /// In `conversation_id`.
+    pub fn in_conversation(mut self, conversation_id: Id) -> Self {
+        self.conversation_id = Some(conversation_id);
+        self
+    }
+
+    /// The answer to message `request_id`.
+    pub fn replying_to(mut self, request_id: Id) -> Self {
+        self.correlation_id = Some(request_id);
+        self
+    }
 }
 
 /// Where an [`Outgoing`] message goes.
@@ -114,10 +144,9 @@ impl Context<'_> {
     /// Answers the sender; the reply's `correlationId` is the request's id.
     pub fn reply(&mut self, message_type: MessageType, payload: Payload) {
         let outgoing = Outgoing {
-            message_type,
-            payload,
             conversation_id: self.sender.conversation_id.cloned(),
             correlation_id: Some(self.request_id.clone()),
+            ..Outgoing::new(message_type, payload)
         };
         self.actions
             .push(Action::Send(Target::Connection(self.sender.connection_id.clone()), outgoing));
@@ -128,23 +157,40 @@ impl Context<'_> {
         self.actions.push(Action::Send(target, outgoing));
     }
 
-    /// Sends to every member of the sender's conversation (if it has one), optionally not to the
-    /// sender itself.
+    /// Sends to every member of the sender's conversation, optionally not to the sender
+    /// itself, on the sender's behalf: the envelope's `senderId` is the sender's user and its
+    /// `correlationId` the message being handled. Refused (`FORBIDDEN`) when the join verdict
+    /// did not let the sender write into the conversation, and (`NO_CONVERSATION`) when it has
+    /// none.
     pub fn broadcast_to_conversation(
         &mut self,
         message_type: MessageType,
         payload: Payload,
         include_sender: bool,
-    ) {
-        let Some(conversation_id) = self.sender.conversation_id.cloned() else { return };
+    ) -> Result<(), Rejection> {
+        let Some(conversation_id) = self.sender.conversation_id.cloned() else {
+            return Err(Rejection::new(
+                ErrorCategory::Validation,
+                codes::NO_CONVERSATION,
+                "this connection has no conversation to write into",
+            ));
+        };
+        if !self.sender.can_write {
+            return Err(Rejection::new(
+                ErrorCategory::Authentication,
+                codes::FORBIDDEN,
+                "not allowed to write into this conversation",
+            ));
+        }
         let except = (!include_sender).then(|| self.sender.connection_id.clone());
         let outgoing = Outgoing {
-            message_type,
-            payload,
             conversation_id: Some(conversation_id.clone()),
-            correlation_id: None,
+            correlation_id: Some(self.request_id.clone()),
+            sender_id: self.sender.user_id.and_then(|u| Id::new(u).ok()),
+            ..Outgoing::new(message_type, payload)
         };
         self.actions.push(Action::Send(Target::Conversation { conversation_id, except }, outgoing));
+        Ok(())
     }
 
     /// Closes the sender's connection after the handler returns.
@@ -246,27 +292,36 @@ impl Middleware for RateLimiting {
         if envelope.message_type.is_system() {
             return Flow::Continue;
         }
-        match cx.rate_limiter.check(cx.config, envelope.message_type.as_str(), cx.now) {
-            RateVerdict::Allow => Flow::Continue,
-            RateVerdict::Limited { retry_after } => {
-                let mut rejection = Rejection::new(
-                    ErrorCategory::RateLimit,
-                    codes::RATE_LIMITED,
-                    format!("too many {} messages", envelope.message_type),
-                );
-                rejection.error.is_retryable = true;
-                rejection.error.retry_after_ms = Some(retry_after.as_millis() as u64);
-                Flow::Abort(rejection)
-            }
-            RateVerdict::Abusive => Flow::Abort(
-                Rejection::new(
-                    ErrorCategory::RateLimit,
-                    codes::RATE_LIMITED,
-                    "rate limits exceeded repeatedly",
-                )
-                .and_close(CloseCode::RATE_LIMITED),
-            ),
+        let verdict = cx.rate_limiter.check(cx.config, envelope.message_type.as_str(), cx.now);
+        match rate_rejection(verdict, envelope.message_type.as_str()) {
+            None => Flow::Continue,
+            Some(rejection) => Flow::Abort(rejection),
         }
+    }
+}
+
+/// The rejection for a rate limiter's verdict on a message of `what` (none: allowed).
+pub(crate) fn rate_rejection(verdict: RateVerdict, what: &str) -> Option<Rejection> {
+    match verdict {
+        RateVerdict::Allow => None,
+        RateVerdict::Limited { retry_after } => {
+            let mut rejection = Rejection::new(
+                ErrorCategory::RateLimit,
+                codes::RATE_LIMITED,
+                format!("too many {what} messages"),
+            );
+            rejection.error.is_retryable = true;
+            rejection.error.retry_after_ms = Some(retry_after.as_millis() as u64);
+            Some(rejection)
+        }
+        RateVerdict::Abusive => Some(
+            Rejection::new(
+                ErrorCategory::RateLimit,
+                codes::RATE_LIMITED,
+                "rate limits exceeded repeatedly",
+            )
+            .and_close(CloseCode::RATE_LIMITED),
+        ),
     }
 }
 

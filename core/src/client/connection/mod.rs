@@ -21,7 +21,7 @@ use crate::client::io::{
 };
 use crate::client::state::ClientState;
 use crate::protocol::{
-    CloseCode, Envelope, Id, MessageType, Payload, Source, SystemMessage, types,
+    CloseCode, CloseReason, Envelope, Id, MessageType, Payload, Source, SystemMessage, types,
 };
 use crate::rng::Rng;
 use crate::time::{Instant, WallClock};
@@ -84,6 +84,9 @@ pub struct Client {
     /// A 4001 was answered with one refresh; a second 4001 closes.
     refreshed_after_expiry: bool,
     retry_hint: Option<Duration>,
+    /// Why the server said it is closing the socket (`system.connection.close`), so that the
+    /// state change says so rather than "connection lost".
+    server_close: Option<CloseReason>,
     online: bool,
     stopped_by_user: bool,
     queue: VecDeque<Queued>,
@@ -125,6 +128,7 @@ impl Client {
             waiting_for_token: false,
             refreshed_after_expiry: false,
             retry_hint: None,
+            server_close: None,
             online: true,
             stopped_by_user: false,
             queue: VecDeque::new(),

@@ -3,7 +3,7 @@
 use crate::client::config::TokenSource;
 use crate::client::io::{AttemptId, ClientEvent, ClientOutput, SendError};
 use crate::client::state::ClientState;
-use crate::protocol::{CloseCode, Heartbeat, ReconnectAdvice, SystemMessage};
+use crate::protocol::{CloseCode, CloseReason, Heartbeat, ReconnectAdvice, SystemMessage};
 use crate::time::Instant;
 use std::time::Duration;
 
@@ -166,12 +166,14 @@ impl Client {
             self.emit(ClientEvent::Disconnected { code, reason: reason.clone() });
         }
         tracing::debug!(target: "protocol:reconnect", ?code, reason, by_us, "socket lost");
+        let told = self.server_close.take().and_then(CloseReason::as_str);
         let advice =
             code.map_or(ReconnectAdvice::ReconnectWithBackoff, CloseCode::reconnect_advice);
         match advice {
             ReconnectAdvice::DoNotReconnect => {
                 self.backoff.stop();
-                self.set_state(now, ClientState::Closed, "do_not_reconnect", code, false);
+                let reason = told.unwrap_or("do_not_reconnect");
+                self.set_state(now, ClientState::Closed, reason, code, false);
             }
             ReconnectAdvice::RefreshTokenThenReconnect => {
                 if self.config.token == TokenSource::Application && !self.refreshed_after_expiry {
@@ -184,11 +186,20 @@ impl Client {
                     self.set_state(now, ClientState::Closed, "token_rejected", code, false);
                 }
             }
-            ReconnectAdvice::ReconnectWithBackoff => self.schedule_retry(now, code),
+            ReconnectAdvice::ReconnectWithBackoff => {
+                self.schedule_retry(now, code, told.unwrap_or("connection_lost"))
+            }
         }
     }
 
-    pub(super) fn schedule_retry(&mut self, now: Instant, code: Option<CloseCode>) {
+    /// Schedules the next attempt after a loss for `reason` (what the server said, or
+    /// `connection_lost`).
+    pub(super) fn schedule_retry(
+        &mut self,
+        now: Instant,
+        code: Option<CloseCode>,
+        reason: &'static str,
+    ) {
         if self.backoff.exhausted() {
             self.backoff.stop();
             self.set_state(now, ClientState::Closed, "max_attempts", code, false);
@@ -200,7 +211,7 @@ impl Client {
         let delay = self.retry_hint.take().unwrap_or(delay);
         self.retry_at = self.online.then(|| now + delay);
         tracing::debug!(target: "protocol:reconnect", attempt = self.backoff.attempt(), delay_ms = delay.as_millis() as u64, "reconnecting");
-        self.set_state(now, ClientState::Reconnecting, "connection_lost", code, true);
+        self.set_state(now, ClientState::Reconnecting, reason, code, true);
     }
 
     pub(super) fn probe(&mut self, now: Instant) {

@@ -17,7 +17,7 @@ pub(super) struct Queued {
 
 impl Client {
     /// Sends a message now if active, or queues it; returns its id. Refused when the client
-    /// was closed by [`ClientInput::Disconnect`] or the queue is full; nothing is dropped
+    /// was closed by [`crate::client::ClientInput::Disconnect`] or the queue is full; nothing is dropped
     /// silently (a queued message that expires comes back as [`ClientEvent::SendFailed`]).
     pub fn send(&mut self, now: Instant, message: OutgoingMessage) -> Result<Id, SendError> {
         let conversation = message

@@ -107,6 +107,7 @@ impl Client {
             }
             SystemMessage::ConnectionClose(close) => {
                 self.retry_hint = close.retry_after_ms.map(Duration::from_millis);
+                self.server_close = Some(close.reason);
             }
             SystemMessage::Error(error) => self.emit(ClientEvent::ServerError(error)),
             SystemMessage::Pong(_)
@@ -162,6 +163,7 @@ impl Client {
         self.backoff.reset();
         self.refreshed_after_expiry = false;
         self.retry_hint = None;
+        self.server_close = None;
         self.set_state(
             now,
             ClientState::Active,

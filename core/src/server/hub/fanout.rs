@@ -5,7 +5,7 @@ use super::Hub;
 use super::session::{Key, Session, send_on, window_has_room};
 use crate::protocol::{CloseCode, Id, SharedFrame, SystemMessage};
 use crate::server::config::HubConfig;
-use crate::server::io::{HubEvent, Output};
+use crate::server::io::{HubEvent, Output, RefusedSend};
 use crate::server::pubsub::{Channel, RemoteMessage};
 use crate::server::router::{Outgoing, Target};
 use crate::server::state::ConnectionState;
@@ -18,15 +18,17 @@ use std::collections::VecDeque;
 enum Pump {
     /// Everything that fits the window was written (or the session has no active socket).
     Done,
-    /// The window is full while half the replay buffer waits: the client is not reading.
+    /// Half the replay buffer waits to be written: the client is not reading. Cut off now,
+    /// everything it was not sent is still kept, and the other half of the buffer is the room
+    /// for what arrives while it comes back.
     Stuck,
-    /// A message was evicted from the replay buffer before it could be written: the client
-    /// fell too far behind.
+    /// A message was evicted from the replay buffer before it could be written (cannot happen
+    /// while the limits pass [`HubConfig::validate`]; kept as a guard).
     FellBehind,
 }
 
 /// Writes `session`'s unsent application messages, in order, as far as its socket's window
-/// allows; the rest wait in the replay buffer for [`Input::Flushed`].
+/// allows; the rest wait in the replay buffer for [`crate::server::Input::Flushed`].
 fn pump_session(config: &HubConfig, session: &mut Session, outputs: &mut VecDeque<Output>) -> Pump {
     if session.state() != ConnectionState::Active {
         return Pump::Done;
@@ -40,23 +42,46 @@ fn pump_session(config: &HubConfig, session: &mut Session, outputs: &mut VecDequ
             break;
         }
         session.sent_through = sequence;
-        send_on(session, socket, frame, outputs);
+        send_on(session, socket, frame, sequence, outputs);
     }
     Pump::Done
+}
+
+/// Whether the session's unwritten messages take more than half the replay buffer.
+fn is_stuck(config: &HubConfig, session: &Session) -> bool {
+    session.socket.is_some()
+        && session.state() == ConnectionState::Active
+        && (session.unacked() > (config.replay_max_messages / 2) as u64
+            || session.unacked_bytes > config.replay_max_bytes / 2)
 }
 
 impl Hub {
     /// Sends to wherever `target` says; returns the number of local sessions it reached (other
     /// instances get it through one publish).
-    pub fn send(&mut self, now: Instant, target: Target, outgoing: Outgoing) -> usize {
-        let envelope = self
+    ///
+    /// Refused, with nothing sent: `system.*` types (the connection layer's own; clients do not
+    /// count them in the sequence, and a backend must not forge a close or a resume), and
+    /// messages whose encoding is larger than `max_message_bytes` (they would not fit a
+    /// socket's window or the replay buffer).
+    pub fn send(
+        &mut self,
+        now: Instant,
+        target: Target,
+        outgoing: Outgoing,
+    ) -> Result<usize, RefusedSend> {
+        if outgoing.message_type.is_system() {
+            return Err(RefusedSend::SystemType(outgoing.message_type.to_string()));
+        }
+        let mut envelope = self
             .envelope(now, outgoing.message_type, outgoing.payload)
             .in_conversation(outgoing.conversation_id);
-        let envelope = match outgoing.correlation_id {
-            Some(id) => envelope.replying_to(id),
-            None => envelope,
-        };
+        envelope.correlation_id = outgoing.correlation_id;
+        envelope.sender_id = outgoing.sender_id;
         let frame = SharedFrame::encode(&envelope);
+        if frame.len() > self.config.max_message_bytes {
+            let limit = self.config.max_message_bytes;
+            return Err(RefusedSend::TooLarge { len: frame.len(), limit });
+        }
         let (recipients, channel, except) = match &target {
             Target::Connection(id) => {
                 (self.by_connection_id.get(id).copied().into_iter().collect(), None, None)
@@ -79,7 +104,7 @@ impl Hub {
             let channel = channel.name(&self.config.channel_prefix);
             self.outputs.push_back(Output::Publish { channel, message: message.encode() });
         }
-        self.deliver_to(now, &recipients, &frame)
+        Ok(self.deliver_to(now, &recipients, &frame))
     }
 
     /// Sends to one connection of this instance.
@@ -88,12 +113,17 @@ impl Hub {
         now: Instant,
         connection_id: &Id,
         outgoing: Outgoing,
-    ) -> usize {
+    ) -> Result<usize, RefusedSend> {
         self.send(now, Target::Connection(connection_id.clone()), outgoing)
     }
 
     /// Sends to every session of a user, here and on other instances.
-    pub fn send_to_user(&mut self, now: Instant, user_id: &str, outgoing: Outgoing) -> usize {
+    pub fn send_to_user(
+        &mut self,
+        now: Instant,
+        user_id: &str,
+        outgoing: Outgoing,
+    ) -> Result<usize, RefusedSend> {
         self.send(now, Target::User(user_id.to_owned()), outgoing)
     }
 
@@ -104,7 +134,7 @@ impl Hub {
         conversation_id: &Id,
         outgoing: Outgoing,
         except: Option<&Id>,
-    ) -> usize {
+    ) -> Result<usize, RefusedSend> {
         let target = Target::Conversation {
             conversation_id: conversation_id.clone(),
             except: except.cloned(),
@@ -113,7 +143,11 @@ impl Hub {
     }
 
     /// Sends to every session everywhere.
-    pub fn broadcast_all(&mut self, now: Instant, outgoing: Outgoing) -> usize {
+    pub fn broadcast_all(
+        &mut self,
+        now: Instant,
+        outgoing: Outgoing,
+    ) -> Result<usize, RefusedSend> {
         self.send(now, Target::All, outgoing)
     }
 
@@ -127,7 +161,6 @@ impl Hub {
         frame: &SharedFrame,
     ) -> usize {
         let mut delivered = 0;
-        let backlog_limit = (self.config.replay_max_messages / 2).max(1) as u64;
         for &key in recipients {
             let Some(session) = self.sessions.get_mut(&key) else { continue };
             if !session.is_member() {
@@ -141,15 +174,9 @@ impl Hub {
                 self.config.replay_max_messages,
                 self.config.replay_max_bytes,
             );
+            session.unacked_bytes += frame.len();
             delivered += 1;
-            // A socket whose window is full while half the replay buffer waits unsent is not
-            // reading: cut it off while what it missed is still kept, so it can resume.
-            let backlog = session.next_sequence - 1 - session.sent_through;
-            let stuck = session.socket.is_some()
-                && session.state() == ConnectionState::Active
-                && !window_has_room(&self.config, session, frame.len() + 32)
-                && backlog >= backlog_limit;
-            let outcome = if stuck {
+            let outcome = if is_stuck(&self.config, session) {
                 Pump::Stuck
             } else {
                 pump_session(&self.config, session, &mut self.outputs)
@@ -160,7 +187,7 @@ impl Hub {
     }
 
     /// Writes the session's unsent application messages, in order, as far as its socket's
-    /// window allows; the rest wait in the replay buffer for [`Input::Flushed`].
+    /// window allows; the rest wait in the replay buffer for [`crate::server::Input::Flushed`].
     pub(super) fn pump(&mut self, now: Instant, key: Key) {
         let Some(session) = self.sessions.get_mut(&key) else { return };
         let outcome = pump_session(&self.config, session, &mut self.outputs);
@@ -217,7 +244,7 @@ impl Hub {
             self.close(now, key, CloseCode::SLOW_CONSUMER, "slow_consumer");
             return false;
         }
-        send_on(session, socket, frame, &mut self.outputs);
+        send_on(session, socket, frame, 0, &mut self.outputs);
         true
     }
 

@@ -4,7 +4,7 @@ use super::Hub;
 use super::auth::Purpose;
 use super::session::{Key, Session};
 use crate::protocol::{CloseCode, ErrorCategory, Id, ReconnectAdvice, codes};
-use crate::server::io::{Credentials, HubEvent, OpenRequest, Output, SocketId};
+use crate::server::io::{AuthFailure, Credentials, HubEvent, OpenRequest, Output, SocketId};
 use crate::server::pubsub::Channel;
 use crate::server::rate_limit::RateLimiter;
 use crate::server::replay::ReplayBuffer;
@@ -12,6 +12,7 @@ use crate::server::router::Rejection;
 use crate::server::state::{ConnectionState, StateMachine};
 use crate::server::timers::TimerKind;
 use crate::time::Instant;
+use std::collections::VecDeque;
 
 impl Hub {
     pub(super) fn handle_open(&mut self, now: Instant, socket: SocketId, request: OpenRequest) {
@@ -44,7 +45,7 @@ impl Hub {
             .map(|(_, v)| v.clone())
             .filter(|c| !c.is_empty());
         let conversation = param(&["conversation_id", "conversationId"]).filter(|c| !c.is_empty());
-        let definition_id = param(&["definition_id", "definitionId"]).filter(|d| !d.is_empty());
+        let definition = param(&["definition_id", "definitionId"]).filter(|d| !d.is_empty());
 
         let key = self.next_key;
         self.next_key += 1;
@@ -59,42 +60,53 @@ impl Hub {
                 machine,
                 principal: None,
                 conversation_id: None,
-                definition_id,
+                definition_id: None,
+                can_write: false,
                 created_at: now,
                 last_heard: now,
                 last_ping_at: None,
                 next_sequence: 1,
                 sent_through: 0,
-                replay: ReplayBuffer::default(),
-                outbound_frames: 0,
+                acked_through: 0,
+                in_flight: VecDeque::new(),
+                unacked_bytes: 0,
                 outbound_bytes: 0,
+                replay: ReplayBuffer::default(),
                 rate_limiter: RateLimiter::new(&self.config, now),
-                invalid_streak: 0,
                 deadlines: [None; 4],
                 pending_verify: None,
-                unverified: true,
+                pending_join: None,
+                pending_resume: None,
+                pending: true,
             },
         );
         self.sockets.insert(socket, key);
         self.by_connection_id.insert(connection_id, key);
         self.pending_auths += 1;
 
-        let conversation_id = match conversation.map(|c| Id::new(&c)) {
-            None => None,
-            Some(Ok(id)) => Some(id),
-            Some(Err(e)) => {
-                let rejection = Rejection::new(
-                    ErrorCategory::Validation,
-                    codes::INVALID_MESSAGE,
-                    format!("conversation_id {e}"),
-                )
-                .and_close(CloseCode::POLICY_VIOLATION);
+        // Names the server keys channels and storage by: checked before anything else.
+        let named = |field: &str, value: Option<String>| match value.map(|v| Id::name(&v)) {
+            None => Ok(None),
+            Some(Ok(id)) => Ok(Some(id)),
+            Some(Err(e)) => Err(Rejection::new(
+                ErrorCategory::Validation,
+                codes::INVALID_MESSAGE,
+                format!("{field} {e}"),
+            )
+            .and_close(CloseCode::POLICY_VIOLATION)),
+        };
+        let names = named("conversation_id", conversation)
+            .and_then(|c| named("definition_id", definition).map(|d| (c, d)));
+        let (conversation_id, definition_id) = match names {
+            Ok(names) => names,
+            Err(rejection) => {
                 self.reject(now, key, rejection);
                 return;
             }
         };
         if let Some(session) = self.sessions.get_mut(&key) {
             session.conversation_id = conversation_id;
+            session.definition_id = definition_id.map(|d| d.as_str().to_owned());
         }
         let credentials = match (token, cookie) {
             (Some(token), _) => Credentials::Token(token),
@@ -104,7 +116,7 @@ impl Hub {
                 let rejection =
                     Rejection::new(ErrorCategory::Authentication, codes::AUTH_REQUIRED, message)
                         .and_close(CloseCode::AUTH_FAILED);
-                self.fail_auth(now, key, "no credentials".to_owned(), rejection);
+                self.fail_auth(now, key, AuthFailure::NoCredentials, rejection);
                 return;
             }
         };
@@ -183,10 +195,10 @@ impl Hub {
         if let Some(socket) = session.socket {
             self.sockets.remove(&socket);
         }
-        if let Some(request) = session.pending_verify {
-            self.verifies.remove(&request);
+        for request in session.pending_verify.into_iter().chain(session.pending_join) {
+            self.requests.remove(&request);
         }
-        if session.unverified {
+        if session.pending {
             self.pending_auths -= 1;
         }
         self.by_connection_id.remove(&session.connection_id);

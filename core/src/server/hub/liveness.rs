@@ -5,6 +5,7 @@ use super::session::Key;
 use crate::protocol::{
     CloseCode, CloseReason, ConnectionClose, ErrorCategory, Heartbeat, SystemMessage, codes,
 };
+use crate::server::io::AuthFailure;
 use crate::server::router::Rejection;
 use crate::server::state::ConnectionState;
 use crate::server::timers::TimerKind;
@@ -24,7 +25,7 @@ impl Hub {
                     let rejection =
                         Rejection::new(ErrorCategory::Authentication, codes::AUTH_FAILED, message)
                             .and_close(CloseCode::AUTH_TIMEOUT);
-                    self.fail_auth(now, key, "timeout".to_owned(), rejection);
+                    self.fail_auth(now, key, AuthFailure::Timeout, rejection);
                 }
                 TimerKind::Heartbeat => self.heartbeat(now, key),
                 TimerKind::TokenExpiry => {

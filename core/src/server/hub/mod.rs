@@ -23,8 +23,8 @@ mod routing;
 mod session;
 mod shutdown;
 
-use super::config::HubConfig;
-use super::io::{HubEvent, Input, Output, SocketId, VerifyId};
+use super::config::{HubConfig, InvalidConfig};
+use super::io::{HubEvent, Input, Output, SocketId};
 use super::members::Members;
 use super::pubsub::Channel;
 use super::router::{Action, Router};
@@ -36,6 +36,17 @@ use crate::time::{Instant, WallClock};
 use auth::Purpose;
 use session::{Key, Session};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+/// The hasher of the hub's maps: keyed from the hub's seed, so that iteration order (should
+/// anything ever iterate them) is as deterministic as the rest of the hub, and so that keys an
+/// attacker chooses (user and conversation ids) cannot be aimed at one bucket.
+type SeededState = foldhash::quality::SeedableRandomState;
+type Map<K, V> = HashMap<K, V, SeededState>;
+
+fn map<K, V>(rng: &mut Rng) -> Map<K, V> {
+    let state = SeededState::with_seed(rng.next_u64(), foldhash::SharedSeed::global_fixed());
+    HashMap::with_hasher(state)
+}
 
 /// A snapshot of one connection, for diagnosis and tests.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,19 +88,20 @@ pub struct Hub {
     wall: WallClock,
     instance_id: Id,
     sessions: BTreeMap<Key, Session>,
-    sockets: HashMap<SocketId, Key>,
-    by_connection_id: HashMap<Id, Key>,
-    by_user: HashMap<String, Members>,
-    by_conversation: HashMap<Id, Members>,
+    sockets: Map<SocketId, Key>,
+    by_connection_id: Map<Id, Key>,
+    by_user: Map<String, Members>,
+    by_conversation: Map<Id, Members>,
     subscriptions: BTreeSet<Channel>,
-    verifies: HashMap<VerifyId, (Key, Purpose)>,
+    /// Verifications and join decisions asked for and not answered yet, by request number.
+    requests: Map<u64, (Key, Purpose)>,
     /// Sockets told to close whose end has not been reported yet.
     closing: BTreeSet<SocketId>,
     pending_auths: usize,
     timers: Timers<Key>,
     outputs: VecDeque<Output>,
     next_key: Key,
-    next_verify: u64,
+    next_request: u64,
     shutting_down: bool,
     drained: bool,
     actions: Vec<Action>,
@@ -98,35 +110,42 @@ pub struct Hub {
 impl Hub {
     /// A hub with `config`, drawing all its randomness from `seed`. `now` is the adapter's
     /// monotonic time and `unix_ms` the wall clock read at the same moment; wire timestamps
-    /// are derived from the two.
-    pub fn new(config: HubConfig, seed: u64, now: Instant, unix_ms: i64) -> Self {
+    /// are derived from the two. A configuration whose limits contradict each other is refused
+    /// (see [`HubConfig::validate`]).
+    pub fn new(
+        config: HubConfig,
+        seed: u64,
+        now: Instant,
+        unix_ms: i64,
+    ) -> Result<Self, InvalidConfig> {
+        config.validate()?;
         let mut rng = Rng::new(seed);
         let instance_id = Id::ulid(u64::try_from(unix_ms).unwrap_or(0), rng.next_u128());
         let mut hub = Hub {
             config,
             router: Router::default(),
-            rng,
             wall: WallClock::new(now, unix_ms),
             instance_id,
             sessions: BTreeMap::new(),
-            sockets: HashMap::new(),
-            by_connection_id: HashMap::new(),
-            by_user: HashMap::new(),
-            by_conversation: HashMap::new(),
+            sockets: map(&mut rng),
+            by_connection_id: map(&mut rng),
+            by_user: map(&mut rng),
+            by_conversation: map(&mut rng),
             subscriptions: BTreeSet::new(),
-            verifies: HashMap::new(),
+            requests: map(&mut rng),
             closing: BTreeSet::new(),
             pending_auths: 0,
             timers: Timers::default(),
             outputs: VecDeque::new(),
             next_key: 1,
-            next_verify: 1,
+            next_request: 1,
             shutting_down: false,
             drained: false,
             actions: Vec::new(),
+            rng,
         };
         hub.subscribe(Channel::Broadcast);
-        hub
+        Ok(hub)
     }
 
     /// The router, to register handlers and middleware.
@@ -162,13 +181,15 @@ impl Hub {
             Input::Flushed { socket, frames, bytes } => {
                 let Some(&key) = self.sockets.get(&socket) else { return };
                 if let Some(session) = self.sessions.get_mut(&key) {
-                    session.outbound_frames = session.outbound_frames.saturating_sub(frames);
-                    session.outbound_bytes = session.outbound_bytes.saturating_sub(bytes);
+                    session.flushed(frames, bytes);
                 }
                 self.pump(now, key);
             }
             Input::Closed { socket, code } => self.handle_transport_closed(now, socket, code),
             Input::AuthVerdict { request, verdict } => self.handle_verdict(now, request, verdict),
+            Input::JoinVerdict { request, verdict } => {
+                self.handle_join_verdict(now, request, verdict)
+            }
             Input::Remote { channel, message } => self.handle_remote(now, &channel, &message),
             Input::Timeout => self.handle_timeout(now),
             Input::Shutdown => self.handle_shutdown(now),
@@ -202,7 +223,7 @@ impl Hub {
             next_sequence: session.next_sequence,
             history: session.machine.history().cloned().collect(),
             replay_len: session.replay.len(),
-            outbound_frames: session.outbound_frames,
+            outbound_frames: session.outbound_frames(),
             outbound_bytes: session.outbound_bytes,
         })
     }

@@ -1,11 +1,12 @@
 //! Resume: a client's new socket takes its old session back and is given what it missed.
 
 use super::Hub;
+use super::auth::Purpose;
 use super::session::Key;
 use crate::protocol::{
     CloseCode, ConnectionResume, ConnectionResumed, ErrorCategory, SystemMessage, codes,
 };
-use crate::server::io::{HubEvent, Output};
+use crate::server::io::{HubEvent, JoinGrant, Output};
 use crate::server::replay::Gap;
 use crate::server::router::Rejection;
 use crate::server::state::ConnectionState;
@@ -25,6 +26,38 @@ impl Hub {
             self.reject(now, key, rejection);
             return;
         }
+        let grant = JoinGrant { write: session.can_write };
+        let fresh_conversation = session.conversation_id.clone();
+        let old_conversation = resume
+            .connection_id
+            .as_ref()
+            .and_then(|id| self.by_connection_id.get(id))
+            .filter(|&&old| old != key)
+            .and_then(|old| self.sessions.get(old))
+            .and_then(|s| s.conversation_id.clone());
+        match old_conversation {
+            // Taking a session of another conversation is joining that conversation: the same
+            // question is asked first.
+            Some(conversation) if Some(&conversation) != fresh_conversation.as_ref() => {
+                if let Some(session) = self.sessions.get_mut(&key) {
+                    session.pending_resume = Some(Box::new(resume));
+                }
+                self.request_join(key, conversation, Purpose::ResumeJoin);
+            }
+            _ => self.finish_resume(now, key, resume, Some(grant)),
+        }
+    }
+
+    /// Resumes the session `resume` names onto session `key`'s socket, with the join `grant`
+    /// for its conversation (`None`: refused, so nothing is resumed).
+    pub(super) fn finish_resume(
+        &mut self,
+        now: Instant,
+        key: Key,
+        resume: ConnectionResume,
+        grant: Option<JoinGrant>,
+    ) {
+        let Some(session) = self.sessions.get(&key) else { return };
         let user = session.user_id().map(str::to_owned);
         let old =
             resume.connection_id.as_ref().and_then(|id| self.by_connection_id.get(id).copied());
@@ -35,18 +68,20 @@ impl Hub {
                     .get(&old)
                     .is_some_and(|s| s.is_member() && s.user_id().map(str::to_owned) == user)
         });
-        let replay = old.zip(resume.last_sequence).and_then(|(old, last)| {
+        let replay = old.zip(resume.last_sequence).zip(grant).and_then(|((old, last), grant)| {
             let s = &self.sessions[&old];
-            s.replay.count_after(last, s.next_sequence).ok().map(|count| (old, last, count))
+            s.replay.count_after(last, s.next_sequence).ok().map(|count| (old, last, count, grant))
         });
-        let Some((old, last, replayed)) = replay else {
-            // Unknown session, someone else's, or a gap: the application must resync. A
-            // session of this user that could not be resumed is let go: its client moved on.
-            // A session still attached to a live socket is some other tab's: left alone.
+        let Some((old, last, replayed, grant)) = replay else {
+            // Unknown session, someone else's, a gap, or a conversation it may no longer join:
+            // the application must resync. A session of this user that could not be resumed is
+            // let go: its client moved on. A session still attached to a live socket is some
+            // other tab's: left alone.
             if let Some(old) =
                 old.filter(|o| self.sessions[o].state() == ConnectionState::Reconnecting)
             {
-                self.close(now, old, CloseCode::SESSION_REPLACED, "resume_gap");
+                let reason = if grant.is_some() { "resume_gap" } else { "join_refused" };
+                self.close(now, old, CloseCode::SESSION_REPLACED, reason);
             }
             let connection_id = self.sessions[&key].connection_id.clone();
             self.answer_resume(now, key, Some(&resume), 0, false);
@@ -58,12 +93,15 @@ impl Hub {
             return;
         };
 
-        // Move the new socket, its credentials and its unflushed count onto the old session;
-        // the new session ends (the application hears so: it was told it opened).
+        // Move the new socket, its credentials and what is in flight on it onto the old
+        // session; the new session ends (the application hears so: it was told it opened).
         let Some(fresh) = self.sessions.get_mut(&key) else { return };
         let Some(socket) = fresh.socket.take() else { return };
         let principal = fresh.principal.clone();
-        let (outbound_frames, outbound_bytes) = (fresh.outbound_frames, fresh.outbound_bytes);
+        // Frames in flight on the new socket are the new session's: they acknowledge nothing
+        // of the old one.
+        let in_flight = fresh.in_flight.iter().map(|_| 0).collect();
+        let outbound_bytes = fresh.outbound_bytes;
         let fresh_id = fresh.connection_id.clone();
         self.sockets.remove(&socket);
         self.transition(now, key, ConnectionState::Closing, "resumed_other_session");
@@ -87,19 +125,18 @@ impl Hub {
         self.sockets.insert(socket, old);
         let Some(session) = self.sessions.get_mut(&old) else { return };
         session.socket = Some(socket);
+        session.in_flight = in_flight;
         session.outbound_bytes = outbound_bytes;
-        session.outbound_frames = outbound_frames;
         session.last_heard = now;
-        session.invalid_streak = 0;
+        session.can_write = grant.write && session.conversation_id.is_some();
+        session.acknowledge_through(last);
         // The credentials just verified replace the old ones: their expiry governs now.
-        let expiry = principal
-            .as_ref()
-            .and_then(|p| p.expires_at_unix_ms)
-            .map(|ms| self.wall.instant_at(ms));
-        if principal.is_some() {
-            session.principal = principal;
+        if let Some(principal) = principal {
+            session.principal = Some(principal);
         }
         let was = session.state();
+        let principal = session.principal.clone();
+        let expiry = principal.as_ref().and_then(|p| self.expiry_of(p));
         if was != ConnectionState::Active {
             self.transition(now, old, ConnectionState::Active, "resumed");
         }
@@ -150,7 +187,8 @@ impl Hub {
             return;
         }
         let Some(session) = self.sessions.get_mut(&key) else { return };
-        session.sent_through = session.next_sequence - 1;
+        // What was evicted is gone; the client is told, and starts over from here.
+        session.acknowledge_through(session.next_sequence - 1);
         self.answer_resume(now, key, None, 0, false);
     }
 

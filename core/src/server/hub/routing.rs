@@ -4,9 +4,9 @@
 use super::Hub;
 use super::auth::Purpose;
 use super::session::Key;
-use crate::protocol::{CloseCode, Envelope, Heartbeat, ProtocolError, SystemMessage, codes};
+use crate::protocol::{CloseCode, Envelope, Heartbeat, ProtocolError, SystemMessage, codes, types};
 use crate::server::io::{Credentials, HubEvent, Output};
-use crate::server::router::{Action, MiddlewareContext, Rejection, Routed, Sender};
+use crate::server::router::{Action, MiddlewareContext, Rejection, Routed, Sender, rate_rejection};
 use crate::server::state::ConnectionState;
 use crate::time::Instant;
 use bytes::Bytes;
@@ -23,17 +23,8 @@ impl Hub {
                     .push_back(Output::Event(HubEvent::Received { plane: None, bytes: len }));
                 let counts = error.counts_as_invalid_frame();
                 self.reject(now, key, error.into());
-                let Some(session) = self.sessions.get_mut(&key) else { return };
                 if counts {
-                    session.invalid_streak += 1;
-                    if session.invalid_streak >= self.config.max_invalid_frames {
-                        self.close(
-                            now,
-                            key,
-                            CloseCode::TOO_MANY_INVALID_MESSAGES,
-                            "invalid_frames",
-                        );
-                    }
+                    self.count_invalid(now, key);
                 }
                 return;
             }
@@ -43,7 +34,14 @@ impl Hub {
             bytes: len,
         }));
         let Some(session) = self.sessions.get_mut(&key) else { return };
-        session.invalid_streak = 0;
+        if envelope.message_type.is_system() {
+            // The system plane has its own budget, whatever the middleware does.
+            let verdict = session.rate_limiter.check_system(&self.config, now);
+            if let Some(rejection) = rate_rejection(verdict, "system") {
+                self.rate_limited(now, key, &envelope, rejection);
+                return;
+            }
+        }
 
         let mut attributes = BTreeMap::new();
         let cx = MiddlewareContext {
@@ -52,6 +50,7 @@ impl Hub {
                 user_id: session.principal.as_ref().map(|p| p.user_id.as_str()),
                 roles: session.principal.as_ref().map_or(&[][..], |p| &p.roles[..]),
                 conversation_id: session.conversation_id.as_ref(),
+                can_write: session.can_write,
             },
             attributes: &mut attributes,
             now,
@@ -61,12 +60,21 @@ impl Hub {
 
         if envelope.message_type.is_system() {
             let mut cx = cx;
-            let checked = self.router.run_middleware(&mut cx, &envelope);
-            match checked
-                .and_then(|()| SystemMessage::from_envelope(&envelope).map_err(Rejection::from))
-            {
+            if let Err(rejection) = self.router.run_middleware(&mut cx, &envelope) {
+                self.reject(now, key, rejection);
+                return;
+            }
+            // Unknown system types, and server-to-client ones from a client, are invalid: they
+            // count towards the close as unparseable frames do.
+            if !types::is_client_to_server(envelope.message_type.as_str()) {
+                let error = ProtocolError::UnknownMessageType(envelope.message_type.to_string());
+                self.reject(now, key, error.into());
+                self.count_invalid(now, key);
+                return;
+            }
+            match SystemMessage::from_envelope(&envelope) {
                 Ok(message) => self.handle_system(now, key, &envelope, message),
-                Err(rejection) => self.reject(now, key, rejection),
+                Err(error) => self.reject(now, key, error.into()),
             }
             return;
         }
@@ -102,23 +110,42 @@ impl Hub {
             Routed::Rejected(rejection) => {
                 actions.clear();
                 if rejection.error.code == codes::RATE_LIMITED {
-                    let connection_id = self.sessions[&key].connection_id.clone();
-                    let message_type = envelope.message_type.to_string();
-                    self.outputs.push_back(Output::Event(HubEvent::RateLimited {
-                        connection_id,
-                        message_type,
-                    }));
+                    self.rate_limited(now, key, &envelope, rejection);
+                } else {
+                    self.reject(now, key, rejection);
                 }
-                self.reject(now, key, rejection);
             }
         }
         self.actions = actions;
     }
 
+    /// Counts an invalid frame; too many within the window close the connection (4012).
+    fn count_invalid(&mut self, now: Instant, key: Key) {
+        let Some(session) = self.sessions.get_mut(&key) else { return };
+        if session.rate_limiter.count_invalid(&self.config, now) {
+            self.close(now, key, CloseCode::TOO_MANY_INVALID_MESSAGES, "invalid_frames");
+        }
+    }
+
+    /// Reports a message the rate limiter refused, and tells the client.
+    fn rate_limited(&mut self, now: Instant, key: Key, envelope: &Envelope, rejection: Rejection) {
+        let Some(session) = self.sessions.get(&key) else { return };
+        let connection_id = session.connection_id.clone();
+        let message_type = envelope.message_type.to_string();
+        self.outputs
+            .push_back(Output::Event(HubEvent::RateLimited { connection_id, message_type }));
+        self.reject(now, key, rejection);
+    }
+
     pub(super) fn run_action(&mut self, now: Instant, action: Action) {
         match action {
             Action::Send(target, outgoing) => {
-                self.send(now, target, outgoing);
+                let message_type = outgoing.message_type.to_string();
+                if let Err(error) = self.send(now, target, outgoing) {
+                    tracing::warn!(target: "switchboard::hub", %message_type, %error, "a handler's send was refused");
+                    self.outputs
+                        .push_back(Output::Event(HubEvent::SendRefused { message_type, error }));
+                }
             }
             Action::Close { connection_id, code, reason } => {
                 self.close_connection(now, &connection_id, code, reason)
@@ -167,14 +194,11 @@ impl Hub {
             SystemMessage::ConnectionClose(_) => {
                 self.close(now, key, CloseCode::NORMAL, "client_close")
             }
-            // Server-to-client messages have no business arriving here.
+            // Refused by the caller: server-to-client messages have no business here.
             SystemMessage::ConnectionEstablished(_)
             | SystemMessage::ConnectionResumed(_)
             | SystemMessage::AuthRefreshed(_)
-            | SystemMessage::Error(_) => {
-                let error = ProtocolError::UnknownMessageType(envelope.message_type.to_string());
-                self.reject(now, key, error.into());
-            }
+            | SystemMessage::Error(_) => {}
         }
     }
 
