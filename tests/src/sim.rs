@@ -250,6 +250,8 @@ pub struct World {
     bus: BTreeMap<String, BTreeSet<usize>>,
     pub auth: AuthMode,
     pub join: JoinMode,
+    /// Conversations every join to is refused (forbidden), whatever `join` says.
+    pub forbidden: BTreeSet<String>,
     /// One-way network latency range, milliseconds.
     pub latency_ms: (u64, u64),
     pub bus_latency_ms: u64,
@@ -305,6 +307,7 @@ impl World {
             bus: BTreeMap::new(),
             auth: AuthMode::Allow { delay_ms: 0 },
             join: JoinMode::Allow { write: true },
+            forbidden: BTreeSet::new(),
             latency_ms: (0, 0),
             bus_latency_ms: 0,
             core_users: Vec::new(),
@@ -822,6 +825,9 @@ impl World {
             Output::Authorize(join) => {
                 self.trace = fnv(self.trace, &join.request.0.to_le_bytes());
                 let verdict = match self.join {
+                    _ if self.forbidden.contains(join.conversation_id.as_str()) => {
+                        Err(JoinRefusal::Forbidden)
+                    }
                     JoinMode::Allow { write } => Ok(JoinGrant { write }),
                     JoinMode::Refuse(refusal) => Err(refusal),
                     JoinMode::Hang => return,

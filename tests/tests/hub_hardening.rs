@@ -162,3 +162,37 @@ fn the_clock_leeway_is_the_verifiers_and_the_hubs_alike() {
     w.run_for(Duration::from_millis(200));
     assert_eq!(w.clients[c].closes, [Some(CloseCode::TOKEN_EXPIRED)]);
 }
+
+#[test]
+fn a_resume_into_another_conversation_is_a_join_and_is_asked_for() {
+    let (mut w, _g) = world(HubConfig::default());
+    for refuse in [false, true] {
+        let user = if refuse { "bob" } else { "alice" };
+        let c = w.connect_new(user, Some("conv-a"), 0);
+        w.settle();
+        let old = w.clients[c].session.clone().unwrap();
+        w.cut(c, Some(Duration::ZERO));
+        w.run_for(Duration::from_millis(10));
+        let n = w.publish(0, "conv-a", None);
+        if refuse {
+            w.forbidden.insert("conv-a".to_owned());
+        }
+        // Back on a socket opened for another conversation, asking for the old session.
+        w.clients[c].conversation = Some("conv-b".to_owned());
+        w.connect(c);
+        w.settle();
+        let resumed = w.clients[c].resumed();
+        assert_eq!(resumed.len(), 1);
+        assert_eq!(resumed[0].state_valid, !refuse, "refused: {refuse}");
+        let refused = w.nodes[0].events.iter().any(|e| {
+            matches!(e, HubEvent::JoinRefused { conversation_id, .. } if conversation_id.as_str() == "conv-a")
+        });
+        assert_eq!(refused, refuse);
+        if refuse {
+            assert_eq!(w.nodes[0].hub.connection(&old), None, "the old session is let go");
+            assert!(!w.clients[c].numbers().contains(&n), "nothing of conv-a was given");
+        } else {
+            assert_eq!(w.clients[c].numbers(), [n], "replayed after the join was allowed");
+        }
+    }
+}
