@@ -426,7 +426,7 @@ fn test_message_replay_after_resume() {
         state_valid: true,
         connection_id: Some(Id::new("01OLD").unwrap()),
     }));
-    let queued = h.sent();
+    let queued: Vec<_> = h.sent().into_iter().filter(|e| !e.message_type.is_system()).collect();
     assert_eq!(queued.len(), 1, "the queue is flushed once active");
     h.server_data(2, 2);
     h.server_data(3, 3);
@@ -845,4 +845,114 @@ fn a_graceful_shutdown_is_reported_as_such_with_the_servers_delay() {
     assert_eq!(change.code, Some(CloseCode::SERVICE_RESTART));
     assert_eq!(change.next_retry_at, Some(h.now + Duration::from_millis(2500)));
     assert!(change.will_reconnect);
+}
+
+fn persisted(h: &Harness) -> Vec<ResumeState> {
+    h.outputs
+        .iter()
+        .filter_map(|o| match o {
+            ClientOutput::Persist(state) => Some(state.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_resume_point_is_stored_at_most_once_a_second_and_at_once_when_the_page_goes() {
+    let mut h = no_jitter();
+    h.input(ClientInput::Connect);
+    h.establish("01A");
+    h.advance(Duration::from_millis(1100));
+    h.take();
+    // A message a millisecond for half a second: one store now, one when the second is up.
+    for n in 1..=500 {
+        h.server_data(n, n);
+        h.advance(Duration::from_millis(1));
+    }
+    assert_eq!(persisted(&h).len(), 1, "not once per message");
+    h.advance(Duration::from_millis(600));
+    let stored = persisted(&h);
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[1].last_sequence, 500, "the held-back store has the latest point");
+    h.take();
+    // A message, then the page freezes or goes: stored at once, without waiting.
+    h.server_data(501, 501);
+    h.server_data(502, 502);
+    assert!(persisted(&h).is_empty());
+    h.input(ClientInput::Freeze);
+    assert_eq!(persisted(&h).iter().map(|s| s.last_sequence).collect::<Vec<_>>(), [502]);
+    h.input(ClientInput::Freeze);
+    assert_eq!(persisted(&h).len(), 1, "nothing new, nothing stored");
+}
+
+#[test]
+fn pagehide_parks_the_session_and_pageshow_resumes_at_once() {
+    let mut h = no_jitter();
+    h.input(ClientInput::Connect);
+    h.establish("01A");
+    h.server_data(1, 1);
+    h.take();
+    h.input(ClientInput::PageHide);
+    let attempt = h.last_attempt();
+    assert!(h.outputs.iter().any(|o| matches!(
+        o,
+        ClientOutput::CloseSocket { attempt: a, code: CloseCode::GOING_AWAY, .. } if *a == attempt
+    )));
+    let change = h.last_change().unwrap();
+    assert_eq!((change.new_state, change.reason), (ClientState::Reconnecting, "page_hidden"));
+    assert_eq!(change.next_retry_at, None, "no attempt while the page is away");
+    h.advance(Duration::from_secs(120));
+    assert_eq!(h.opened().len(), 0);
+    // The dead socket's late events change nothing.
+    h.input(ClientInput::SocketClosed {
+        attempt,
+        code: Some(CloseCode::ABNORMAL),
+        reason: String::new(),
+    });
+    assert_eq!(h.client.state(), ClientState::Reconnecting);
+    h.input(ClientInput::PageShow);
+    assert_eq!(h.opened().len(), 1, "back from the cache: at once");
+    h.establish("01B");
+    let sent = h.sent();
+    let SystemMessage::ConnectionResume(resume) = SystemMessage::from_envelope(&sent[0]).unwrap()
+    else {
+        panic!("{sent:?}")
+    };
+    assert_eq!((resume.connection_id.unwrap().as_str(), resume.last_sequence), ("01A", Some(1)));
+}
+
+#[test]
+fn the_status_tells_the_state_the_last_close_and_the_round_trip() {
+    let mut h = no_jitter();
+    h.input(ClientInput::Connect);
+    h.establish("01A");
+    let status = h.client.status();
+    assert_eq!(
+        (status.state, status.resumed, status.round_trip_ms),
+        (ClientState::Active, false, None)
+    );
+    // The client pings once active; the answer gives the round trip.
+    let ping = h.sent().into_iter().find(|e| e.message_type == types::PING).expect("a ping");
+    h.advance(Duration::from_millis(42));
+    let pong = Envelope::create(
+        Source::Server,
+        MessageType::new(types::PONG).unwrap(),
+        SystemMessage::Pong(Heartbeat { timestamp: Timestamp::UNIX_EPOCH }).to_payload(),
+        Timestamp::UNIX_EPOCH,
+        7,
+    )
+    .replying_to(ping.id);
+    let attempt = h.last_attempt();
+    h.input(ClientInput::Frame { attempt, text: Bytes::from(pong.encode()) });
+    assert_eq!(h.client.status().round_trip_ms, Some(42));
+    h.client.send(h.now, message("data.x.y", "{}")).unwrap();
+    h.drop_socket(Some(CloseCode::SLOW_CONSUMER));
+    h.client.send(h.now, message("data.x.y", "{}")).unwrap();
+    let status = h.client.status();
+    assert_eq!(status.state, ClientState::Reconnecting);
+    assert_eq!(status.last_close_code, Some(CloseCode::SLOW_CONSUMER));
+    assert_eq!(status.attempt, 1);
+    assert!(status.next_retry_at.is_some());
+    assert_eq!(status.queued, 1);
+    assert_eq!(status.connection_id.as_ref().map(Id::as_str), Some("01A"));
 }

@@ -57,6 +57,12 @@ pub struct ClientConfig {
     pub queue_ttl: Duration,
     /// Messages from a session being replaced, held while a resume is pending (1024).
     pub held_max_messages: usize,
+    /// The resume point is stored at most this often while messages arrive (1 s), and at once
+    /// on `pagehide`, `freeze` and `disconnect()`.
+    pub persist_interval: Duration,
+    /// How often an active client pings the server to measure the round trip (60 s; the first
+    /// right after it becomes active). `None`: only probes measure it.
+    pub ping_interval: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -78,6 +84,8 @@ impl ClientConfig {
             queue_max_bytes: 256 * 1024,
             queue_ttl: Duration::from_secs(60),
             held_max_messages: 1024,
+            persist_interval: Duration::from_secs(1),
+            ping_interval: Some(Duration::from_secs(60)),
         }
     }
 }

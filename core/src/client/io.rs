@@ -67,6 +67,15 @@ pub enum ClientInput {
     Offline,
     Visible,
     Hidden,
+    /// The page is going away or into the back/forward cache (`pagehide`): the resume point is
+    /// stored at once and the socket closed with 1001, so the server keeps the session for a
+    /// resume; no attempt is made until the page is shown again.
+    PageHide,
+    /// The page is shown again (`pageshow`, from the back/forward cache): reconnect and resume
+    /// at once.
+    PageShow,
+    /// The page is about to be frozen (`freeze`): the resume point is stored at once.
+    Freeze,
     /// Try now, with a fresh attempt count.
     ReconnectNow,
     /// A deadline from [`super::Client::poll_timeout`] passed (or may have).
@@ -107,6 +116,9 @@ impl fmt::Debug for ClientInput {
             ClientInput::Offline => f.write_str("Offline"),
             ClientInput::Visible => f.write_str("Visible"),
             ClientInput::Hidden => f.write_str("Hidden"),
+            ClientInput::PageHide => f.write_str("PageHide"),
+            ClientInput::PageShow => f.write_str("PageShow"),
+            ClientInput::Freeze => f.write_str("Freeze"),
             ClientInput::ReconnectNow => f.write_str("ReconnectNow"),
             ClientInput::Timeout => f.write_str("Timeout"),
         }
@@ -163,6 +175,27 @@ impl fmt::Debug for ClientOutput {
             ClientOutput::Event(event) => f.debug_tuple("Event").field(event).finish(),
         }
     }
+}
+
+/// Where the client is, for a status display (the browser client's `status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientStatus {
+    pub state: ClientState,
+    /// Attempts made since the connection was last active.
+    pub attempt: u32,
+    pub next_retry_at: Option<Instant>,
+    /// How the last socket ended: its close code (if it had one) and the reason.
+    pub last_close_code: Option<CloseCode>,
+    pub last_close_reason: Option<String>,
+    /// Whether the current session was resumed (rather than new).
+    pub resumed: bool,
+    pub connection_id: Option<Id>,
+    pub last_sequence: u64,
+    /// Messages waiting to be sent.
+    pub queued: usize,
+    /// The last measured ping round trip, in milliseconds.
+    pub round_trip_ms: Option<u64>,
+    pub online: bool,
 }
 
 /// A state change, with what a UI needs to show it (a countdown needs `next_retry_at`).

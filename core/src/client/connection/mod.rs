@@ -17,7 +17,7 @@ use crate::client::backoff::Backoff;
 use crate::client::bus::MessageBus;
 use crate::client::config::{ClientConfig, TokenSource};
 use crate::client::io::{
-    AttemptId, ClientEvent, ClientInput, ClientOutput, ResumeState, StateChange,
+    AttemptId, ClientEvent, ClientInput, ClientOutput, ClientStatus, ResumeState, StateChange,
 };
 use crate::client::state::ClientState;
 use crate::protocol::{
@@ -44,6 +44,10 @@ pub enum ClientTimer {
     TokenRefresh,
     /// The oldest queued message expires.
     QueueExpiry,
+    /// A deferred store of the resume point is due.
+    Persist,
+    /// Time to ping the server for the round trip.
+    Ping,
 }
 
 #[derive(Debug)]
@@ -88,9 +92,22 @@ pub struct Client {
     /// state change says so rather than "connection lost".
     server_close: Option<CloseReason>,
     online: bool,
+    /// The page is hidden away (`pagehide`): no attempts until it is shown again.
+    page_hidden: bool,
     stopped_by_user: bool,
     queue: VecDeque<Queued>,
     queue_bytes: usize,
+    /// When the resume point was last stored, and when a store held back since is due.
+    persisted_at: Option<Instant>,
+    persist_due: Option<Instant>,
+    /// The ping out for a round trip (its id and when it went), the next one, and the last
+    /// round trip measured.
+    ping_out: Option<(Id, Instant)>,
+    next_ping_at: Option<Instant>,
+    round_trip: Option<Duration>,
+    /// How the last socket ended, and whether the session now in use was resumed.
+    last_close: Option<(Option<CloseCode>, String)>,
+    resumed: bool,
 }
 
 impl Client {
@@ -130,9 +147,17 @@ impl Client {
             retry_hint: None,
             server_close: None,
             online: true,
+            page_hidden: false,
             stopped_by_user: false,
             queue: VecDeque::new(),
             queue_bytes: 0,
+            persisted_at: None,
+            persist_due: None,
+            ping_out: None,
+            next_ping_at: None,
+            round_trip: None,
+            last_close: None,
+            resumed: false,
         }
     }
 
@@ -159,6 +184,23 @@ impl Client {
             connection_id: self.connection_id.clone(),
             last_sequence: self.last_sequence,
             last_message_id: self.last_message_id.clone(),
+        }
+    }
+
+    /// Where the client is, for a status display.
+    pub fn status(&self) -> ClientStatus {
+        ClientStatus {
+            state: self.state,
+            attempt: self.backoff.attempt(),
+            next_retry_at: self.retry_at,
+            last_close_code: self.last_close.as_ref().and_then(|(code, _)| *code),
+            last_close_reason: self.last_close.as_ref().map(|(_, reason)| reason.clone()),
+            resumed: self.resumed,
+            connection_id: self.connection_id.clone(),
+            last_sequence: self.last_sequence,
+            queued: self.queue.len(),
+            round_trip_ms: self.round_trip.map(|rtt| rtt.as_millis() as u64),
+            online: self.online,
         }
     }
 
@@ -200,6 +242,8 @@ impl Client {
             (self.probe_deadline, ClientTimer::Probe),
             (token_refresh, ClientTimer::TokenRefresh),
             (self.queue.front().map(|q| q.expires_at), ClientTimer::QueueExpiry),
+            (self.persist_due, ClientTimer::Persist),
+            (self.next_ping_at.filter(|_| self.state == ClientState::Active), ClientTimer::Ping),
         ]
         .into_iter()
         .filter_map(|(at, timer)| at.map(|at| (at, timer)))
@@ -249,6 +293,13 @@ impl Client {
             }
             ClientInput::Visible => self.wake(now, "visible"),
             ClientInput::Hidden => {}
+            ClientInput::PageHide => self.page_hide(now),
+            ClientInput::PageShow => {
+                if std::mem::take(&mut self.page_hidden) {
+                    self.wake(now, "page_shown");
+                }
+            }
+            ClientInput::Freeze => self.persist_now(),
             ClientInput::ReconnectNow => {
                 if !matches!(
                     self.state,
@@ -297,9 +348,29 @@ impl Client {
         self.outputs.push_back(ClientOutput::Event(event));
     }
 
-    pub(super) fn persist(&mut self) {
-        let state = self.resume_state();
-        self.outputs.push_back(ClientOutput::Persist(state));
+    /// The resume point changed: stored now, or (if it was stored less than
+    /// `persist_interval` ago) when the interval is over. A page that receives a message a
+    /// millisecond writes storage once a second, not a thousand times.
+    pub(super) fn persist(&mut self, now: Instant) {
+        match self.persisted_at.map(|at| at + self.config.persist_interval) {
+            Some(next) if next > now => {
+                self.persist_due.get_or_insert(next);
+            }
+            _ => {
+                self.persisted_at = Some(now);
+                self.persist_due = None;
+                let state = self.resume_state();
+                self.outputs.push_back(ClientOutput::Persist(state));
+            }
+        }
+    }
+
+    /// Stores a resume point held back, at once (the page is going away or freezing).
+    pub(super) fn persist_now(&mut self) {
+        if self.persist_due.take().is_some() {
+            let state = self.resume_state();
+            self.outputs.push_back(ClientOutput::Persist(state));
+        }
     }
 
     pub(super) fn envelope(
@@ -317,20 +388,23 @@ impl Client {
         )
     }
 
+    /// Sends one of the protocol's own messages on the current socket; returns its id (none
+    /// without a socket).
     pub(super) fn send_system(
         &mut self,
         now: Instant,
         message: SystemMessage,
         correlation: Option<Id>,
-    ) {
-        let Some(attempt) = self.socket.as_ref().map(|s| s.attempt) else { return };
+    ) -> Option<Id> {
+        let attempt = self.socket.as_ref().map(|s| s.attempt)?;
         let mut envelope = self.envelope(now, message.message_type(), message.to_payload());
         envelope.correlation_id = correlation;
         if message.type_str() == types::CONNECTION_RESUME {
             envelope.conversation_id =
                 self.config.conversation_id.as_deref().and_then(|c| Id::new(c).ok());
         }
-        self.outputs
-            .push_back(ClientOutput::SendFrame { attempt, frame: Bytes::from(envelope.encode()) });
+        let frame = Bytes::from(envelope.encode());
+        self.outputs.push_back(ClientOutput::SendFrame { attempt, frame });
+        Some(envelope.id)
     }
 }

@@ -47,16 +47,49 @@ impl Client {
         self.waiting_for_token = false;
         self.token_requested = false;
         self.backoff.stop();
-        // A deliberate close ends the session: nothing to resume.
+        // A deliberate close ends the session: nothing to resume (stored at once).
         self.connection_id = None;
         self.last_sequence = 0;
         self.last_message_id = None;
-        self.persist();
+        self.persist_due = Some(now);
+        self.persist_now();
+        self.persisted_at = Some(now);
         for queued in std::mem::take(&mut self.queue) {
             self.emit(ClientEvent::SendFailed { id: queued.id, error: SendError::Closed });
         }
         self.queue_bytes = 0;
         self.set_state(now, ClientState::Closed, "disconnect", Some(code), false);
+    }
+
+    /// `pagehide`: the resume point is stored and the socket closed with 1001, so the server
+    /// parks the session; nothing is tried until the page is shown again.
+    pub(super) fn page_hide(&mut self, now: Instant) {
+        self.persist_now();
+        if self.stopped_by_user || self.page_hidden {
+            return;
+        }
+        self.page_hidden = true;
+        self.retry_at = None;
+        let Some(socket) = self.socket.take() else {
+            if self.state == ClientState::Reconnecting {
+                self.set_state(now, ClientState::Reconnecting, "page_hidden", None, true);
+            }
+            return;
+        };
+        let code = CloseCode::GOING_AWAY;
+        self.outputs.push_back(ClientOutput::CloseSocket {
+            attempt: socket.attempt,
+            code,
+            reason: "page_hidden".to_owned(),
+        });
+        self.probe_deadline = None;
+        self.pending_resume = None;
+        self.ping_out = None;
+        self.last_close = Some((Some(code), "page_hidden".to_owned()));
+        if socket.opened {
+            self.emit(ClientEvent::Disconnected { code: Some(code), reason: "page_hidden".into() });
+        }
+        self.set_state(now, ClientState::Reconnecting, "page_hidden", Some(code), true);
     }
 
     pub(super) fn wake(&mut self, now: Instant, reason: &'static str) {
@@ -101,6 +134,13 @@ impl Client {
         {
             self.token_refresh_at = None;
             self.request_token();
+        }
+        if self.persist_due.is_some_and(|at| at <= now) {
+            self.persisted_at = Some(now);
+            self.persist_now();
+        }
+        if self.state == ClientState::Active && self.next_ping_at.is_some_and(|at| at <= now) {
+            self.ping(now);
         }
         while self.queue.front().is_some_and(|q| q.expires_at <= now) {
             if let Some(expired) = self.queue.pop_front() {
@@ -162,11 +202,15 @@ impl Client {
         let Some(socket) = self.socket.take() else { return };
         self.probe_deadline = None;
         self.pending_resume = None;
+        self.ping_out = None;
         if socket.opened {
             self.emit(ClientEvent::Disconnected { code, reason: reason.clone() });
         }
         tracing::debug!(target: "protocol:reconnect", ?code, reason, by_us, "socket lost");
         let told = self.server_close.take().and_then(CloseReason::as_str);
+        let said =
+            told.map(str::to_owned).or_else(|| Some(reason.clone()).filter(|r| !r.is_empty()));
+        self.last_close = Some((code, said.unwrap_or_else(|| "connection_lost".to_owned())));
         let advice =
             code.map_or(ReconnectAdvice::ReconnectWithBackoff, CloseCode::reconnect_advice);
         match advice {
@@ -209,7 +253,7 @@ impl Client {
         let delay = self.backoff.next_delay(&mut self.rng);
         // A server's hint (graceful shutdown spreads its clients) overrides the first delay.
         let delay = self.retry_hint.take().unwrap_or(delay);
-        self.retry_at = self.online.then(|| now + delay);
+        self.retry_at = (self.online && !self.page_hidden).then(|| now + delay);
         tracing::debug!(target: "protocol:reconnect", attempt = self.backoff.attempt(), delay_ms = delay.as_millis() as u64, "reconnecting");
         self.set_state(now, ClientState::Reconnecting, reason, code, true);
     }
@@ -217,9 +261,17 @@ impl Client {
     pub(super) fn probe(&mut self, now: Instant) {
         if self.probe_deadline.is_none() {
             self.probe_deadline = Some(now + self.config.probe_timeout);
-            let ping = SystemMessage::Ping(Heartbeat { timestamp: self.wall.timestamp(now) });
-            self.send_system(now, ping, None);
+            self.ping(now);
         }
+    }
+
+    /// Pings the server; its pong gives the round trip.
+    pub(super) fn ping(&mut self, now: Instant) {
+        let ping = SystemMessage::Ping(Heartbeat { timestamp: self.wall.timestamp(now) });
+        if let Some(id) = self.send_system(now, ping, None) {
+            self.ping_out = Some((id, now));
+        }
+        self.next_ping_at = self.config.ping_interval.map(|interval| now + interval);
     }
 
     /// The endpoint with the query: token, conversation and definition, percent-encoded.

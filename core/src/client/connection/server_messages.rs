@@ -30,7 +30,7 @@ impl Client {
             }
         };
         if !envelope.message_type.is_system() {
-            self.handle_application(envelope);
+            self.handle_application(now, envelope);
             return;
         }
         let message = match SystemMessage::from_envelope(&envelope) {
@@ -43,7 +43,7 @@ impl Client {
         match message {
             SystemMessage::Ping(_) => {
                 let pong = SystemMessage::Pong(Heartbeat { timestamp: self.wall.timestamp(now) });
-                self.send_system(now, pong, Some(envelope.id));
+                let _ = self.send_system(now, pong, Some(envelope.id));
             }
             SystemMessage::ConnectionEstablished(established) => {
                 if let Some(ms) = established.heartbeat_interval_ms.filter(|ms| *ms > 0) {
@@ -68,10 +68,11 @@ impl Client {
                             connection_id: Some(previous),
                             last_sequence: Some(self.last_sequence),
                         };
-                        self.send_system(now, SystemMessage::ConnectionResume(resume), None);
+                        let _ =
+                            self.send_system(now, SystemMessage::ConnectionResume(resume), None);
                     }
                     None => {
-                        self.adopt_session(established.connection_id.clone());
+                        self.adopt_session(now, established.connection_id.clone());
                         self.become_active(now, established.connection_id, false, 0);
                     }
                 }
@@ -94,10 +95,10 @@ impl Client {
                     self.become_active(now, id, true, resumed.missed_messages);
                 } else {
                     self.emit(ClientEvent::Gap { reason: "resume_refused" });
-                    self.adopt_session(pending.fresh.clone());
+                    self.adopt_session(now, pending.fresh.clone());
                     self.become_active(now, pending.fresh, false, 0);
                     for envelope in pending.held {
-                        self.handle_application(envelope);
+                        self.handle_application(now, envelope);
                     }
                     if pending.overflowed {
                         self.emit(ClientEvent::Gap { reason: "held_messages_overflowed" });
@@ -110,14 +111,22 @@ impl Client {
                 self.server_close = Some(close.reason);
             }
             SystemMessage::Error(error) => self.emit(ClientEvent::ServerError(error)),
-            SystemMessage::Pong(_)
-            | SystemMessage::AuthRefreshed(_)
+            SystemMessage::Pong(_) => {
+                if let Some((id, sent)) = self.ping_out.take() {
+                    if envelope.correlation_id.as_ref() == Some(&id) {
+                        self.round_trip = Some(now.saturating_since(sent));
+                    } else {
+                        self.ping_out = Some((id, sent));
+                    }
+                }
+            }
+            SystemMessage::AuthRefreshed(_)
             | SystemMessage::AuthRefresh(_)
             | SystemMessage::ConnectionResume(_) => {}
         }
     }
 
-    pub(super) fn handle_application(&mut self, envelope: Envelope) {
+    pub(super) fn handle_application(&mut self, now: Instant, envelope: Envelope) {
         if let Some(pending) = &mut self.pending_resume {
             if pending.held.len() < self.config.held_max_messages {
                 pending.held.push_back(envelope);
@@ -137,19 +146,19 @@ impl Client {
             self.expect_jump = false;
             self.last_sequence = sequence;
             self.last_message_id = Some(envelope.id.clone());
-            self.persist();
+            self.persist(now);
         }
         let subscribers = self.bus.publish(envelope.message_type.as_str());
         tracing::trace!(target: "protocol:bus", message_type = %envelope.message_type, subscribers = subscribers.len(), "delivering");
         self.emit(ClientEvent::Message { envelope, subscribers });
     }
 
-    pub(super) fn adopt_session(&mut self, id: Id) {
+    pub(super) fn adopt_session(&mut self, now: Instant, id: Id) {
         self.connection_id = Some(id);
         self.last_sequence = 0;
         self.last_message_id = None;
         self.expect_jump = false;
-        self.persist();
+        self.persist(now);
     }
 
     pub(super) fn become_active(
@@ -164,6 +173,7 @@ impl Client {
         self.refreshed_after_expiry = false;
         self.retry_hint = None;
         self.server_close = None;
+        self.resumed = resumed;
         self.set_state(
             now,
             ClientState::Active,
@@ -185,6 +195,10 @@ impl Client {
                     frame: queued.frame,
                 });
             }
+        }
+        // The round trip is measured at once, then every `ping_interval`.
+        if self.config.ping_interval.is_some() {
+            self.ping(now);
         }
     }
 }

@@ -54,7 +54,7 @@ impl Client {
             self.open_attempt(now);
         } else if self.state == ClientState::Active {
             let refresh = SystemMessage::AuthRefresh(crate::protocol::AuthRefresh { token });
-            self.send_system(now, refresh, None);
+            let _ = self.send_system(now, refresh, None);
         }
     }
 
