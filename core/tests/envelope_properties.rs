@@ -146,3 +146,63 @@ fn create_builds_a_ulid_and_canonical_timestamp() {
     let reply = a.clone().replying_to(a.id.clone());
     assert_eq!(reply.correlation_id.as_ref(), Some(&a.id));
 }
+
+/// Pieces of JSON and of almost-JSON.
+fn token() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        "\"a\"",
+        "\"\\u00e9\"",
+        "\"\\ud83d\\ude00\"",
+        "\"\\ud800\"",
+        "\"\\udc00\"",
+        "\"\\x\"",
+        "\"\\n\"",
+        "\"x",
+        "1",
+        "-0",
+        "0.5",
+        "01",
+        "1.",
+        "-",
+        "2e3",
+        "true",
+        "null",
+        "fals",
+        " ",
+        "\t",
+        "\"\u{1}\"",
+    ])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(5_000))]
+
+    /// The protocol's own JSON scanner and serde_json agree on what is JSON.
+    #[test]
+    fn the_scanner_agrees_with_serde_json(tokens in prop::collection::vec(token(), 0..14)) {
+        let text: String = tokens.concat();
+        let serde = serde_json::from_str::<Value>(&text).is_ok();
+        prop_assert_eq!(switchboard_core::protocol::json::is_valid(&text), serde, "{:?}", text);
+    }
+
+    /// Any JSON value serde_json writes, the scanner reads, and an object's fields come back
+    /// as serde_json sees them.
+    #[test]
+    fn the_scanner_reads_what_serde_json_writes(value in json_value()) {
+        let text = value.to_string();
+        prop_assert!(switchboard_core::protocol::json::is_valid(&text));
+        if let Value::Object(map) = &value {
+            let fields = switchboard_core::protocol::json::object_fields(&text).unwrap().unwrap();
+            prop_assert_eq!(fields.len(), map.len());
+            for (key, raw) in fields {
+                prop_assert_eq!(raw, serde_json::to_string(&map[key.as_ref()]).unwrap());
+            }
+        }
+    }
+}

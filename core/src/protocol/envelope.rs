@@ -1,10 +1,10 @@
 //! The envelope every message travels in, parsed from and encoded to a text frame's bytes.
 
+use super::json;
 use super::message_type::share;
 use super::{Field, Id, MessageType, ProtocolError, Timestamp};
 use bytes::Bytes;
 use bytestring::ByteString;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::{borrow::Cow, fmt};
@@ -55,11 +55,18 @@ impl Payload {
         Self::checked(ByteString::from(text))
     }
 
-    /// Takes JSON text, which must be an object.
+    /// Takes JSON text, which must be an object (surrounding whitespace is dropped).
     pub fn from_json(text: &str) -> Result<Self, ProtocolError> {
-        let raw: &RawValue =
-            serde_json::from_str(text).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
-        Self::checked(ByteString::from(raw.get()))
+        if !json::is_valid(text) {
+            return Err(ProtocolError::NotJson("the payload is not valid JSON".into()));
+        }
+        Self::checked(ByteString::from(text.trim_matches([' ', '\t', '\n', '\r'])))
+    }
+
+    /// Text that is known to be one JSON object (what [`super::json::ObjectWriter`] wrote).
+    pub(crate) fn from_object_text(text: String) -> Self {
+        debug_assert!(text.starts_with('{') && super::json::is_valid(&text));
+        Payload(ByteString::from(text))
     }
 
     fn checked(text: ByteString) -> Result<Self, ProtocolError> {
@@ -80,6 +87,14 @@ impl Payload {
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    /// From any JSON object, kept as its text.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = <&RawValue>::deserialize(deserializer)?;
+        Payload::checked(ByteString::from(raw.get())).map_err(serde::de::Error::custom)
     }
 }
 
@@ -183,8 +198,12 @@ impl Envelope {
         }
         let frame = ByteString::try_from(frame)
             .map_err(|_| ProtocolError::NotJson("the frame is not valid UTF-8".to_owned()))?;
-        let raw: RawEnvelope<'_> =
-            serde_json::from_str(&frame).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
+        let fields = json::object_fields(&frame)
+            .map_err(|_| ProtocolError::NotJson("the frame is not valid JSON".to_owned()))?;
+        let raw = match fields {
+            Some(fields) => RawEnvelope::from_fields(fields),
+            None => RawEnvelope::not_an_object(),
+        };
         raw.validate(&frame)
     }
 
@@ -250,28 +269,17 @@ impl fmt::Debug for Envelope {
 }
 
 /// Appends the decimal digits of `n`.
-pub(crate) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+pub(crate) fn write_u64(out: &mut Vec<u8>, n: u64) {
+    json::write_u64(out, n);
 }
 
 /// Appends `s` as a JSON string literal.
 fn json_string(out: &mut Vec<u8>, s: &str) {
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    json::write_string(out, s);
 }
 
-/// A field's value before validation. Any JSON value is accepted here so that the whole frame
-/// is always read and a wrong type can be reported for the field it is in.
+/// A field's value before validation: what the wire had, so that a wrong type can be reported
+/// for the field it is in.
 enum Scalar<'a> {
     Str(Cow<'a, str>),
     Unsigned(u64),
@@ -279,48 +287,15 @@ enum Scalar<'a> {
     Other,
 }
 
-impl<'de> Deserialize<'de> for Scalar<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ScalarVisitor;
-        impl<'de> Visitor<'de> for ScalarVisitor {
-            type Value = Scalar<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Scalar::Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Scalar::Str(Cow::Owned(v)))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Scalar::Unsigned(v))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Scalar::Other)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Scalar::Other)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Scalar::Other)
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Scalar::Null)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Other)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Other)
-            }
+impl<'a> Scalar<'a> {
+    fn read(raw: &'a str) -> Self {
+        if raw == "null" {
+            return Scalar::Null;
         }
-        deserializer.deserialize_any(ScalarVisitor)
+        if let Some(s) = json::string(raw) {
+            return Scalar::Str(s);
+        }
+        json::unsigned(raw).map_or(Scalar::Other, Scalar::Unsigned)
     }
 }
 
@@ -337,108 +312,54 @@ struct RawEnvelope<'a> {
     conversation_id: Option<Scalar<'a>>,
     correlation_id: Option<Scalar<'a>>,
     sender_id: Option<Scalar<'a>>,
-    payload: Option<&'a RawValue>,
+    payload: Option<&'a str>,
     sequence: Option<Scalar<'a>>,
 }
 
-/// An object key: one of the envelope's fields, or something to ignore.
-struct Key(Option<Field>);
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = Key;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Key, E> {
-                Ok(Key(match v {
-                    "id" => Some(Field::Id),
-                    "type" => Some(Field::Type),
-                    "version" => Some(Field::Version),
-                    "timestamp" => Some(Field::Timestamp),
-                    "source" => Some(Field::Source),
-                    "conversationId" => Some(Field::ConversationId),
-                    "correlationId" => Some(Field::CorrelationId),
-                    "senderId" => Some(Field::SenderId),
-                    "payload" => Some(Field::Payload),
-                    "sequence" => Some(Field::Sequence),
-                    _ => None,
-                }))
-            }
-        }
-        deserializer.deserialize_identifier(KeyVisitor)
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for RawEnvelope<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EnvelopeVisitor;
-        impl<'de> Visitor<'de> for EnvelopeVisitor {
-            type Value = RawEnvelope<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a message envelope")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut raw = RawEnvelope::default();
-                while let Some(Key(field)) = map.next_key()? {
-                    let Some(field) = field else {
-                        map.next_value::<IgnoredAny>()?;
-                        continue;
-                    };
-                    let seen = match field {
-                        Field::Payload => raw.payload.replace(map.next_value()?).is_some(),
-                        Field::Id => raw.id.replace(map.next_value()?).is_some(),
-                        Field::Type => raw.message_type.replace(map.next_value()?).is_some(),
-                        Field::Version => raw.version.replace(map.next_value()?).is_some(),
-                        Field::Timestamp => raw.timestamp.replace(map.next_value()?).is_some(),
-                        Field::Source => raw.source.replace(map.next_value()?).is_some(),
-                        Field::ConversationId => {
-                            raw.conversation_id.replace(map.next_value()?).is_some()
-                        }
-                        Field::CorrelationId => {
-                            raw.correlation_id.replace(map.next_value()?).is_some()
-                        }
-                        Field::SenderId => raw.sender_id.replace(map.next_value()?).is_some(),
-                        Field::Sequence => raw.sequence.replace(map.next_value()?).is_some(),
-                    };
-                    if seen && raw.duplicate.is_none() {
-                        raw.duplicate = Some(field);
-                    }
-                }
-                Ok(raw)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(RawEnvelope::not_an_object())
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(RawEnvelope::not_an_object())
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(RawEnvelope::not_an_object())
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(RawEnvelope::not_an_object())
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(RawEnvelope::not_an_object())
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(RawEnvelope::not_an_object())
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(RawEnvelope::not_an_object())
-            }
-        }
-        deserializer.deserialize_any(EnvelopeVisitor)
-    }
+/// The envelope field a key names, if any.
+fn field(key: &str) -> Option<Field> {
+    Some(match key {
+        "id" => Field::Id,
+        "type" => Field::Type,
+        "version" => Field::Version,
+        "timestamp" => Field::Timestamp,
+        "source" => Field::Source,
+        "conversationId" => Field::ConversationId,
+        "correlationId" => Field::CorrelationId,
+        "senderId" => Field::SenderId,
+        "payload" => Field::Payload,
+        "sequence" => Field::Sequence,
+        _ => return None,
+    })
 }
 
 impl<'a> RawEnvelope<'a> {
     fn not_an_object() -> Self {
         RawEnvelope { not_an_object: true, ..RawEnvelope::default() }
+    }
+
+    /// The envelope fields among an object's `(key, raw value)` pairs; others are ignored.
+    fn from_fields(fields: Vec<(Cow<'a, str>, &'a str)>) -> Self {
+        let mut raw = RawEnvelope::default();
+        for (key, value) in fields {
+            let Some(field) = field(&key) else { continue };
+            let seen = match field {
+                Field::Payload => raw.payload.replace(value).is_some(),
+                Field::Id => raw.id.replace(Scalar::read(value)).is_some(),
+                Field::Type => raw.message_type.replace(Scalar::read(value)).is_some(),
+                Field::Version => raw.version.replace(Scalar::read(value)).is_some(),
+                Field::Timestamp => raw.timestamp.replace(Scalar::read(value)).is_some(),
+                Field::Source => raw.source.replace(Scalar::read(value)).is_some(),
+                Field::ConversationId => raw.conversation_id.replace(Scalar::read(value)).is_some(),
+                Field::CorrelationId => raw.correlation_id.replace(Scalar::read(value)).is_some(),
+                Field::SenderId => raw.sender_id.replace(Scalar::read(value)).is_some(),
+                Field::Sequence => raw.sequence.replace(Scalar::read(value)).is_some(),
+            };
+            if seen && raw.duplicate.is_none() {
+                raw.duplicate = Some(field);
+            }
+        }
+        raw
     }
 
     fn validate(self, frame: &ByteString) -> Result<Envelope, ProtocolError> {
@@ -473,7 +394,7 @@ impl<'a> RawEnvelope<'a> {
         let correlation_id = optional_id(frame, Field::CorrelationId, self.correlation_id)?;
         let sender_id = optional_id(frame, Field::SenderId, self.sender_id)?;
         let payload = self.payload.ok_or(ProtocolError::MissingField(Field::Payload))?;
-        if !payload.get().starts_with('{') {
+        if !payload.starts_with('{') {
             return Err(ProtocolError::PayloadNotObject);
         }
         let sequence = match self.sequence {
@@ -489,7 +410,7 @@ impl<'a> RawEnvelope<'a> {
             conversation_id,
             correlation_id,
             sender_id,
-            payload: Payload(share(frame, Cow::Borrowed(payload.get()))),
+            payload: Payload(share(frame, Cow::Borrowed(payload))),
             sequence,
         })
     }

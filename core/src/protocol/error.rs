@@ -49,6 +49,33 @@ pub enum ErrorCategory {
     RateLimit,
 }
 
+impl ErrorCategory {
+    /// The category as the wire spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCategory::Transport => "transport",
+            ErrorCategory::Authentication => "authentication",
+            ErrorCategory::Validation => "validation",
+            ErrorCategory::Business => "business",
+            ErrorCategory::Server => "server",
+            ErrorCategory::RateLimit => "rate_limit",
+        }
+    }
+
+    /// The category a wire name stands for.
+    pub fn read(text: &str) -> Option<Self> {
+        Some(match text {
+            "transport" => ErrorCategory::Transport,
+            "authentication" => ErrorCategory::Authentication,
+            "validation" => ErrorCategory::Validation,
+            "business" => ErrorCategory::Business,
+            "server" => ErrorCategory::Server,
+            "rate_limit" => ErrorCategory::RateLimit,
+            _ => return None,
+        })
+    }
+}
+
 /// An envelope field, named as on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Field {

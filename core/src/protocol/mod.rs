@@ -22,6 +22,7 @@
 mod close_code;
 mod envelope;
 mod error;
+pub mod json;
 mod message_type;
 mod pattern;
 mod shared_frame;

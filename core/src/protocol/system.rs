@@ -2,8 +2,10 @@
 //!
 //! Unknown payload fields are ignored, so a peer of a later minor version can add fields.
 
+use super::json::{self, ObjectWriter};
 use super::{Envelope, ErrorCategory, Id, MessageType, Payload, ProtocolError, Timestamp};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt;
 
 /// The `type` of each system message.
@@ -171,8 +173,9 @@ pub struct ErrorPayload {
     pub code: String,
     /// For people, not programs.
     pub message: String,
+    /// More about the error, a JSON object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub details: Option<serde_json::Value>,
+    pub details: Option<Payload>,
     pub is_retryable: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
@@ -196,31 +199,30 @@ impl SystemMessage {
     /// Parses the payload of a `system.*` envelope by its type.
     ///
     /// An unknown `system.*` type is [`ProtocolError::UnknownMessageType`]; a payload that does
-    /// not fit its type is [`ProtocolError::InvalidPayload`] with serde's explanation.
+    /// not fit its type is [`ProtocolError::InvalidPayload`] naming the field. Read with the
+    /// protocol's own scanner ([`super::json`]): the same on the server and in the browser.
     pub fn from_envelope(envelope: &Envelope) -> Result<Self, ProtocolError> {
         let ty = envelope.message_type.as_str();
-        let payload = &envelope.payload;
-        fn parse<'a, T: Deserialize<'a>>(
-            ty: &str,
-            payload: &'a Payload,
-        ) -> Result<T, ProtocolError> {
-            payload.parse().map_err(|e| ProtocolError::InvalidPayload {
-                message_type: ty.to_owned(),
-                detail: e.to_string(),
-            })
-        }
-        Ok(match ty {
-            types::CONNECTION_ESTABLISHED => Self::ConnectionEstablished(parse(ty, payload)?),
-            types::PING => Self::Ping(parse(ty, payload)?),
-            types::PONG => Self::Pong(parse(ty, payload)?),
-            types::CONNECTION_RESUME => Self::ConnectionResume(parse(ty, payload)?),
-            types::CONNECTION_RESUMED => Self::ConnectionResumed(parse(ty, payload)?),
-            types::CONNECTION_CLOSE => Self::ConnectionClose(parse(ty, payload)?),
-            types::AUTH_REFRESH => Self::AuthRefresh(parse(ty, payload)?),
-            types::AUTH_REFRESHED => Self::AuthRefreshed(parse(ty, payload)?),
-            types::ERROR => Self::Error(parse(ty, payload)?),
+        let invalid =
+            |detail: String| ProtocolError::InvalidPayload { message_type: ty.to_owned(), detail };
+        let fields = Fields::of(&envelope.payload).map_err(invalid)?;
+        let message = match ty {
+            types::CONNECTION_ESTABLISHED => {
+                ConnectionEstablished::read(&fields).map(Self::ConnectionEstablished)
+            }
+            types::PING => Heartbeat::read(&fields).map(Self::Ping),
+            types::PONG => Heartbeat::read(&fields).map(Self::Pong),
+            types::CONNECTION_RESUME => ConnectionResume::read(&fields).map(Self::ConnectionResume),
+            types::CONNECTION_RESUMED => {
+                ConnectionResumed::read(&fields).map(Self::ConnectionResumed)
+            }
+            types::CONNECTION_CLOSE => ConnectionClose::read(&fields).map(Self::ConnectionClose),
+            types::AUTH_REFRESH => AuthRefresh::read(&fields).map(Self::AuthRefresh),
+            types::AUTH_REFRESHED => AuthRefreshed::read(&fields).map(Self::AuthRefreshed),
+            types::ERROR => ErrorPayload::read(&fields).map(Self::Error),
             _ => return Err(ProtocolError::UnknownMessageType(ty.to_owned())),
-        })
+        };
+        message.map_err(invalid)
     }
 
     /// The message's `type`.
@@ -243,19 +245,323 @@ impl SystemMessage {
         MessageType::new(self.type_str()).expect("system types are valid")
     }
 
-    /// The payload, encoded.
+    /// The payload, encoded (by hand, field by field: see [`super::json`]).
     pub fn to_payload(&self) -> Payload {
-        let encoded = match self {
-            Self::ConnectionEstablished(p) => Payload::from_serialize(p),
-            Self::Ping(p) | Self::Pong(p) => Payload::from_serialize(p),
-            Self::ConnectionResume(p) => Payload::from_serialize(p),
-            Self::ConnectionResumed(p) => Payload::from_serialize(p),
-            Self::ConnectionClose(p) => Payload::from_serialize(p),
-            Self::AuthRefresh(p) => Payload::from_serialize(p),
-            Self::AuthRefreshed(p) => Payload::from_serialize(p),
-            Self::Error(p) => Payload::from_serialize(p),
+        let mut out = ObjectWriter::default();
+        match self {
+            Self::ConnectionEstablished(p) => p.write(&mut out),
+            Self::Ping(p) | Self::Pong(p) => p.write(&mut out),
+            Self::ConnectionResume(p) => p.write(&mut out),
+            Self::ConnectionResumed(p) => p.write(&mut out),
+            Self::ConnectionClose(p) => p.write(&mut out),
+            Self::AuthRefresh(p) => p.write(&mut out),
+            Self::AuthRefreshed(p) => p.write(&mut out),
+            Self::Error(p) => p.write(&mut out),
+        }
+        Payload::from_object_text(out.finish())
+    }
+}
+
+/// A payload's fields, for the readers below; a field that appears twice is an error.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a str)>);
+
+/// Why a payload's field does not fit.
+fn missing(key: &str) -> String {
+    let mut detail = String::from("missing field `");
+    detail.push_str(key);
+    detail.push('`');
+    detail
+}
+
+fn wrong(key: &str, expected: &str) -> String {
+    let mut detail = String::from("field `");
+    detail.push_str(key);
+    detail.push_str("` must be ");
+    detail.push_str(expected);
+    detail
+}
+
+impl<'a> Fields<'a> {
+    fn of(payload: &'a Payload) -> Result<Self, String> {
+        let fields = json::object_fields(payload.as_str())
+            .ok()
+            .flatten()
+            .ok_or_else(|| String::from("the payload is not a JSON object"))?;
+        for (i, (key, _)) in fields.iter().enumerate() {
+            if fields[..i].iter().any(|(k, _)| k == key) {
+                let mut detail = String::from("duplicate field `");
+                detail.push_str(key);
+                detail.push('`');
+                return Err(detail);
+            }
+        }
+        Ok(Fields(fields))
+    }
+
+    /// The raw value of `key`; `None` when absent or `null`.
+    fn raw(&self, key: &str) -> Option<&'a str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v).filter(|v| *v != "null")
+    }
+
+    fn opt_string(&self, key: &str) -> Result<Option<String>, String> {
+        self.raw(key)
+            .map(|raw| json::string(raw).map(Cow::into_owned).ok_or_else(|| wrong(key, "a string")))
+            .transpose()
+    }
+
+    fn string(&self, key: &str) -> Result<String, String> {
+        self.opt_string(key)?.ok_or_else(|| missing(key))
+    }
+
+    fn opt_id(&self, key: &str) -> Result<Option<Id>, String> {
+        self.opt_string(key)?
+            .map(|text| Id::new(&text).map_err(|_| wrong(key, "an identifier")))
+            .transpose()
+    }
+
+    fn id(&self, key: &str) -> Result<Id, String> {
+        self.opt_id(key)?.ok_or_else(|| missing(key))
+    }
+
+    fn opt_u64(&self, key: &str) -> Result<Option<u64>, String> {
+        self.raw(key)
+            .map(|raw| json::unsigned(raw).ok_or_else(|| wrong(key, "a non-negative integer")))
+            .transpose()
+    }
+
+    fn u64(&self, key: &str) -> Result<u64, String> {
+        self.opt_u64(key)?.ok_or_else(|| missing(key))
+    }
+
+    fn opt_i64(&self, key: &str) -> Result<Option<i64>, String> {
+        self.raw(key)
+            .map(|raw| json::integer(raw).ok_or_else(|| wrong(key, "an integer")))
+            .transpose()
+    }
+
+    fn bool(&self, key: &str) -> Result<bool, String> {
+        let raw = self.raw(key).ok_or_else(|| missing(key))?;
+        json::boolean(raw).ok_or_else(|| wrong(key, "true or false"))
+    }
+
+    fn timestamp(&self, key: &str) -> Result<Timestamp, String> {
+        Timestamp::parse(&self.string(key)?).map_err(|_| wrong(key, "an RFC 3339 timestamp"))
+    }
+
+    /// A nested object's fields.
+    fn object(&self, key: &str) -> Result<Option<Fields<'a>>, String> {
+        let Some(raw) = self.raw(key) else { return Ok(None) };
+        let fields =
+            json::object_fields(raw).ok().flatten().ok_or_else(|| wrong(key, "an object"))?;
+        Ok(Some(Fields(fields)))
+    }
+}
+
+fn timestamp_text(t: Timestamp) -> String {
+    t.format(&mut [0; Timestamp::CANONICAL_LEN]).to_owned()
+}
+
+impl ConnectionEstablished {
+    fn read(f: &Fields<'_>) -> Result<Self, String> {
+        Ok(ConnectionEstablished {
+            connection_id: f.id("connectionId")?,
+            conversation_id: f.string("conversationId")?,
+            user_id: f.string("userId")?,
+            definition_id: f.opt_string("definitionId")?,
+            resuming: f.bool("resuming")?,
+            server_time: f.timestamp("serverTime")?,
+            heartbeat_interval_ms: f.opt_u64("heartbeatIntervalMs")?,
+            resume_window_ms: f.opt_u64("resumeWindowMs")?,
+        })
+    }
+
+    fn write(&self, out: &mut ObjectWriter) {
+        out.str("connectionId", self.connection_id.as_str())
+            .str("conversationId", &self.conversation_id)
+            .str("userId", &self.user_id)
+            .opt_str("definitionId", self.definition_id.as_deref())
+            .bool("resuming", self.resuming)
+            .str("serverTime", &timestamp_text(self.server_time))
+            .opt_u64("heartbeatIntervalMs", self.heartbeat_interval_ms)
+            .opt_u64("resumeWindowMs", self.resume_window_ms);
+    }
+}
+
+impl Heartbeat {
+    fn read(f: &Fields<'_>) -> Result<Self, String> {
+        Ok(Heartbeat { timestamp: f.timestamp("timestamp")? })
+    }
+
+    fn write(&self, out: &mut ObjectWriter) {
+        out.str("timestamp", &timestamp_text(self.timestamp));
+    }
+}
+
+impl ConnectionResume {
+    fn read(f: &Fields<'_>) -> Result<Self, String> {
+        let client_state = match f.object("clientState")? {
+            None => ClientScreenState::default(),
+            Some(state) => ClientScreenState {
+                pending_widget_ids: match state.raw("pendingWidgetIds") {
+                    None => Vec::new(),
+                    Some(raw) => strings(raw)
+                        .ok_or_else(|| wrong("pendingWidgetIds", "an array of strings"))?,
+                },
+                input_content: state.opt_string("inputContent")?,
+            },
         };
-        // Every system payload is a struct of JSON-encodable fields: an object.
-        encoded.expect("system payloads encode to objects")
+        Ok(ConnectionResume {
+            conversation_id: f.string("conversationId")?,
+            last_message_id: f.opt_string("lastMessageId")?,
+            last_item_index: f.opt_i64("lastItemIndex")?,
+            client_state,
+            connection_id: f.opt_id("connectionId")?,
+            last_sequence: f.opt_u64("lastSequence")?,
+        })
+    }
+
+    fn write(&self, out: &mut ObjectWriter) {
+        let mut state = ObjectWriter::default();
+        let mut ids = Vec::from(*b"[");
+        for (i, id) in self.client_state.pending_widget_ids.iter().enumerate() {
+            if i > 0 {
+                ids.push(b',');
+            }
+            json::write_string(&mut ids, id);
+        }
+        ids.push(b']');
+        state
+            .raw("pendingWidgetIds", &String::from_utf8(ids).unwrap_or_default())
+            .opt_str("inputContent", self.client_state.input_content.as_deref());
+        out.str("conversationId", &self.conversation_id)
+            .str_or_null("lastMessageId", self.last_message_id.as_deref());
+        match self.last_item_index {
+            Some(index) => out.i64("lastItemIndex", index),
+            None => out.raw("lastItemIndex", "null"),
+        };
+        out.raw("clientState", &state.finish())
+            .opt_str("connectionId", self.connection_id.as_ref().map(Id::as_str))
+            .opt_u64("lastSequence", self.last_sequence);
+    }
+}
+
+/// A JSON array of strings.
+fn strings(raw: &str) -> Option<Vec<String>> {
+    json::array_items(raw)
+        .ok()??
+        .into_iter()
+        .map(|item| json::string(item).map(Cow::into_owned))
+        .collect()
+}
+
+impl ConnectionResumed {
+    fn read(f: &Fields<'_>) -> Result<Self, String> {
+        Ok(ConnectionResumed {
+            conversation_id: f.string("conversationId")?,
+            resumed_from_message_id: f.opt_string("resumedFromMessageId")?,
+            current_item_index: f.opt_i64("currentItemIndex")?,
+            missed_messages: f.u64("missedMessages")?,
+            state_valid: f.bool("stateValid")?,
+            connection_id: f.opt_id("connectionId")?,
+        })
+    }
+
+    fn write(&self, out: &mut ObjectWriter) {
+        out.str("conversationId", &self.conversation_id)
+            .str_or_null("resumedFromMessageId", self.resumed_from_message_id.as_deref());
+        match self.current_item_index {
+            Some(index) => out.i64("currentItemIndex", index),
+            None => out.raw("currentItemIndex", "null"),
+        };
+        out.u64("missedMessages", self.missed_messages)
+            .bool("stateValid", self.state_valid)
+            .opt_str("connectionId", self.connection_id.as_ref().map(Id::as_str));
+    }
+}
+
+impl CloseReason {
+    /// The reason a wire name stands for (`Unknown` for one this version does not know).
+    pub fn from_name(text: &str) -> Self {
+        match text {
+            "user_logout" => CloseReason::UserLogout,
+            "session_expired" => CloseReason::SessionExpired,
+            "server_shutdown" => CloseReason::ServerShutdown,
+            "conversation_complete" => CloseReason::ConversationComplete,
+            "idle_timeout" => CloseReason::IdleTimeout,
+            _ => CloseReason::Unknown,
+        }
+    }
+}
+
+impl ConnectionClose {
+    fn read(f: &Fields<'_>) -> Result<Self, String> {
+        let code = u16::try_from(f.u64("code")?).map_err(|_| wrong("code", "a close code"))?;
+        Ok(ConnectionClose {
+            reason: CloseReason::from_name(&f.string("reason")?),
+            code,
+            retry_after_ms: f.opt_u64("retryAfterMs")?,
+        })
+    }
+
+    fn write(&self, out: &mut ObjectWriter) {
+        out.str("reason", self.reason.as_str().unwrap_or("unknown"))
+            .u64("code", u64::from(self.code))
+            .opt_u64("retryAfterMs", self.retry_after_ms);
+    }
+}
+
+impl AuthRefresh {
+    fn read(f: &Fields<'_>) -> Result<Self, String> {
+        Ok(AuthRefresh { token: f.string("token")? })
+    }
+
+    fn write(&self, out: &mut ObjectWriter) {
+        out.str("token", &self.token);
+    }
+}
+
+impl AuthRefreshed {
+    fn read(f: &Fields<'_>) -> Result<Self, String> {
+        Ok(AuthRefreshed { expires_at: f.timestamp("expiresAt")? })
+    }
+
+    fn write(&self, out: &mut ObjectWriter) {
+        out.str("expiresAt", &timestamp_text(self.expires_at));
+    }
+}
+
+impl ErrorPayload {
+    fn read(f: &Fields<'_>) -> Result<Self, String> {
+        let category = ErrorCategory::read(&f.string("category")?)
+            .ok_or_else(|| wrong("category", "an error category"))?;
+        let details = match f.raw("details") {
+            None => None,
+            Some(raw) => Some(Payload::from_json(raw).map_err(|_| wrong("details", "an object"))?),
+        };
+        Ok(ErrorPayload {
+            category,
+            code: f.string("code")?,
+            message: f.string("message")?,
+            details,
+            is_retryable: f.bool("isRetryable")?,
+            retry_after_ms: f.opt_u64("retryAfterMs")?,
+        })
+    }
+
+    fn write(&self, out: &mut ObjectWriter) {
+        out.str("category", self.category.as_str())
+            .str("code", &self.code)
+            .str("message", &self.message);
+        if let Some(details) = &self.details {
+            out.raw("details", details.as_str());
+        }
+        out.bool("isRetryable", self.is_retryable).opt_u64("retryAfterMs", self.retry_after_ms);
+    }
+
+    /// The payload as JSON text (for a client that hands it to JavaScript).
+    pub fn to_json(&self) -> String {
+        let mut out = ObjectWriter::default();
+        self.write(&mut out);
+        out.finish()
     }
 }
