@@ -166,7 +166,8 @@ impl Harness {
         self.events()
             .into_iter()
             .filter_map(|e| match e {
-                ClientEvent::Message { envelope, .. } => {
+                ClientEvent::Message { message, .. } => {
+                    let envelope = message.envelope().ok()?;
                     envelope.payload.parse::<serde_json::Value>().ok()?["n"].as_u64()
                 }
                 _ => None,

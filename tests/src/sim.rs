@@ -957,7 +957,8 @@ impl World {
             ClientOutput::Event(event) => {
                 let c = &mut self.core[client];
                 match &event {
-                    ClientEvent::Message { envelope, .. } => {
+                    ClientEvent::Message { message, .. } => {
+                        let envelope = message.envelope().expect("a valid envelope");
                         let value: serde_json::Value = envelope.payload.parse().expect("JSON");
                         c.timeline.push(value["n"].as_u64());
                     }

@@ -189,15 +189,15 @@ fn test_message_replay_after_resume() {
     c.input(ClientInput::Online);
     let events = until(
         &c,
-        |e| matches!(e, ClientEvent::Message { envelope, .. } if envelope.payload.as_str().contains("\"n\":4")),
+        |e| matches!(e, ClientEvent::Message { message, .. } if std::str::from_utf8(&message.frame).unwrap().contains("\"n\":4")),
     );
     // Message 1 was received before the drop; the rest after the resume.
     let all: Vec<(Instant, ClientEvent)> = first.into_iter().chain(events).collect();
     let numbers: Vec<u64> = all
         .iter()
         .filter_map(|(_, e)| match e {
-            ClientEvent::Message { envelope, .. } => {
-                envelope.payload.parse::<Value>().ok()?["n"].as_u64()
+            ClientEvent::Message { message, .. } => {
+                message.envelope().ok()?.payload.parse::<Value>().ok()?["n"].as_u64()
             }
             _ => None,
         })

@@ -71,7 +71,8 @@ fn main() -> std::process::ExitCode {
     smol::block_on(async {
         while let Ok((_, event)) = client.events().recv().await {
             match event {
-                ClientEvent::Message { envelope, .. } => {
+                ClientEvent::Message { message, .. } => {
+                    let Ok(envelope) = message.envelope() else { continue };
                     println!(
                         "{} #{} {}",
                         envelope.message_type,

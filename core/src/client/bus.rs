@@ -5,7 +5,7 @@
 //! rank, in order of subscription. A `subscribe_once` subscription is removed when it first
 //! matches.
 
-use crate::protocol::{PatternError, TypePattern};
+use crate::protocol::{PatternError, Specificity, TypePattern};
 
 /// A subscription's handle, for unsubscribing and for adapters to find their callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,18 +54,17 @@ impl MessageBus {
     /// The subscribers of a message of `message_type`, in delivery order. One-time
     /// subscriptions among them are removed.
     pub fn publish(&mut self, message_type: &str) -> Vec<SubscriptionId> {
-        let mut matched: Vec<(usize, &Subscription)> = self
-            .subscriptions
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.pattern.matches(message_type))
-            .collect();
-        // Stable: within a rank, subscription order.
-        matched.sort_by_key(|(i, s)| (std::cmp::Reverse(s.pattern.specificity()), *i));
-        let ids: Vec<SubscriptionId> = matched.iter().map(|(_, s)| s.id).collect();
-        let once: Vec<SubscriptionId> =
-            matched.iter().filter(|(_, s)| s.once).map(|(_, s)| s.id).collect();
-        self.subscriptions.retain(|s| !once.contains(&s.id));
+        // Most specific first; within a rank, in subscription order. Placed one by one after
+        // every one at least as specific (an insertion, not a sort: a message matches a handful
+        // of subscriptions, and the browser build stays small).
+        let mut ranked: Vec<(Specificity, SubscriptionId)> = Vec::new();
+        for s in self.subscriptions.iter().filter(|s| s.pattern.matches(message_type)) {
+            let rank = s.pattern.specificity();
+            let at = ranked.iter().position(|(r, _)| *r < rank).unwrap_or(ranked.len());
+            ranked.insert(at, (rank, s.id));
+        }
+        let ids: Vec<SubscriptionId> = ranked.into_iter().map(|(_, id)| id).collect();
+        self.subscriptions.retain(|s| !(s.once && ids.contains(&s.id)));
         ids
     }
 

@@ -1,7 +1,10 @@
 //! What goes into the client and what comes out.
 
 use super::state::ClientState;
-use crate::protocol::{CloseCode, Envelope, ErrorPayload, Id, MessageType, Payload};
+use crate::protocol::{
+    CloseCode, CloseReason, Envelope, ErrorPayload, Id, MessageType, Payload, ProtocolError,
+    SystemMessage,
+};
 use crate::time::Instant;
 use bytes::Bytes;
 use std::fmt;
@@ -31,6 +34,102 @@ pub enum SendError {
     Expired,
 }
 
+impl SendError {
+    /// A short name of the refusal: `closed`, `queue_full` or `expired`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SendError::Closed => "closed",
+            SendError::QueueFull(_) => "queue_full",
+            SendError::Expired => "expired",
+        }
+    }
+}
+
+/// An application message from the server, as the client delivers it: what the client core
+/// decides with (id, type, sequence) and the frame's text for the application.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub id: Id,
+    pub message_type: MessageType,
+    pub sequence: Option<u64>,
+    /// The frame as it arrived (JSON text).
+    pub frame: Bytes,
+    /// The envelope, when the core decoded the frame itself (`ClientInput::Frame`).
+    pub envelope: Option<Box<Envelope>>,
+}
+
+impl Received {
+    /// The message's envelope (decoded from the frame if the adapter decoded it itself).
+    pub fn envelope(&self) -> Result<Envelope, ProtocolError> {
+        match &self.envelope {
+            Some(envelope) => Ok(Envelope::clone(envelope)),
+            None => Envelope::parse_shared(self.frame.clone(), usize::MAX),
+        }
+    }
+}
+
+/// A frame from the server, decoded: what the client acts on.
+///
+/// A native adapter hands the core the frame's bytes (`ClientInput::Frame`) and the core
+/// decodes it with [`ServerFrame::decode`]; the browser shell decodes it itself with
+/// `JSON.parse` — the fastest and smallest JSON reader a browser has — and hands over this
+/// ([`ClientInput::Decoded`]), which keeps the protocol's parsers out of the wasm.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerFrame {
+    /// `system.connection.established`.
+    Established { connection_id: Id, heartbeat_interval_ms: Option<u64> },
+    /// `system.ping`: answered with a pong naming `id`.
+    Ping { id: Id },
+    /// `system.pong`, answering the ping `correlation_id`.
+    Pong { correlation_id: Option<Id> },
+    /// `system.connection.resumed`.
+    Resumed { connection_id: Option<Id>, missed_messages: u64, state_valid: bool },
+    /// `system.connection.close`: the server is about to close the socket.
+    Closing { reason: CloseReason, retry_after_ms: Option<u64> },
+    /// `system.error`.
+    Error(Box<ErrorPayload>),
+    /// A system message the client takes no action on (`system.auth.refreshed`).
+    Other,
+    /// A `control.*` or `data.*` message.
+    Application(Box<Received>),
+}
+
+impl ServerFrame {
+    /// Decodes a text frame from the server.
+    pub fn decode(frame: Bytes) -> Result<ServerFrame, ProtocolError> {
+        let envelope = Envelope::parse_shared(frame.clone(), usize::MAX)?;
+        if !envelope.message_type.is_system() {
+            return Ok(ServerFrame::Application(Box::new(Received {
+                id: envelope.id.clone(),
+                message_type: envelope.message_type.clone(),
+                sequence: envelope.sequence,
+                frame,
+                envelope: Some(Box::new(envelope)),
+            })));
+        }
+        Ok(match SystemMessage::from_envelope(&envelope)? {
+            SystemMessage::ConnectionEstablished(e) => ServerFrame::Established {
+                connection_id: e.connection_id,
+                heartbeat_interval_ms: e.heartbeat_interval_ms,
+            },
+            SystemMessage::Ping(_) => ServerFrame::Ping { id: envelope.id },
+            SystemMessage::Pong(_) => ServerFrame::Pong { correlation_id: envelope.correlation_id },
+            SystemMessage::ConnectionResumed(r) => ServerFrame::Resumed {
+                connection_id: r.connection_id,
+                missed_messages: r.missed_messages,
+                state_valid: r.state_valid,
+            },
+            SystemMessage::ConnectionClose(c) => {
+                ServerFrame::Closing { reason: c.reason, retry_after_ms: c.retry_after_ms }
+            }
+            SystemMessage::Error(error) => ServerFrame::Error(Box::new(error)),
+            SystemMessage::AuthRefreshed(_)
+            | SystemMessage::AuthRefresh(_)
+            | SystemMessage::ConnectionResume(_) => ServerFrame::Other,
+        })
+    }
+}
+
 /// The inputs, each fed with the current time to [`super::Client::handle_input`].
 #[derive(Clone)]
 pub enum ClientInput {
@@ -47,10 +146,16 @@ pub enum ClientInput {
     SocketOpened {
         attempt: AttemptId,
     },
-    /// A text frame arrived on `attempt`'s socket.
+    /// A text frame arrived on `attempt`'s socket (the core decodes it).
+    #[cfg(feature = "text-frames")]
     Frame {
         attempt: AttemptId,
         text: Bytes,
+    },
+    /// A frame arrived on `attempt`'s socket, already decoded by the adapter.
+    Decoded {
+        attempt: AttemptId,
+        frame: ServerFrame,
     },
     /// `attempt`'s socket closed (or failed to open), with the close code if there was one.
     SocketClosed {
@@ -96,11 +201,15 @@ impl fmt::Debug for ClientInput {
             ClientInput::SocketOpened { attempt } => {
                 f.debug_struct("SocketOpened").field("attempt", attempt).finish()
             }
+            #[cfg(feature = "text-frames")]
             ClientInput::Frame { attempt, text } => f
                 .debug_struct("Frame")
                 .field("attempt", attempt)
                 .field("bytes", &text.len())
                 .finish(),
+            ClientInput::Decoded { attempt, .. } => {
+                f.debug_struct("Decoded").field("attempt", attempt).finish_non_exhaustive()
+            }
             ClientInput::SocketClosed { attempt, code, reason } => f
                 .debug_struct("SocketClosed")
                 .field("attempt", attempt)
@@ -225,12 +334,12 @@ pub enum ClientEvent {
         reason: String,
     },
     /// A `system.error` from the server.
-    ServerError(ErrorPayload),
+    ServerError(Box<ErrorPayload>),
     /// A local failure (a frame that did not parse, a send that expired, ...).
     LocalError(String),
     /// An application message, with the bus subscriptions it matches, in delivery order.
     Message {
-        envelope: Envelope,
+        message: Received,
         subscribers: Vec<super::SubscriptionId>,
     },
     StateChange(StateChange),

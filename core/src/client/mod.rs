@@ -50,8 +50,8 @@ pub use bus::{MessageBus, SubscriptionId};
 pub use config::{ClientConfig, TokenSource};
 pub use connection::{Client, ClientTimer};
 pub use io::{
-    AttemptId, ClientEvent, ClientInput, ClientOutput, ClientStatus, OutgoingMessage, ResumeState,
-    SendError, StateChange,
+    AttemptId, ClientEvent, ClientInput, ClientOutput, ClientStatus, OutgoingMessage, Received,
+    ResumeState, SendError, ServerFrame, StateChange,
 };
 pub use log_filter::{NAMESPACES, namespace_enabled};
 pub use state::ClientState;

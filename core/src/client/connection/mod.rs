@@ -266,11 +266,19 @@ impl Client {
                 socket.deadline = establish;
                 self.set_state(now, ClientState::Connected, "socket_opened", None, true);
             }
+            #[cfg(feature = "text-frames")]
             ClientInput::Frame { attempt, text } => {
-                let Some(socket) = self.current(attempt) else { return };
-                socket.last_heard = now;
-                self.probe_deadline = None;
-                self.handle_frame(now, &text);
+                if self.heard(now, attempt) {
+                    match crate::client::io::ServerFrame::decode(text) {
+                        Ok(frame) => self.handle_server(now, frame),
+                        Err(error) => self.emit(ClientEvent::LocalError(local_error(&error))),
+                    }
+                }
+            }
+            ClientInput::Decoded { attempt, frame } => {
+                if self.heard(now, attempt) {
+                    self.handle_server(now, frame);
+                }
             }
             ClientInput::SocketClosed { attempt, code, reason } => {
                 if self.current(attempt).is_none() {
@@ -340,6 +348,14 @@ impl Client {
         self.emit(ClientEvent::StateChange(change));
     }
 
+    /// Notes that `attempt`'s socket was heard from; false if it is not the current one.
+    fn heard(&mut self, now: Instant, attempt: AttemptId) -> bool {
+        let Some(socket) = self.current(attempt) else { return false };
+        socket.last_heard = now;
+        self.probe_deadline = None;
+        true
+    }
+
     pub(super) fn current(&mut self, attempt: AttemptId) -> Option<&mut Socket> {
         self.socket.as_mut().filter(|s| s.attempt == attempt)
     }
@@ -407,4 +423,14 @@ impl Client {
         self.outputs.push_back(ClientOutput::SendFrame { attempt, frame });
         Some(envelope.id)
     }
+}
+
+/// "unreadable frame from the server (CODE)": the error's `system.error` code, without
+/// formatting machinery.
+#[cfg(feature = "text-frames")]
+fn local_error(error: &crate::protocol::ProtocolError) -> String {
+    let mut text = String::from("unreadable frame from the server (");
+    text.push_str(error.code());
+    text.push(')');
+    text
 }

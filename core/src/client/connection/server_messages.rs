@@ -1,8 +1,8 @@
 //! What the server says: `established`, `resumed`, pings, errors and application messages.
 
-use crate::client::io::{ClientEvent, ClientOutput, SendError};
+use crate::client::io::{ClientEvent, ClientOutput, Received, SendError, ServerFrame};
 use crate::client::state::ClientState;
-use crate::protocol::{ConnectionResume, Envelope, Heartbeat, Id, SystemMessage};
+use crate::protocol::{ConnectionResume, Heartbeat, Id, SystemMessage};
 use crate::time::Instant;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -14,45 +14,26 @@ pub(super) struct PendingResume {
     /// The session the server opened for this socket, kept if the resume is refused.
     pub(super) fresh: Id,
     /// Application messages of that session that arrived meanwhile.
-    pub(super) held: VecDeque<Envelope>,
+    pub(super) held: VecDeque<Received>,
     pub(super) overflowed: bool,
 }
 
 impl Client {
-    pub(super) fn handle_frame(&mut self, now: Instant, text: &[u8]) {
-        let envelope = match Envelope::parse(text, usize::MAX) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                self.emit(ClientEvent::LocalError(format!(
-                    "unreadable frame from the server: {error}"
-                )));
-                return;
-            }
-        };
-        if !envelope.message_type.is_system() {
-            self.handle_application(now, envelope);
-            return;
-        }
-        let message = match SystemMessage::from_envelope(&envelope) {
-            Ok(message) => message,
-            Err(error) => {
-                self.emit(ClientEvent::LocalError(format!("unreadable system message: {error}")));
-                return;
-            }
-        };
-        match message {
-            SystemMessage::Ping(_) => {
+    pub(super) fn handle_server(&mut self, now: Instant, frame: ServerFrame) {
+        match frame {
+            ServerFrame::Application(message) => self.handle_application(now, *message),
+            ServerFrame::Ping { id } => {
                 let pong = SystemMessage::Pong(Heartbeat { timestamp: self.wall.timestamp(now) });
-                let _ = self.send_system(now, pong, Some(envelope.id));
+                let _ = self.send_system(now, pong, Some(id));
             }
-            SystemMessage::ConnectionEstablished(established) => {
-                if let Some(ms) = established.heartbeat_interval_ms.filter(|ms| *ms > 0) {
+            ServerFrame::Established { connection_id, heartbeat_interval_ms } => {
+                if let Some(ms) = heartbeat_interval_ms.filter(|ms| *ms > 0) {
                     self.heartbeat_interval = Duration::from_millis(ms);
                 }
                 match self.connection_id.clone().filter(|_| self.config.resume) {
                     Some(previous) => {
                         self.pending_resume = Some(PendingResume {
-                            fresh: established.connection_id,
+                            fresh: connection_id,
                             held: VecDeque::new(),
                             overflowed: false,
                         });
@@ -62,7 +43,10 @@ impl Client {
                                 .conversation_id
                                 .clone()
                                 .unwrap_or_default(),
-                            last_message_id: self.last_message_id.as_ref().map(|id| id.to_string()),
+                            last_message_id: self
+                                .last_message_id
+                                .as_ref()
+                                .map(|id| id.as_str().to_owned()),
                             last_item_index: None,
                             client_state: Default::default(),
                             connection_id: Some(previous),
@@ -72,33 +56,30 @@ impl Client {
                             self.send_system(now, SystemMessage::ConnectionResume(resume), None);
                     }
                     None => {
-                        self.adopt_session(now, established.connection_id.clone());
-                        self.become_active(now, established.connection_id, false, 0);
+                        self.adopt_session(now, connection_id.clone());
+                        self.become_active(now, connection_id, false, 0);
                     }
                 }
             }
-            SystemMessage::ConnectionResumed(resumed) => {
+            ServerFrame::Resumed { connection_id, missed_messages, state_valid } => {
                 let Some(pending) = self.pending_resume.take() else {
                     // A refused flow resume: what was held is gone, and sequences jump.
-                    if !resumed.state_valid {
+                    if !state_valid {
                         self.expect_jump = true;
                         self.emit(ClientEvent::Gap { reason: "held_messages_evicted" });
                     }
                     return;
                 };
-                if resumed.state_valid {
-                    let id = resumed
-                        .connection_id
-                        .or(self.connection_id.clone())
-                        .unwrap_or(pending.fresh);
+                if state_valid {
+                    let id = connection_id.or(self.connection_id.clone()).unwrap_or(pending.fresh);
                     self.connection_id = Some(id.clone());
-                    self.become_active(now, id, true, resumed.missed_messages);
+                    self.become_active(now, id, true, missed_messages);
                 } else {
                     self.emit(ClientEvent::Gap { reason: "resume_refused" });
                     self.adopt_session(now, pending.fresh.clone());
                     self.become_active(now, pending.fresh, false, 0);
-                    for envelope in pending.held {
-                        self.handle_application(now, envelope);
+                    for message in pending.held {
+                        self.handle_application(now, message);
                     }
                     if pending.overflowed {
                         self.emit(ClientEvent::Gap { reason: "held_messages_overflowed" });
@@ -106,36 +87,34 @@ impl Client {
                     }
                 }
             }
-            SystemMessage::ConnectionClose(close) => {
-                self.retry_hint = close.retry_after_ms.map(Duration::from_millis);
-                self.server_close = Some(close.reason);
+            ServerFrame::Closing { reason, retry_after_ms } => {
+                self.retry_hint = retry_after_ms.map(Duration::from_millis);
+                self.server_close = Some(reason);
             }
-            SystemMessage::Error(error) => self.emit(ClientEvent::ServerError(error)),
-            SystemMessage::Pong(_) => {
+            ServerFrame::Error(error) => self.emit(ClientEvent::ServerError(error)),
+            ServerFrame::Pong { correlation_id } => {
                 if let Some((id, sent)) = self.ping_out.take() {
-                    if envelope.correlation_id.as_ref() == Some(&id) {
+                    if correlation_id.as_ref() == Some(&id) {
                         self.round_trip = Some(now.saturating_since(sent));
                     } else {
                         self.ping_out = Some((id, sent));
                     }
                 }
             }
-            SystemMessage::AuthRefreshed(_)
-            | SystemMessage::AuthRefresh(_)
-            | SystemMessage::ConnectionResume(_) => {}
+            ServerFrame::Other => {}
         }
     }
 
-    pub(super) fn handle_application(&mut self, now: Instant, envelope: Envelope) {
+    pub(super) fn handle_application(&mut self, now: Instant, message: Received) {
         if let Some(pending) = &mut self.pending_resume {
             if pending.held.len() < self.config.held_max_messages {
-                pending.held.push_back(envelope);
+                pending.held.push_back(message);
             } else {
                 pending.overflowed = true;
             }
             return;
         }
-        if let Some(sequence) = envelope.sequence {
+        if let Some(sequence) = message.sequence {
             if sequence <= self.last_sequence {
                 tracing::debug!(target: "protocol:client", sequence, "dropping a message already received");
                 return;
@@ -145,12 +124,12 @@ impl Client {
             }
             self.expect_jump = false;
             self.last_sequence = sequence;
-            self.last_message_id = Some(envelope.id.clone());
+            self.last_message_id = Some(message.id.clone());
             self.persist(now);
         }
-        let subscribers = self.bus.publish(envelope.message_type.as_str());
-        tracing::trace!(target: "protocol:bus", message_type = %envelope.message_type, subscribers = subscribers.len(), "delivering");
-        self.emit(ClientEvent::Message { envelope, subscribers });
+        let subscribers = self.bus.publish(message.message_type.as_str());
+        tracing::trace!(target: "protocol:bus", message_type = %message.message_type, subscribers = subscribers.len(), "delivering");
+        self.emit(ClientEvent::Message { message, subscribers });
     }
 
     pub(super) fn adopt_session(&mut self, now: Instant, id: Id) {
