@@ -152,6 +152,10 @@ pub struct Args {
     /// waiting for a resume is let go; if none waits, the new connection is refused (4014).
     #[arg(long, env = "SWITCHBOARD_MAX_SESSIONS_PER_USER")]
     pub max_sessions_per_user: Option<usize>,
+    /// Serve the files of this directory under `/app/` (the browser client's build and its
+    /// demo page). In dev mode, `adapter-wasm/dist` when it exists.
+    #[arg(long, env = "SWITCHBOARD_STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
     /// Where dev mode keeps its signing key, so that printed tokens survive a restart
     /// [default: $XDG_STATE_HOME/switchboard/dev-key.pem, or ~/.local/state/switchboard/].
     #[arg(long, env = "SWITCHBOARD_DEV_KEY")]
@@ -216,6 +220,7 @@ pub struct FileConfig {
     pub trust_forwarded_for: Vec<std::net::IpAddr>,
     pub max_sessions_per_user: Option<usize>,
     pub dev_key: Option<PathBuf>,
+    pub static_dir: Option<PathBuf>,
 }
 
 /// Who decides joins.
@@ -248,6 +253,8 @@ pub struct Settings {
     pub path: String,
     pub dev: bool,
     pub dev_key: PathBuf,
+    /// Files served under `/app/`.
+    pub static_dir: Option<PathBuf>,
     pub jwks_file: Option<PathBuf>,
     pub jwks_url: Option<String>,
     pub issuers: Vec<String>,
@@ -448,6 +455,10 @@ impl Settings {
                 .dev_key
                 .or(file.dev_key)
                 .unwrap_or_else(crate::auth::dev::default_key_path),
+            static_dir: args.static_dir.or(file.static_dir).or_else(|| {
+                let built = PathBuf::from("adapter-wasm/dist");
+                (dev && built.is_dir()).then_some(built)
+            }),
             jwks_file: args.jwks_file.or(file.jwks_file),
             jwks_url: args.jwks_url.or(file.jwks_url),
             issuers,

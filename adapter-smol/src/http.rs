@@ -57,6 +57,8 @@ pub struct App {
     pub api_bucket: ApiBucket,
     pub admission: Rc<Admission>,
     pub dev_jwks: Option<String>,
+    /// Served under `/app/`.
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
 /// The publish API's own rate limit: one token bucket over every caller.
@@ -165,6 +167,9 @@ impl App {
                 response
             }
             (&Method::GET, p) if p == self.path => self.upgrade(request, peer, from_ip),
+            (&Method::GET, p) if p.starts_with("/app/") && self.static_dir.is_some() => {
+                self.static_file(p.trim_start_matches("/app/")).await
+            }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
@@ -279,6 +284,36 @@ impl App {
         if let Ok(value) = HeaderValue::from_str(&accept) {
             headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
         }
+        response
+    }
+
+    /// A file of the static directory (the browser client's build, the demo page). Only plain
+    /// relative paths: no `..`, no hidden files.
+    async fn static_file(&self, path: &str) -> Response<Body> {
+        let Some(dir) = &self.static_dir else { return text(StatusCode::NOT_FOUND, "not found\n") };
+        let path = if path.is_empty() { "index.html" } else { path };
+        let plain = path.split('/').all(|part| !part.is_empty() && !part.starts_with('.'));
+        if !plain {
+            return text(StatusCode::NOT_FOUND, "not found\n");
+        }
+        let file = dir.join(path);
+        let Ok(bytes) = smol::unblock(move || std::fs::read(file)).await else {
+            return text(StatusCode::NOT_FOUND, "not found\n");
+        };
+        let kind = match path.rsplit('.').next().unwrap_or_default() {
+            "html" => "text/html; charset=utf-8",
+            "js" | "mjs" => "text/javascript; charset=utf-8",
+            "wasm" => "application/wasm",
+            "css" => "text/css; charset=utf-8",
+            "json" | "map" => "application/json",
+            "png" => "image/png",
+            "svg" => "image/svg+xml",
+            _ => "application/octet-stream",
+        };
+        let mut response = text(StatusCode::OK, bytes);
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         response
     }
 

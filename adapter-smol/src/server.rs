@@ -213,6 +213,7 @@ impl Server {
             api_bucket: ApiBucket::new(settings.http.api_rate),
             admission: Admission::new(settings.http.clone(), metrics.clone()),
             dev_jwks: dev.as_ref().map(|d| d.jwks().to_string()),
+            static_dir: settings.static_dir.clone(),
         });
 
         let mut out = std::io::stdout().lock();
@@ -230,6 +231,17 @@ impl Server {
                 "  connect: ws://{addr}{}?token={token}&conversation_id=demo",
                 settings.path
             );
+            match &settings.static_dir {
+                Some(_) => {
+                    let _ = writeln!(out, "  demo: http://{addr}/app/demo.html");
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  demo: build the browser client first (cd adapter-wasm && npm ci && npm run build), then restart"
+                    );
+                }
+            }
         }
         let _ = out.flush();
         drop(out);

@@ -1,6 +1,489 @@
-//! switchboard in the browser: the client core driven by the browser's WebSocket and timers.
+//! switchboard in the browser: the client core compiled to wasm, behind a narrow boundary.
 //!
-//! The browser client arrives with its own issue; today this crate only re-exports the core,
-//! so that the wasm32 build of what the browser will load is checked from the start.
+//! The TypeScript shell (`ts/`) owns what only a browser has — the `WebSocket`, one timer,
+//! the clocks, the seed, page lifecycle events, storage, the application's token callback —
+//! and feeds each of them to [`Core`] as an input; after every input it drains
+//! [`Core::poll`] and carries out each output, then re-arms its timer at [`Core::deadline`].
+//! Every decision (reconnect or not, when, resume, liveness, tokens, the send queue) is the
+//! core's.
+//!
+//! The boundary is primitive-typed on purpose: numbers and strings in, one JSON string per
+//! output out. Rust keeps no JavaScript closure alive, so nothing leaks across reconnects, and
+//! the weight stays in the core rather than in generated bindings. Times are milliseconds:
+//! `now` from `performance.now()` (monotonic), wall-clock ones from `Date.now()`.
+
+use bytes::Bytes;
+use std::time::Duration;
+use switchboard_core::client::{
+    AttemptId, BackoffConfig, Client, ClientConfig, ClientEvent, ClientInput, ClientOutput,
+    ClientStatus, Jitter, OutgoingMessage, Received, ResumeState, ServerFrame, StateChange,
+    SubscriptionId, TokenSource,
+};
+use switchboard_core::protocol::json::{self, ObjectWriter};
+use switchboard_core::protocol::{CloseCode, CloseReason, Id, MessageType, Payload};
+use switchboard_core::time::Instant;
+use wasm_bindgen::prelude::*;
 
 pub use switchboard_core as core;
+
+/// The browser client's allocator (smaller than the default dlmalloc; single-threaded wasm).
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
+/// The options a page may set (JSON, camelCase; every field but `url` optional, the core's
+/// defaults otherwise): `url`, `conversationId`, `definitionId`, `token` (a static token;
+/// without one and without `cookieAuth: true` the application is asked for tokens),
+/// `cookieAuth`, `resume`, `heartbeatIntervalMs`, `connectTimeoutMs`, `probeTimeoutMs`,
+/// `tokenRefreshLeadMs`, `queueMaxMessages`, `queueMaxBytes`, `queueTtlMs`, `pingIntervalMs`
+/// (0: none), and `reconnect: {baseMs, maxMs, maxAttempts, jitter, jitterRatio}` with `jitter`
+/// one of `equal` (the default: a fleet does not come back in a herd), `full`, `none` or
+/// `proportional` (±`jitterRatio`, 0.1 by default: the Phase 1 plan's).
+///
+/// Read with the protocol's own scanner rather than serde: it is already in the binary.
+fn config(options: &str) -> Option<ClientConfig> {
+    let fields = json::object_fields(options).ok()??;
+    let get =
+        |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v).filter(|v| *v != "null");
+    let string = |key: &str| get(key).and_then(json::string).map(|s| s.into_owned());
+    let number = |key: &str| get(key).and_then(json::unsigned);
+    let ms = |key: &str, default: Duration| number(key).map_or(default, Duration::from_millis);
+    let mut config = ClientConfig::new(string("url")?);
+    config.conversation_id = string("conversationId").filter(|c| !c.is_empty());
+    config.definition_id = string("definitionId").filter(|d| !d.is_empty());
+    let cookie_auth = get("cookieAuth").and_then(json::boolean).unwrap_or(false);
+    config.token = match (string("token"), cookie_auth) {
+        (Some(token), _) => TokenSource::Static(token),
+        (None, true) => TokenSource::None,
+        (None, false) => TokenSource::Application,
+    };
+    config.resume = get("resume").and_then(json::boolean).unwrap_or(true);
+    config.heartbeat_interval = ms("heartbeatIntervalMs", config.heartbeat_interval);
+    config.connect_timeout = ms("connectTimeoutMs", config.connect_timeout);
+    config.establish_timeout = ms("connectTimeoutMs", config.establish_timeout);
+    config.probe_timeout = ms("probeTimeoutMs", config.probe_timeout);
+    config.token_refresh_lead = ms("tokenRefreshLeadMs", config.token_refresh_lead);
+    config.queue_ttl = ms("queueTtlMs", config.queue_ttl);
+    let count = |key: &str, default: usize| number(key).map_or(default, |n| n as usize);
+    config.queue_max_messages = count("queueMaxMessages", config.queue_max_messages);
+    config.queue_max_bytes = count("queueMaxBytes", config.queue_max_bytes);
+    if let Some(interval) = number("pingIntervalMs") {
+        config.ping_interval = (interval > 0).then(|| Duration::from_millis(interval));
+    }
+    if let Some(reconnect) = get("reconnect").and_then(|raw| json::object_fields(raw).ok()?) {
+        let get = |key: &str| reconnect.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+        let number = |key: &str| get(key).and_then(json::unsigned);
+        let defaults = config.backoff;
+        config.backoff = BackoffConfig {
+            base: number("baseMs").map_or(defaults.base, Duration::from_millis),
+            max: number("maxMs").map_or(defaults.max, Duration::from_millis),
+            max_attempts: number("maxAttempts").map_or(defaults.max_attempts, |n| n as u32),
+            jitter: match get("jitter").and_then(json::string).as_deref() {
+                Some("full") => Jitter::Full,
+                Some("none") => Jitter::None,
+                Some("proportional") => {
+                    Jitter::Proportional(get("jitterRatio").and_then(decimal).unwrap_or(0.1))
+                }
+                _ => defaults.jitter,
+            },
+        };
+    }
+    Some(config)
+}
+
+/// A plain decimal such as `0.1` or `1` (no sign, no exponent), without the float parser.
+fn decimal(raw: &str) -> Option<f64> {
+    let (whole, fraction) = raw.split_once('.').unwrap_or((raw, ""));
+    let whole = json::unsigned(whole)? as f64;
+    let (n, scale) = fraction.bytes().take(9).try_fold((0u64, 1u64), |(n, scale), b| {
+        b.is_ascii_digit().then(|| (n * 10 + u64::from(b - b'0'), scale * 10))
+    })?;
+    Some(whole + n as f64 / scale as f64)
+}
+
+/// The client core, for the TypeScript shell.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct Core {
+    client: Client,
+    /// `now` and `Date.now()` read together at construction: wall-clock times of the core's
+    /// instants (a retry's countdown) are derived from them.
+    origin: u64,
+    origin_unix_ms: f64,
+}
+
+/// A count or a duration in ms from JavaScript: `None` for NaN or a negative number.
+fn count(value: f64) -> Option<u64> {
+    (value.is_finite() && value >= 0.0).then_some(value as u64)
+}
+
+fn instant(now: f64) -> Instant {
+    Instant::from_millis(if now.is_finite() && now > 0.0 { now as u64 } else { 0 })
+}
+
+#[wasm_bindgen]
+impl Core {
+    /// A client with `options` (JSON, see the TypeScript `ClientOptions`), drawing its
+    /// randomness from the 64-bit seed `seed_hi:seed_lo`, at monotonic time `now` and wall clock
+    /// `unix_ms`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        options: &str,
+        seed_hi: u32,
+        seed_lo: u32,
+        now: f64,
+        unix_ms: f64,
+    ) -> Result<Core, JsError> {
+        let config =
+            config(options).ok_or_else(|| JsError::new("options: a JSON object with a url"))?;
+        let seed = (u64::from(seed_hi) << 32) | u64::from(seed_lo);
+        let client = Client::new(config, seed, instant(now), unix_ms as i64);
+        Ok(Core { client, origin: instant(now).as_millis(), origin_unix_ms: unix_ms })
+    }
+
+    /// Starts from a stored resume point (`{connectionId, lastSequence, lastMessageId}`); an
+    /// unreadable one is ignored.
+    pub fn restore(&mut self, stored: &str) {
+        let Ok(Some(fields)) = json::object_fields(stored) else { return };
+        let get = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+        let id = |key: &str| get(key).and_then(json::string).and_then(|s| Id::new(&s).ok());
+        self.client.restore(ResumeState {
+            connection_id: id("connectionId"),
+            last_sequence: get("lastSequence").and_then(json::unsigned).unwrap_or(0),
+            last_message_id: id("lastMessageId"),
+        });
+    }
+
+    fn input(&mut self, now: f64, input: ClientInput) {
+        self.client.handle_input(instant(now), input);
+    }
+
+    fn decoded(&mut self, now: f64, attempt: u32, frame: ServerFrame) {
+        let attempt = AttemptId(u64::from(attempt));
+        self.input(now, ClientInput::Decoded { attempt, frame });
+    }
+
+    pub fn connect(&mut self, now: f64) {
+        self.input(now, ClientInput::Connect);
+    }
+
+    pub fn disconnect(&mut self, now: f64, code: u16, reason: String) {
+        self.input(now, ClientInput::Disconnect { code: CloseCode(code), reason });
+    }
+
+    pub fn reconnect_now(&mut self, now: f64) {
+        self.input(now, ClientInput::ReconnectNow);
+    }
+
+    pub fn socket_opened(&mut self, now: f64, attempt: u32) {
+        self.input(now, ClientInput::SocketOpened { attempt: AttemptId(u64::from(attempt)) });
+    }
+
+    // ----- a frame from the server, decoded by the shell (JSON.parse) -----
+    //
+    // The shell parses each frame and calls the one of these its `type` names; the protocol's
+    // parsers stay out of the wasm. Numbers that may be absent are NaN then.
+
+    /// `system.connection.established`.
+    pub fn established(&mut self, now: f64, attempt: u32, connection_id: &str, heartbeat_ms: f64) {
+        let Ok(connection_id) = Id::new(connection_id) else { return };
+        let frame =
+            ServerFrame::Established { connection_id, heartbeat_interval_ms: count(heartbeat_ms) };
+        self.decoded(now, attempt, frame);
+    }
+
+    /// `system.ping` with id `id`.
+    pub fn ping(&mut self, now: f64, attempt: u32, id: &str) {
+        let Ok(id) = Id::new(id) else { return };
+        self.decoded(now, attempt, ServerFrame::Ping { id });
+    }
+
+    /// `system.pong` answering `correlation_id`.
+    pub fn pong(&mut self, now: f64, attempt: u32, correlation_id: Option<String>) {
+        let correlation_id = correlation_id.and_then(|id| Id::new(&id).ok());
+        self.decoded(now, attempt, ServerFrame::Pong { correlation_id });
+    }
+
+    /// `system.connection.resumed`.
+    pub fn resumed(
+        &mut self,
+        now: f64,
+        attempt: u32,
+        connection_id: Option<String>,
+        missed_messages: f64,
+        state_valid: bool,
+    ) {
+        let frame = ServerFrame::Resumed {
+            connection_id: connection_id.and_then(|id| Id::new(&id).ok()),
+            missed_messages: count(missed_messages).unwrap_or(0),
+            state_valid,
+        };
+        self.decoded(now, attempt, frame);
+    }
+
+    /// `system.connection.close` (the socket closes next).
+    pub fn closing(&mut self, now: f64, attempt: u32, reason: &str, retry_after_ms: f64) {
+        let reason = CloseReason::from_name(reason);
+        let frame = ServerFrame::Closing { reason, retry_after_ms: count(retry_after_ms) };
+        self.decoded(now, attempt, frame);
+    }
+
+    /// Any other system message (`system.error` and `system.auth.refreshed`: the shell hands
+    /// errors to the application itself); it still counts as life on the socket.
+    pub fn other(&mut self, now: f64, attempt: u32) {
+        self.decoded(now, attempt, ServerFrame::Other);
+    }
+
+    /// An application message: its id, type and sequence (NaN when it has none), and the frame
+    /// as it arrived, which the `message` output hands back for delivery. Returns false for a
+    /// type or id that is not valid (the frame is then dropped).
+    pub fn application(
+        &mut self,
+        now: f64,
+        attempt: u32,
+        id: &str,
+        message_type: &str,
+        sequence: f64,
+        frame: String,
+    ) -> bool {
+        let (Ok(id), Ok(message_type)) = (Id::new(id), MessageType::new(message_type)) else {
+            return false;
+        };
+        let message = Received {
+            id,
+            message_type,
+            sequence: count(sequence),
+            frame: Bytes::from(frame),
+            envelope: None,
+        };
+        self.decoded(now, attempt, ServerFrame::Application(Box::new(message)));
+        true
+    }
+
+    /// The socket of `attempt` closed; `code` 0 when it closed without one (1005/1006 as the
+    /// browser reports them are passed as is).
+    pub fn socket_closed(&mut self, now: f64, attempt: u32, code: u16, reason: String) {
+        let attempt = AttemptId(u64::from(attempt));
+        let code = (code != 0).then_some(CloseCode(code));
+        self.input(now, ClientInput::SocketClosed { attempt, code, reason });
+    }
+
+    /// A token from the application; `expires_at_unix_ms` NaN when unknown.
+    pub fn token(&mut self, now: f64, token: String, expires_at_unix_ms: f64) {
+        let expires_at_unix_ms =
+            expires_at_unix_ms.is_finite().then_some(expires_at_unix_ms as i64);
+        self.input(now, ClientInput::Token { token, expires_at_unix_ms });
+    }
+
+    /// A page event: `online`, `offline`, `visible`, `hidden`, `pagehide`, `pageshow`, `freeze`
+    /// (anything else is ignored).
+    pub fn page(&mut self, now: f64, event: &str) {
+        let input = match event {
+            "online" => ClientInput::Online,
+            "offline" => ClientInput::Offline,
+            "visible" => ClientInput::Visible,
+            "hidden" => ClientInput::Hidden,
+            "pagehide" => ClientInput::PageHide,
+            "pageshow" => ClientInput::PageShow,
+            "freeze" => ClientInput::Freeze,
+            _ => return,
+        };
+        self.input(now, input);
+    }
+
+    /// The timer went off (it may be late: deadlines are absolute).
+    pub fn timeout(&mut self, now: f64) {
+        self.input(now, ClientInput::Timeout);
+    }
+
+    /// Sends (or queues) a message: `{"id": "…"}`, or `{"error": "…"}` when refused.
+    pub fn send(
+        &mut self,
+        now: f64,
+        message_type: &str,
+        payload: &str,
+        conversation_id: Option<String>,
+        correlation_id: Option<String>,
+    ) -> String {
+        let mut out = ObjectWriter::default();
+        match self.try_send(now, message_type, payload, conversation_id, correlation_id) {
+            Ok(id) => out.str("id", id.as_str()),
+            Err(error) => out.str("error", error),
+        };
+        out.finish()
+    }
+
+    /// Subscribes to types matching `pattern` (`control.*`, `data.widget.*`, `*`, an exact
+    /// type): the subscription's number, or -1 for a bad pattern.
+    pub fn subscribe(&mut self, pattern: &str, once: bool) -> f64 {
+        let bus = self.client.bus_mut();
+        let id = if once { bus.subscribe_once(pattern) } else { bus.subscribe(pattern) };
+        id.map_or(-1.0, |SubscriptionId(n)| n as f64)
+    }
+
+    pub fn unsubscribe(&mut self, id: f64) -> bool {
+        self.client.bus_mut().unsubscribe(SubscriptionId(id as u64))
+    }
+
+    /// When the core next wants [`Core::timeout`] (monotonic ms), or NaN for never.
+    pub fn deadline(&self) -> f64 {
+        self.client.poll_timeout().map_or(f64::NAN, |(at, _)| at.as_millis() as f64)
+    }
+
+    /// The next output as JSON (`{"t": kind, …}`), or `undefined` when there is none.
+    pub fn poll(&mut self) -> Option<String> {
+        let output = self.client.poll_output()?;
+        Some(self.encode(output))
+    }
+
+    /// A snapshot for a status display, as JSON.
+    pub fn status(&self) -> String {
+        let ClientStatus {
+            state,
+            attempt,
+            next_retry_at,
+            last_close_code,
+            last_close_reason,
+            resumed,
+            connection_id,
+            last_sequence,
+            queued,
+            round_trip_ms,
+            online,
+        } = self.client.status();
+        let mut out = ObjectWriter::default();
+        out.str("state", state.as_str()).u64("attempt", u64::from(attempt));
+        opt_u64(&mut out, "nextRetryAt", next_retry_at.map(|at| self.wall(at)));
+        opt_u64(&mut out, "lastCloseCode", last_close_code.map(|c| u64::from(c.0)));
+        out.str_or_null("lastCloseReason", last_close_reason.as_deref())
+            .bool("resumed", resumed)
+            .str_or_null("connectionId", connection_id.as_ref().map(Id::as_str))
+            .u64("lastSequence", last_sequence)
+            .u64("queued", queued as u64);
+        opt_u64(&mut out, "roundTripMs", round_trip_ms);
+        out.bool("online", online);
+        out.finish()
+    }
+}
+
+impl Core {
+    fn try_send(
+        &mut self,
+        now: f64,
+        message_type: &str,
+        payload: &str,
+        conversation_id: Option<String>,
+        correlation_id: Option<String>,
+    ) -> Result<Id, &'static str> {
+        let id = |text: Option<String>| match text {
+            Some(text) => Id::new(&text).map(Some).map_err(|_| "an id is 1 to 128 bytes"),
+            None => Ok(None),
+        };
+        let message = OutgoingMessage {
+            message_type: MessageType::new(message_type)
+                .map_err(|_| "not a message type ({plane}.{category}.{action})")?,
+            payload: Payload::from_json(payload)
+                .map_err(|_| "the payload must be a JSON object")?,
+            conversation_id: id(conversation_id)?,
+            correlation_id: id(correlation_id)?,
+        };
+        self.client.send(instant(now), message).map_err(|e| e.as_str())
+    }
+
+    /// The wall-clock time (ms since the epoch) of the core's instant `at`.
+    fn wall(&self, at: Instant) -> u64 {
+        let elapsed = at.as_millis().saturating_sub(self.origin);
+        (self.origin_unix_ms.max(0.0) as u64).saturating_add(elapsed)
+    }
+
+    fn encode(&self, output: ClientOutput) -> String {
+        let mut out = ObjectWriter::default();
+        match output {
+            ClientOutput::OpenSocket { attempt, url } => {
+                out.str("t", "open").u64("attempt", attempt.0).str("url", &url);
+            }
+            ClientOutput::SendFrame { attempt, frame } => {
+                let frame = std::str::from_utf8(&frame).unwrap_or_default();
+                out.str("t", "send").u64("attempt", attempt.0).str("frame", frame);
+            }
+            ClientOutput::CloseSocket { attempt, code, reason } => {
+                out.str("t", "close")
+                    .u64("attempt", attempt.0)
+                    .u64("code", u64::from(code.0))
+                    .str("reason", &reason);
+            }
+            ClientOutput::RequestToken => {
+                out.str("t", "token");
+            }
+            ClientOutput::Persist(state) => {
+                out.str("t", "persist")
+                    .str_or_null("connectionId", state.connection_id.as_ref().map(Id::as_str))
+                    .u64("lastSequence", state.last_sequence)
+                    .str_or_null("lastMessageId", state.last_message_id.as_ref().map(Id::as_str));
+            }
+            ClientOutput::Event(event) => self.event(&mut out, event),
+        }
+        out.finish()
+    }
+
+    fn event(&self, out: &mut ObjectWriter, event: ClientEvent) {
+        match event {
+            ClientEvent::Connected { connection_id, resumed, replayed } => {
+                out.str("t", "connected")
+                    .str("connectionId", connection_id.as_str())
+                    .bool("resumed", resumed)
+                    .u64("replayed", replayed);
+            }
+            ClientEvent::Disconnected { code, reason } => {
+                out.str("t", "disconnected");
+                opt_u64(out, "code", code.map(|c| u64::from(c.0)));
+                out.str("reason", &reason);
+            }
+            ClientEvent::ServerError(error) => {
+                out.str("t", "error").raw("error", &error.to_json());
+            }
+            ClientEvent::LocalError(message) => {
+                out.str("t", "error").str("message", &message);
+            }
+            ClientEvent::Message { message, subscribers } => {
+                let mut ids = Vec::from(*b"[");
+                for (i, id) in subscribers.iter().enumerate() {
+                    if i > 0 {
+                        ids.push(b',');
+                    }
+                    json::write_u64(&mut ids, id.0);
+                }
+                ids.push(b']');
+                out.str("t", "message")
+                    .str("frame", std::str::from_utf8(&message.frame).unwrap_or_default())
+                    .raw("subscribers", std::str::from_utf8(&ids).unwrap_or("[]"));
+            }
+            ClientEvent::StateChange(change) => self.state_change(out, change),
+            ClientEvent::Gap { reason } => {
+                out.str("t", "gap").str("reason", reason);
+            }
+            ClientEvent::SendFailed { id, error } => {
+                out.str("t", "sendFailed").str("id", id.as_str()).str("error", error.as_str());
+            }
+        }
+    }
+
+    fn state_change(&self, out: &mut ObjectWriter, change: StateChange) {
+        out.str("t", "statechange")
+            .str("previousState", change.previous_state.as_str())
+            .str("newState", change.new_state.as_str())
+            .str("reason", change.reason);
+        opt_u64(out, "code", change.code.map(|c| u64::from(c.0)));
+        out.u64("attempt", u64::from(change.attempt));
+        opt_u64(out, "nextRetryAt", change.next_retry_at.map(|at| self.wall(at)));
+        out.bool("willReconnect", change.will_reconnect);
+    }
+}
+
+/// A number field, `null` when `None`.
+fn opt_u64(out: &mut ObjectWriter, key: &str, value: Option<u64>) {
+    match value {
+        Some(value) => out.u64(key, value),
+        None => out.raw(key, "null"),
+    };
+}
