@@ -187,7 +187,11 @@ proptest! {
     #[test]
     fn the_scanner_agrees_with_serde_json(tokens in prop::collection::vec(token(), 0..14)) {
         let text: String = tokens.concat();
-        let serde = serde_json::from_str::<Value>(&text).is_ok();
+        // serde_json also refuses numbers an f64 cannot hold (`2e3101`), which the grammar
+        // (and JSON.parse) allows, and stops there: such texts say nothing about agreement.
+        let serde = serde_json::from_str::<Value>(&text);
+        prop_assume!(!serde.as_ref().is_err_and(|e| e.to_string().starts_with("number out of range")));
+        let serde = serde.is_ok();
         prop_assert_eq!(switchboard_core::protocol::json::is_valid(&text), serde, "{:?}", text);
     }
 
