@@ -521,6 +521,50 @@ fn a_shutdown_hint_sets_the_first_delay() {
     assert_eq!(h.opened().len(), 2);
 }
 
+/// Found by the client fuzz target: a retry due at once (a hint of 0 ms), scheduled by a
+/// timeout (the socket never said `established`), is made in that same timeout, not left as a
+/// deadline that is already past.
+#[test]
+fn a_retry_due_at_once_is_made_in_the_timeout_that_scheduled_it() {
+    let mut h = no_jitter();
+    h.input(ClientInput::Connect);
+    let attempt = h.last_attempt();
+    h.input(ClientInput::SocketOpened { attempt });
+    h.server(SystemMessage::ConnectionClose(switchboard_core::protocol::ConnectionClose {
+        reason: switchboard_core::protocol::CloseReason::ServerShutdown,
+        code: 1012,
+        retry_after_ms: Some(0),
+    }));
+    // The establish timeout (10 s) fires; `advance` checks every deadline moves past now.
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.opened().len(), 2, "the retry was made in the same timeout");
+}
+
+/// Found by the client fuzz target: a second `established` on one socket (a server bug) is
+/// ignored, rather than starting a resume of the session the socket already has.
+#[test]
+fn a_second_established_on_a_socket_is_ignored() {
+    let mut h = Harness::default();
+    h.input(ClientInput::Connect);
+    h.establish("01A");
+    h.server_data(1, 1);
+    let before = h.sent().len();
+    h.server(SystemMessage::ConnectionEstablished(ConnectionEstablished {
+        connection_id: Id::new("01B").unwrap(),
+        conversation_id: "conv-1".into(),
+        user_id: "alice".into(),
+        definition_id: None,
+        resuming: false,
+        server_time: Timestamp::UNIX_EPOCH,
+        heartbeat_interval_ms: Some(30_000),
+        resume_window_ms: Some(120_000),
+    }));
+    assert_eq!(h.sent().len(), before, "no resume asked for");
+    h.server_data(2, 2);
+    assert_eq!(h.received(), vec![1, 2], "messages still delivered at once");
+    assert_eq!(h.client.connection_id().map(Id::as_str), Some("01A"));
+}
+
 #[test]
 fn application_tokens_are_requested_once_and_refreshed_in_band() {
     let mut config = ClientConfig::new("ws://h/ws");
@@ -620,10 +664,49 @@ fn offline_pauses_retries_until_online() {
     h.establish("01A");
     h.input(ClientInput::Offline);
     h.drop_socket(None);
+    assert_eq!(h.last_change().map(|c| c.reason), Some("offline"), "why it waits");
+    assert_eq!(h.client.status().next_retry_at, None);
     h.advance(Duration::from_secs(600));
     assert_eq!(h.opened().len(), 1);
     h.input(ClientInput::Online);
     assert_eq!(h.opened().len(), 2);
+}
+
+/// The application's token callback failing is a failed attempt: backed off, asked again when
+/// due, given up after the attempt limit. Never a client stuck in `connecting`.
+#[test]
+fn a_failing_token_callback_backs_off_and_gives_up() {
+    let mut config = ClientConfig::new("ws://h/ws");
+    config.token = TokenSource::Application;
+    config.backoff =
+        BackoffConfig { jitter: Jitter::None, max_attempts: 3, ..BackoffConfig::default() };
+    let mut h = Harness::new(config);
+    h.input(ClientInput::Connect);
+    let requests =
+        |h: &Harness| h.outputs.iter().filter(|o| matches!(o, ClientOutput::RequestToken)).count();
+    assert_eq!(requests(&h), 1);
+    h.input(ClientInput::TokenFailed);
+    let change = h.last_change().unwrap();
+    assert_eq!((change.new_state, change.reason), (ClientState::Reconnecting, "token_unavailable"));
+    assert!(change.next_retry_at.is_some());
+    h.advance(Duration::from_secs(60));
+    assert_eq!(requests(&h), 2, "asked again once the backoff passed");
+    // The first attempt and three retries (max_attempts) fail; then the client gives up.
+    for _ in 0..2 {
+        h.input(ClientInput::TokenFailed);
+        h.advance(Duration::from_secs(60));
+    }
+    assert_eq!(requests(&h), 4);
+    h.input(ClientInput::TokenFailed);
+    h.advance(Duration::from_secs(600));
+    assert_eq!(requests(&h), 4);
+    assert_eq!(h.client.state(), ClientState::Closed);
+    assert_eq!(h.last_change().unwrap().reason, "max_attempts");
+    assert_eq!(h.opened().len(), 0);
+    // A later token does not open anything by itself; reconnect-now starts again.
+    h.input(ClientInput::ReconnectNow);
+    h.input(ClientInput::Token { token: "t".into(), expires_at_unix_ms: None });
+    assert_eq!(h.opened().len(), 1);
 }
 
 #[test]

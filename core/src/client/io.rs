@@ -168,6 +168,9 @@ pub enum ClientInput {
         token: String,
         expires_at_unix_ms: Option<i64>,
     },
+    /// The application could not supply a token (its callback failed): the attempt backs
+    /// off as if the socket had been lost, and asks again when it is due.
+    TokenFailed,
     Online,
     Offline,
     Visible,
@@ -221,6 +224,7 @@ impl fmt::Debug for ClientInput {
                 .field("token", &"<redacted>")
                 .field("expires_at_unix_ms", expires_at_unix_ms)
                 .finish(),
+            ClientInput::TokenFailed => f.write_str("TokenFailed"),
             ClientInput::Online => f.write_str("Online"),
             ClientInput::Offline => f.write_str("Offline"),
             ClientInput::Visible => f.write_str("Visible"),

@@ -54,6 +54,8 @@ pub enum ClientTimer {
 pub(super) struct Socket {
     pub(super) attempt: AttemptId,
     pub(super) opened: bool,
+    /// The server said `established` on it (once per socket: a second one is ignored).
+    pub(super) established: bool,
     /// When a socket that has not opened (or not established) is given up.
     pub(super) deadline: Instant,
     pub(super) last_heard: Instant,
@@ -289,6 +291,7 @@ impl Client {
             ClientInput::Token { token, expires_at_unix_ms } => {
                 self.handle_token(now, token, expires_at_unix_ms)
             }
+            ClientInput::TokenFailed => self.token_failed(now),
             ClientInput::Online => {
                 self.online = true;
                 self.wake(now, "online");

@@ -104,10 +104,6 @@ impl Client {
     }
 
     pub(super) fn handle_timeout(&mut self, now: Instant) {
-        if self.retry_at.is_some_and(|at| at <= now) {
-            self.retry_at = None;
-            self.open_attempt(now);
-        }
         if let Some(socket) = &self.socket {
             let established = self.state == ClientState::Active;
             let liveness = socket.last_heard + self.heartbeat_interval * 2;
@@ -127,6 +123,12 @@ impl Client {
         if self.probe_deadline.is_some_and(|at| at <= now) {
             self.probe_deadline = None;
             self.abort_socket(now, "probe_timeout");
+        }
+        // After the socket's deadlines: a loss just above may have scheduled a retry that is
+        // already due (a retry hint of 0, a full-jitter delay of 0).
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.retry_at = None;
+            self.open_attempt(now);
         }
         if self.token_refresh_at.is_some_and(|at| at <= now)
             && !self.token_requested
@@ -171,6 +173,7 @@ impl Client {
         self.socket = Some(Socket {
             attempt,
             opened: false,
+            established: false,
             deadline: now + self.config.connect_timeout,
             last_heard: now,
         });
@@ -254,6 +257,14 @@ impl Client {
         // A server's hint (graceful shutdown spreads its clients) overrides the first delay.
         let delay = self.retry_hint.take().unwrap_or(delay);
         self.retry_at = (self.online && !self.page_hidden).then(|| now + delay);
+        // Why the client waits: an attempt is pointless while offline or hidden.
+        let reason = if !self.online {
+            "offline"
+        } else if self.page_hidden {
+            "page_hidden"
+        } else {
+            reason
+        };
         tracing::debug!(target: "protocol:reconnect", attempt = self.backoff.attempt(), delay_ms = delay.as_millis() as u64, "reconnecting");
         self.set_state(now, ClientState::Reconnecting, reason, code, true);
     }

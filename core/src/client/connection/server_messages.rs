@@ -27,6 +27,11 @@ impl Client {
                 let _ = self.send_system(now, pong, Some(id));
             }
             ServerFrame::Established { connection_id, heartbeat_interval_ms } => {
+                // One session per socket: a second `established` would restart the resume.
+                match &mut self.socket {
+                    Some(socket) if !socket.established => socket.established = true,
+                    _ => return,
+                }
                 if let Some(ms) = heartbeat_interval_ms.filter(|ms| *ms > 0) {
                     self.heartbeat_interval = Duration::from_millis(ms);
                 }

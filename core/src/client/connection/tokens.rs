@@ -58,6 +58,21 @@ impl Client {
         }
     }
 
+    /// The application's token callback failed. An attempt waiting for the token backs off
+    /// (and gives up after the attempt limit) instead of waiting forever; a refresh of a token
+    /// that is still good is asked for again a little later.
+    pub(super) fn token_failed(&mut self, now: Instant) {
+        if self.stopped_by_user || !self.token_requested {
+            return;
+        }
+        self.token_requested = false;
+        if std::mem::take(&mut self.waiting_for_token) {
+            self.schedule_retry(now, None, "token_unavailable");
+        } else if self.has_fresh_token(now) {
+            self.token_refresh_at = Some(now + MIN_TOKEN_REQUEST_INTERVAL);
+        }
+    }
+
     pub(super) fn has_fresh_token(&self, now: Instant) -> bool {
         self.token.is_some() && self.token_expires_at.is_none_or(|at| at > now)
     }
