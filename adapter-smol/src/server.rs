@@ -233,7 +233,9 @@ impl Server {
             );
             match &settings.static_dir {
                 Some(_) => {
-                    let _ = writeln!(out, "  demo: http://{addr}/app/demo.html");
+                    let demo =
+                        format!("http://{addr}/app/demo.html?token={token}&conversation=demo");
+                    let _ = writeln!(out, "  demo (open it in two tabs): {demo}");
                 }
                 None => {
                     let _ = writeln!(

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use std::time::Duration;
 use switchboard_core::client::{
     AttemptId, BackoffConfig, Client, ClientConfig, ClientEvent, ClientInput, ClientOutput,
-    ClientStatus, Jitter, OutgoingMessage, Received, ResumeState, ServerFrame, StateChange,
-    SubscriptionId, TokenSource,
+    ClientState, ClientStatus, Jitter, OutgoingMessage, Received, ResumeState, ServerFrame,
+    StateChange, SubscriptionId, TokenSource,
 };
 use switchboard_core::protocol::json::{self, ObjectWriter};
 use switchboard_core::protocol::{CloseCode, CloseReason, Id, MessageType, Payload};
@@ -275,6 +275,12 @@ impl Core {
         self.input(now, ClientInput::Token { token, expires_at_unix_ms });
     }
 
+    /// The application's token callback failed: the attempt backs off (and gives up after the
+    /// attempt limit) rather than wait for a token that is not coming.
+    pub fn token_failed(&mut self, now: f64) {
+        self.input(now, ClientInput::TokenFailed);
+    }
+
     /// A page event: `online`, `offline`, `visible`, `hidden`, `pagehide`, `pageshow`, `freeze`
     /// (anything else is ignored).
     pub fn page(&mut self, now: f64, event: &str) {
@@ -296,7 +302,8 @@ impl Core {
         self.input(now, ClientInput::Timeout);
     }
 
-    /// Sends (or queues) a message: `{"id": "…"}`, or `{"error": "…"}` when refused.
+    /// Sends (or queues) a message: `{"id": "…"}` when sent, `{"id": "…", "queued": true}`
+    /// when it waits for the connection, `{"error": "…"}` when refused.
     pub fn send(
         &mut self,
         now: f64,
@@ -305,9 +312,11 @@ impl Core {
         conversation_id: Option<String>,
         correlation_id: Option<String>,
     ) -> String {
+        // What the core does with a message: sent at once only while active.
+        let queued = self.client.state() != ClientState::Active;
         let mut out = ObjectWriter::default();
         match self.try_send(now, message_type, payload, conversation_id, correlation_id) {
-            Ok(id) => out.str("id", id.as_str()),
+            Ok(id) => out.str("id", id.as_str()).bool("queued", queued),
             Err(error) => out.str("error", error),
         };
         out.finish()
@@ -323,6 +332,13 @@ impl Core {
 
     pub fn unsubscribe(&mut self, id: f64) -> bool {
         self.client.bus_mut().unsubscribe(SubscriptionId(id as u64))
+    }
+
+    /// The subscribers of one of the application's own messages of `message_type`, in the order
+    /// their handlers run (once-subscriptions are removed): the bus's local publish.
+    pub fn publish(&mut self, message_type: &str) -> Vec<u32> {
+        let subscribers = self.client.bus_mut().publish(message_type);
+        subscribers.into_iter().map(|SubscriptionId(n)| n as u32).collect()
     }
 
     /// When the core next wants [`Core::timeout`] (monotonic ms), or NaN for never.
