@@ -278,8 +278,8 @@ impl Driver {
                 let answer = self.authorizer.authorize(&join);
                 self.answer(answer, move |verdict| Input::JoinVerdict { request, verdict });
             }
-            // One instance: the in-process hub is the whole fan-out. (Redis comes later.)
-            Output::Publish { .. } | Output::Subscribe { .. } | Output::Unsubscribe { .. } => {}
+            // Without a shared bus the hub answers itself and says nothing here.
+            Output::Bus(_) => {}
             Output::Event(event) => {
                 self.metrics.event(&event);
                 log_event(&event);

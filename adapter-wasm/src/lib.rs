@@ -20,7 +20,7 @@ use switchboard_core::client::{
     StateChange, SubscriptionId, TokenSource,
 };
 use switchboard_core::protocol::json::{self, ObjectWriter};
-use switchboard_core::protocol::{CloseCode, CloseReason, Id, MessageType, Payload};
+use switchboard_core::protocol::{CloseCode, CloseReason, Id, MessageType, Payload, Position};
 use switchboard_core::time::Instant;
 use wasm_bindgen::prelude::*;
 
@@ -141,8 +141,8 @@ impl Core {
         Ok(Core { client, origin: instant(now).as_millis(), origin_unix_ms: unix_ms })
     }
 
-    /// Starts from a stored resume point (`{connectionId, lastSequence, lastMessageId}`); an
-    /// unreadable one is ignored.
+    /// Starts from a stored resume point (`{connectionId, lastSequence, lastMessageId,
+    /// positions}`, as the `persist` output gave it); an unreadable one is ignored.
     pub fn restore(&mut self, stored: &str) {
         let Ok(Some(fields)) = json::object_fields(stored) else { return };
         let get = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
@@ -151,6 +151,10 @@ impl Core {
             connection_id: id("connectionId"),
             last_sequence: get("lastSequence").and_then(json::unsigned).unwrap_or(0),
             last_message_id: id("lastMessageId"),
+            positions: get("positions")
+                .and_then(|raw| json::array_items(raw).ok().flatten())
+                .map(|items| items.into_iter().filter_map(Position::read).collect())
+                .unwrap_or_default(),
         });
     }
 
@@ -228,15 +232,22 @@ impl Core {
         self.decoded(now, attempt, frame);
     }
 
+    /// `system.channel.reset`: messages on `channel` may be missing (a `gap` output follows).
+    pub fn channel_reset(&mut self, now: f64, attempt: u32, channel: String) {
+        self.decoded(now, attempt, ServerFrame::ChannelReset { channel });
+    }
+
     /// Any other system message (`system.error` and `system.auth.refreshed`: the shell hands
     /// errors to the application itself); it still counts as life on the socket.
     pub fn other(&mut self, now: f64, attempt: u32) {
         self.decoded(now, attempt, ServerFrame::Other);
     }
 
-    /// An application message: its id, type and sequence (NaN when it has none), and the frame
-    /// as it arrived, which the `message` output hands back for delivery. Returns false for a
-    /// type or id that is not valid (the frame is then dropped).
+    /// An application message: its id, type and sequence (NaN when it has none), its position
+    /// (`channel`, `epoch`, `offset`; absent when it has none), and the frame as it arrived,
+    /// which the `message` output hands back for delivery. Returns false for a type or id that
+    /// is not valid (the frame is then dropped).
+    #[allow(clippy::too_many_arguments)]
     pub fn application(
         &mut self,
         now: f64,
@@ -245,6 +256,9 @@ impl Core {
         message_type: &str,
         sequence: f64,
         frame: String,
+        channel: Option<String>,
+        epoch: Option<String>,
+        offset: f64,
     ) -> bool {
         let (Ok(id), Ok(message_type)) = (Id::new(id), MessageType::new(message_type)) else {
             return false;
@@ -253,6 +267,12 @@ impl Core {
             id,
             message_type,
             sequence: count(sequence),
+            position: match (channel, epoch, count(offset)) {
+                (Some(channel), Some(epoch), Some(offset)) => {
+                    Some(Position { channel, epoch, offset })
+                }
+                _ => None,
+            },
             frame: Bytes::from(frame),
             envelope: None,
         };
@@ -436,6 +456,15 @@ impl Core {
                     .str_or_null("connectionId", state.connection_id.as_ref().map(Id::as_str))
                     .u64("lastSequence", state.last_sequence)
                     .str_or_null("lastMessageId", state.last_message_id.as_ref().map(Id::as_str));
+                let mut positions = String::from("[");
+                for (i, position) in state.positions.iter().enumerate() {
+                    if i > 0 {
+                        positions.push(',');
+                    }
+                    positions.push_str(&position.to_json());
+                }
+                positions.push(']');
+                out.raw("positions", &positions);
             }
             ClientOutput::Event(event) => self.event(&mut out, event),
         }
@@ -475,8 +504,8 @@ impl Core {
                     .raw("subscribers", std::str::from_utf8(&ids).unwrap_or("[]"));
             }
             ClientEvent::StateChange(change) => self.state_change(out, change),
-            ClientEvent::Gap { reason } => {
-                out.str("t", "gap").str("reason", reason);
+            ClientEvent::Gap { reason, channel } => {
+                out.str("t", "gap").str("reason", reason).opt_str("channel", channel.as_deref());
             }
             ClientEvent::SendFailed { id, error } => {
                 out.str("t", "sendFailed").str("id", id.as_str()).str("error", error.as_str());

@@ -119,8 +119,30 @@ fn application_messages_come_back_with_their_frame_and_subscribers_in_order() {
     let once = core.subscribe("data.widget.*", true);
     assert_eq!(core.subscribe("data.*.submit", false), -1.0, "a bad pattern");
     let frame = r#"{"id":"m1","type":"data.widget.submit","sequence":1,"payload":{}}"#;
-    assert!(core.application(1100.0, 1, "m1", "data.widget.submit", 1.0, frame.to_owned()));
-    assert!(!core.application(1100.0, 1, "m2", "bad type", 2.0, String::new()));
+    let channel = || Some("conversation:c-1".to_owned());
+    let epoch = || Some("e1".to_owned());
+    assert!(core.application(
+        1100.0,
+        1,
+        "m1",
+        "data.widget.submit",
+        1.0,
+        frame.to_owned(),
+        channel(),
+        epoch(),
+        4.0
+    ));
+    assert!(!core.application(
+        1100.0,
+        1,
+        "m2",
+        "bad type",
+        2.0,
+        String::new(),
+        None,
+        None,
+        f64::NAN
+    ));
     let outputs = drain(&mut core);
     let messages = of(&outputs, "message");
     assert_eq!(messages.len(), 1);
@@ -138,12 +160,17 @@ fn application_messages_come_back_with_their_frame_and_subscribers_in_order() {
 #[wasm_bindgen_test]
 fn a_stored_resume_point_is_resumed_after_a_reload() {
     let mut core = active();
-    core.application(1100.0, 1, "m7", "data.x.y", 7.0, "{}".to_owned());
+    let (channel, epoch) = (Some("conversation:c-1".to_owned()), Some("e1".to_owned()));
+    core.application(1100.0, 1, "m7", "data.x.y", 7.0, "{}".to_owned(), channel, epoch, 9.0);
     core.page(1200.0, "freeze");
     let outputs = drain(&mut core);
     let persist = of(&outputs, "persist").last().cloned().cloned().expect("stored on freeze");
     assert_eq!(persist["connectionId"], "01A");
     assert_eq!(persist["lastSequence"], 7);
+    assert_eq!(
+        persist["positions"],
+        serde_json::json!([{"channel": "conversation:c-1", "epoch": "e1", "offset": 9}])
+    );
 
     // The page reloads: a new core from the stored point asks to resume that session.
     let mut reloaded = core_from(&persist);
@@ -157,6 +184,7 @@ fn a_stored_resume_point_is_resumed_after_a_reload() {
     assert_eq!(resume["type"], "system.connection.resume");
     assert_eq!(resume["payload"]["connectionId"], "01A");
     assert_eq!(resume["payload"]["lastSequence"], 7);
+    assert_eq!(resume["payload"]["positions"][0]["offset"], 9, "any instance can replay from it");
     reloaded.resumed(30.0, 1, Some("01A".to_owned()), 2.0, true);
     let outputs = drain(&mut reloaded);
     let connected = of(&outputs, "connected");
@@ -218,7 +246,8 @@ fn memory_stays_flat_over_many_cycles() {
         core.resumed(now, attempt, None, 0.0, true);
         for n in 0..10 {
             let frame = format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(500));
-            core.application(now, attempt, &format!("m{i}-{n}"), "data.x.y", f64::NAN, frame);
+            let id = format!("m{i}-{n}");
+            core.application(now, attempt, &id, "data.x.y", f64::NAN, frame, None, None, f64::NAN);
         }
         core.send(now, "data.x.y", r#"{"text":"hi"}"#, None, None);
         drain(core);

@@ -4,7 +4,6 @@ import type { ClientEventMap } from './types.js';
 /** Something a frame tells the application directly, beside what it tells the core. */
 export type FrameNotice =
   | ['error', ClientEventMap['error']]
-  | ['gap', ClientEventMap['gap']]
   | undefined;
 
 type Json = Record<string, unknown>;
@@ -48,12 +47,27 @@ export function feedFrame(core: Core, now: number, attempt: number, frame: strin
       return;
   }
   if (type.startsWith('system.')) {
+    if (type == 'system.channel.reset') {
+      core.channel_reset(now, attempt, text(payload['channel']));
+      return;
+    }
     core.other(now, attempt);
     if (type == 'system.error') return ['error', { error: payload as never }];
-    if (type == 'system.channel.reset') return ['gap', { reason: 'channel_reset' }];
     return;
   }
-  if (!core.application(now, attempt, text(message['id']), type, number(message['sequence']), frame)) {
+  const position = (message['position'] ?? {}) as Json;
+  const applied = core.application(
+    now,
+    attempt,
+    text(message['id']),
+    type,
+    number(message['sequence']),
+    frame,
+    optional(position['channel']),
+    optional(position['epoch']),
+    number(position['offset']),
+  );
+  if (!applied) {
     core.other(now, attempt);
     return ['error', { message: `invalid message from the server (${type || 'no type'})` }];
   }

@@ -5,6 +5,8 @@ export interface ResumePoint {
   connectionId: string | null;
   lastSequence: number;
   lastMessageId: string | null;
+  /** The last position delivered per channel: any instance can replay from them. */
+  positions?: { channel: string; epoch: string; offset: number }[];
 }
 
 /**

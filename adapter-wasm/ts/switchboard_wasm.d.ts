@@ -32,11 +32,14 @@ export class Core {
   ): void;
   /** `system.connection.close` (the socket closes next). */
   closing(now: number, attempt: number, reason: string, retryAfterMs: number): void;
+  /** `system.channel.reset`: messages on `channel` may be missing (the core emits a `gap`). */
+  channel_reset(now: number, attempt: number, channel: string): void;
   /** Any other system message (it counts as life on the socket). */
   other(now: number, attempt: number): void;
   /**
-   * An application message: id, type, sequence (NaN when absent) and the frame as it arrived,
-   * which the `message` output hands back. False for an invalid id or type (dropped).
+   * An application message: id, type, sequence (NaN when absent), the frame as it arrived
+   * (which the `message` output hands back) and its position in its channel (absent, or NaN
+   * for the offset, when it has none). False for an invalid id or type (dropped).
    */
   application(
     now: number,
@@ -45,6 +48,9 @@ export class Core {
     type: string,
     sequence: number,
     frame: string,
+    channel: string | undefined,
+    epoch: string | undefined,
+    offset: number,
   ): boolean;
   /** `code` is 0 when the socket closed without one. */
   socket_closed(now: number, attempt: number, code: number, reason: string): void;

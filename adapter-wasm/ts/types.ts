@@ -75,7 +75,10 @@ export interface ClientErrorEvent {
 
 /** Messages may have been lost: the application must fetch its state again. */
 export interface GapEvent {
+  /** `resume_refused`, `sequence_jump`, `channel_reset`, … */
   reason: string;
+  /** The channel (`conversation:c-1`) when the server said which one: refetch that one. */
+  channel?: string;
 }
 
 /** Event name → what its handlers receive. */

@@ -9,8 +9,8 @@ use switchboard_core::client::{
     ClientState, Jitter, OutgoingMessage, ResumeState, SendError, StateChange, TokenSource,
 };
 use switchboard_core::protocol::{
-    CloseCode, ConnectionEstablished, ConnectionResumed, Envelope, Heartbeat, Id, MessageType,
-    Payload, Source, SystemMessage, Timestamp, types,
+    ChannelReset, CloseCode, ConnectionEstablished, ConnectionResumed, Envelope, Heartbeat, Id,
+    MessageType, Payload, Position, Source, SystemMessage, Timestamp, types,
 };
 use switchboard_core::time::Instant;
 
@@ -475,6 +475,7 @@ fn restored_state_resumes_after_a_reload() {
         connection_id: Some(Id::new("01PAGE").unwrap()),
         last_sequence: 41,
         last_message_id: None,
+        positions: Vec::new(),
     });
     h.input(ClientInput::Connect);
     h.establish("01NEW");
@@ -828,6 +829,7 @@ fn debug_output_of_inputs_and_outputs_is_complete_and_hides_tokens() {
             connection_id: None,
             last_sequence: 0,
             last_message_id: None,
+            positions: Vec::new(),
         }),
         ClientOutput::Event(ClientEvent::LocalError("x".into())),
     ];
@@ -1039,4 +1041,56 @@ fn the_status_tells_the_state_the_last_close_and_the_round_trip() {
     assert!(status.next_retry_at.is_some());
     assert_eq!(status.queued, 1);
     assert_eq!(status.connection_id.as_ref().map(Id::as_str), Some("01A"));
+}
+
+/// The client keeps the last position it got per channel, sends them when it resumes (any
+/// instance can replay from them), stores them for a reload, and forgets a channel's position
+/// when the server resets that channel (telling the application which channel).
+#[test]
+fn positions_are_kept_per_channel_sent_on_resume_and_forgotten_on_a_reset() {
+    let mut h = Harness::default();
+    h.input(ClientInput::Connect);
+    h.establish("01A");
+    let positioned = |n: u64, channel: &str, offset: u64| {
+        let mut envelope = Envelope::create(
+            Source::Server,
+            MessageType::new("data.message.created").unwrap(),
+            Payload::from_json(&format!(r#"{{"n":{n}}}"#)).unwrap(),
+            Timestamp::UNIX_EPOCH,
+            u128::from(n),
+        )
+        .with_sequence(n);
+        envelope.position = Some(Position { channel: channel.into(), epoch: "e".into(), offset });
+        Bytes::from(envelope.encode())
+    };
+    for (n, channel, offset) in
+        [(1, "conversation:conv-1", 5), (2, "user:alice", 9), (3, "conversation:conv-1", 6)]
+    {
+        let attempt = h.last_attempt();
+        h.input(ClientInput::Frame { attempt, text: positioned(n, channel, offset) });
+    }
+    let stored = h.client.resume_state().positions;
+    let offsets: Vec<(&str, u64)> = stored.iter().map(|p| (p.channel.as_str(), p.offset)).collect();
+    assert_eq!(offsets, [("conversation:conv-1", 6), ("user:alice", 9)]);
+    h.drop_socket(None);
+    h.advance(Duration::from_secs(5));
+    h.take();
+    h.establish("01B");
+    let resume = h.sent().into_iter().find(|e| e.message_type == types::CONNECTION_RESUME).unwrap();
+    let Ok(SystemMessage::ConnectionResume(resume)) = SystemMessage::from_envelope(&resume) else {
+        panic!()
+    };
+    assert_eq!(resume.positions, stored);
+    h.server(SystemMessage::ChannelReset(ChannelReset {
+        channel: "user:alice".into(),
+        epoch: None,
+        reason: "history_gap".into(),
+    }));
+    assert!(h.events().iter().any(|e| matches!(
+        e,
+        ClientEvent::Gap { reason: "channel_reset", channel: Some(c) } if c == "user:alice"
+    )));
+    let left: Vec<String> =
+        h.client.resume_state().positions.into_iter().map(|p| p.channel).collect();
+    assert_eq!(left, ["conversation:conv-1"]);
 }

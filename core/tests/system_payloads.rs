@@ -4,9 +4,9 @@
 
 use proptest::prelude::*;
 use switchboard_core::protocol::{
-    AuthRefresh, AuthRefreshed, ClientScreenState, CloseReason, ConnectionClose,
+    AuthRefresh, AuthRefreshed, ChannelReset, ClientScreenState, CloseReason, ConnectionClose,
     ConnectionEstablished, ConnectionResume, ConnectionResumed, Envelope, ErrorCategory,
-    ErrorPayload, Heartbeat, Id, Payload, Source, SystemMessage, Timestamp,
+    ErrorPayload, Heartbeat, Id, Payload, Position, Source, SystemMessage, Timestamp,
 };
 
 fn id() -> impl Strategy<Value = Id> {
@@ -15,6 +15,11 @@ fn id() -> impl Strategy<Value = Id> {
 
 fn text() -> impl Strategy<Value = String> {
     "\\PC{0,16}"
+}
+
+fn position() -> impl Strategy<Value = Position> {
+    ("[a-z]{1,8}:\\PC{1,12}", "[a-z0-9]{1,10}", any::<u64>())
+        .prop_map(|(channel, epoch, offset)| Position { channel, epoch, offset })
 }
 
 fn timestamp() -> impl Strategy<Value = Timestamp> {
@@ -52,8 +57,9 @@ fn message() -> impl Strategy<Value = SystemMessage> {
         proptest::option::of(text()),
         proptest::option::of(id()),
         proptest::option::of(any::<u64>()),
+        proptest::collection::vec(position(), 0..3),
     )
-        .prop_map(|(conv, last_id, index, widgets, input, connection, seq)| {
+        .prop_map(|(conv, last_id, index, widgets, input, connection, seq, positions)| {
             SystemMessage::ConnectionResume(ConnectionResume {
                 conversation_id: conv,
                 last_message_id: last_id,
@@ -64,6 +70,7 @@ fn message() -> impl Strategy<Value = SystemMessage> {
                 },
                 connection_id: connection,
                 last_sequence: seq,
+                positions,
             })
         });
     let resumed = (
@@ -124,8 +131,13 @@ fn message() -> impl Strategy<Value = SystemMessage> {
                 retry_after_ms: retry,
             })
         });
+    let reset =
+        (text(), proptest::option::of(text()), text()).prop_map(|(channel, epoch, reason)| {
+            SystemMessage::ChannelReset(ChannelReset { channel, epoch, reason })
+        });
     prop_oneof![
         established,
+        reset,
         timestamp().prop_map(|t| SystemMessage::Ping(Heartbeat { timestamp: t })),
         timestamp().prop_map(|t| SystemMessage::Pong(Heartbeat { timestamp: t })),
         resume,
@@ -148,6 +160,7 @@ fn serde_payload(message: &SystemMessage) -> String {
         SystemMessage::AuthRefresh(p) => serde_json::to_string(p),
         SystemMessage::AuthRefreshed(p) => serde_json::to_string(p),
         SystemMessage::Error(p) => serde_json::to_string(p),
+        SystemMessage::ChannelReset(p) => serde_json::to_string(p),
     }
     .unwrap()
 }
@@ -176,6 +189,9 @@ fn serde_read(like: &SystemMessage, payload: &str) -> SystemMessage {
             SystemMessage::AuthRefreshed(serde_json::from_str(payload).unwrap())
         }
         SystemMessage::Error(_) => SystemMessage::Error(serde_json::from_str(payload).unwrap()),
+        SystemMessage::ChannelReset(_) => {
+            SystemMessage::ChannelReset(serde_json::from_str(payload).unwrap())
+        }
     }
 }
 

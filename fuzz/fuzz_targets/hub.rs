@@ -6,6 +6,11 @@
 //! - after `Input::Timeout` at `now`, `poll_timeout()` is `None` or later than `now`;
 //! - every frame the hub sends parses as a server envelope.
 //!
+//! The hub uses a shared bus: its bus commands are answered by the ops (published at some
+//! position or failed, subscribed with some tops or failed, history entries or failure, probes
+//! echoed), messages arrive on channels at arbitrary positions, and the link goes down, up
+//! and lags in any order.
+//!
 //! The input is decoded into at most [`MAX_OPS`] [`Op`]s (`cargo fuzz fmt hub <file>` prints
 //! them); the hub never panics, whatever they are.
 #![no_main]
@@ -18,8 +23,9 @@ use switchboard_core::protocol::{
     CloseCode, Envelope, Id, MessageType, Payload, SharedFrame, Source, Timestamp, TypePattern,
 };
 use switchboard_core::server::{
-    AuthFailure, Hub, HubConfig, HubEvent, Input, JoinGrant, JoinId, JoinRefusal, OpenRequest,
-    Outgoing, Output, Principal, RateLimit, Rejection, RemoteMessage, Route, SocketId, VerifyId,
+    AuthFailure, BusCommand, BusConfig, BusError, BusEvent, History, Hub, HubConfig, HubEvent,
+    Input, JoinGrant, JoinId, JoinRefusal, OpenRequest, Outgoing, Output, Principal, RateLimit,
+    Rejection, RemoteMessage, Route, SocketId, Top, VerifyId,
 };
 use switchboard_core::time::Instant;
 
@@ -29,6 +35,7 @@ const SEED: u64 = 0x0f0f_1234_5678_9abc;
 const UNIX_MS: i64 = 1_766_053_800_000;
 const START: Instant = Instant::from_millis(1_000);
 
+const EPOCHS: [&str; 3] = ["e0", "e1", "e2"];
 const CONVERSATIONS: [&str; 3] = ["conv-a", "conv-b", "conv-c"];
 const USERS: [&str; 3] = ["u0", "u1", "u2"];
 const TYPES: [&str; 14] = [
@@ -81,13 +88,24 @@ enum Frame {
 #[derive(Debug, Clone)]
 enum RemoteBody {
     /// A well-formed message, from this instance itself or another one, except a connection
-    /// (an index into the connection ids seen).
+    /// (an index into the connection ids seen), at a position (epoch 0..=2, offset).
     Valid {
         from_self: bool,
         except: Option<u8>,
         in_conversation: Option<usize>,
+        epoch: u8,
+        offset: u8,
     },
     Raw(Vec<u8>),
+}
+
+/// How the bus answers one of the hub's outstanding commands (an index into them).
+#[derive(Debug, Clone, Copy)]
+struct BusAnswer {
+    which: u8,
+    ok: bool,
+    epoch: u8,
+    offset: u8,
 }
 
 /// Where an application send goes.
@@ -142,6 +160,9 @@ enum Op {
         channel: String,
         body: RemoteBody,
     },
+    Answer(BusAnswer),
+    /// 0: the link went down, 1: up, 2: the receive queue lagged.
+    Link(u8),
     Send {
         target: AppTarget,
     },
@@ -224,11 +245,11 @@ impl<'a> Arbitrary<'a> for Op {
                     _ => u64::from(u.arbitrary::<u8>()?) * 1000,
                 },
             },
-            208..=219 => {
+            208..=213 => {
                 let channel = match u.int_in_range(0..=7)? {
-                    0..=2 => format!("conversation:{}", pick(u, &CONVERSATIONS)?),
-                    3..=5 => format!("user:{}", pick(u, &USERS)?),
-                    6 => "broadcast".to_owned(),
+                    0..=2 => format!("sb:{{conversation:{}}}", pick(u, &CONVERSATIONS)?),
+                    3..=5 => format!("sb:{{user:{}}}", pick(u, &USERS)?),
+                    6 => "sb:{broadcast}".to_owned(),
                     _ => String::from_utf8_lossy(&raw(u, 24)?).into_owned(),
                 };
                 let body = if u.ratio(7, 8)? {
@@ -236,12 +257,21 @@ impl<'a> Arbitrary<'a> for Op {
                         from_self: u.ratio(1, 8)?,
                         except: maybe(u, |u| u.arbitrary())?,
                         in_conversation: maybe(u, conversation)?,
+                        epoch: u.int_in_range(0..=2)?,
+                        offset: u.int_in_range(0..=12)?,
                     }
                 } else {
                     RemoteBody::Raw(raw(u, 300)?)
                 };
                 Op::Remote { channel, body }
             }
+            214..=217 => Op::Answer(BusAnswer {
+                which: u.arbitrary()?,
+                ok: u.ratio(5, 6)?,
+                epoch: u.int_in_range(0..=2)?,
+                offset: u.int_in_range(0..=12)?,
+            }),
+            218..=219 => Op::Link(u.int_in_range(0..=2)?),
             220..=241 => Op::Send {
                 target: match u.int_in_range(0..=5)? {
                     0..=2 => AppTarget::Conversation {
@@ -305,8 +335,29 @@ fn config() -> HubConfig {
         abuse_threshold: 4,
         abuse_window: ten_s,
         shutdown_spread: Duration::from_secs(1),
+        bus: BusConfig {
+            shared: true,
+            gap_wait: Duration::from_millis(50),
+            publish_budget: Duration::from_millis(100),
+            retry_min: Duration::from_millis(50),
+            retry_max: Duration::from_millis(400),
+            subscribe_batch: 2,
+            subscribe_timeout: Duration::from_secs(1),
+            probe_interval: Duration::from_secs(2),
+            probe_timeout: Duration::from_secs(1),
+            linger: Duration::from_secs(1),
+            max_pending_publishes: 4,
+            max_pending_bytes: 4096,
+            read_limit: 3,
+        },
         ..HubConfig::default()
     }
+}
+
+/// A message as the bus publishes it: its position in front.
+fn positioned(epoch: u8, offset: u8, entry: &[u8]) -> Vec<u8> {
+    let head = format!(r#"{{"epoch":"{}","offset":{offset},"#, EPOCHS[usize::from(epoch)]);
+    [head.as_bytes(), &entry[1..]].concat()
 }
 
 fn data(message_type: &str) -> MessageType {
@@ -354,6 +405,8 @@ struct World {
     unwritten: HashMap<SocketId, VecDeque<usize>>,
     /// Connection ids the hub announced.
     connections: Vec<Id>,
+    /// Bus commands that want an answer, oldest first.
+    bus: Vec<BusCommand>,
 }
 
 impl World {
@@ -369,9 +422,27 @@ impl World {
             joins: Vec::new(),
             unwritten: HashMap::new(),
             connections: Vec::new(),
+            bus: Vec::new(),
         };
         world.drain();
+        world.input(Input::Bus(BusEvent::LinkUp));
         world
+    }
+
+    /// A history entry: a message from another instance to everyone.
+    fn entry(&mut self, offset: u64) -> Vec<u8> {
+        let envelope = Envelope::create(
+            Source::Server,
+            data("data.history.event"),
+            Payload::empty(),
+            Timestamp::from_unix_ms(self.wall_ms()).unwrap(),
+            u128::from(offset),
+        );
+        let origin = Id::new("other-instance").unwrap();
+        let frame = SharedFrame::encode(&envelope);
+        RemoteMessage { id: envelope.id, origin, except: None, lost: offset % 5 / 4, frame }
+            .encode()
+            .to_vec()
     }
 
     fn wall_ms(&self) -> i64 {
@@ -410,6 +481,12 @@ impl World {
                     );
                 }
                 Output::Verify { request, .. } => self.pending.push(request),
+                Output::Bus(
+                    command @ (BusCommand::Publish { .. }
+                    | BusCommand::Subscribe { .. }
+                    | BusCommand::Read { .. }
+                    | BusCommand::Probe { .. }),
+                ) => self.bus.push(command),
                 Output::Authorize(join) => self.joins.push(join.request),
                 Output::Event(HubEvent::IllegalTransition { connection_id, from, to }) => {
                     panic!("illegal transition {from:?} → {to:?} of {connection_id:?}")
@@ -471,8 +548,10 @@ impl World {
     fn outgoing(&mut self, conversation: Option<&Id>) -> Outgoing {
         let n = self.next_message;
         self.next_message += 1;
-        let outgoing =
-            Outgoing::new(data("data.app.event"), Payload::from_json(&format!(r#"{{"n":{n}}}"#)).unwrap());
+        let outgoing = Outgoing::new(
+            data("data.app.event"),
+            Payload::from_json(&format!(r#"{{"n":{n}}}"#)).unwrap(),
+        );
         match conversation {
             Some(conversation) => outgoing.in_conversation(conversation.clone()),
             None => outgoing,
@@ -565,7 +644,7 @@ impl World {
             Op::Remote { ref channel, ref body } => {
                 let message = match *body {
                     RemoteBody::Raw(ref bytes) => bytes.clone().into(),
-                    RemoteBody::Valid { from_self, except, in_conversation } => {
+                    RemoteBody::Valid { from_self, except, in_conversation, epoch, offset } => {
                         let origin = if from_self {
                             self.hub.instance_id().clone()
                         } else {
@@ -585,10 +664,66 @@ impl World {
                         );
                         let except = except.and_then(|n| self.connection(n));
                         let frame = SharedFrame::encode(&envelope);
-                        RemoteMessage { origin, except, frame }.encode()
+                        let message =
+                            RemoteMessage { id: envelope.id, origin, except, lost: 0, frame };
+                        positioned(epoch, offset, &message.encode()).into()
                     }
                 };
-                self.input(Input::Remote { channel: channel.clone(), message });
+                let channel = channel.clone();
+                self.input(Input::Bus(BusEvent::Message { channel, message }));
+            }
+            Op::Answer(ref answer) => {
+                if self.bus.is_empty() {
+                    return;
+                }
+                let command = self.bus.remove(usize::from(answer.which) % self.bus.len());
+                let fail = || BusError("down".into());
+                let top = Top {
+                    epoch: EPOCHS[usize::from(answer.epoch)].into(),
+                    offset: u64::from(answer.offset),
+                };
+                let event = match command {
+                    BusCommand::Publish { key, .. } => BusEvent::Published {
+                        key,
+                        result: if answer.ok { Ok(top) } else { Err(fail()) },
+                    },
+                    BusCommand::Subscribe { batch, channels } => BusEvent::Subscribed {
+                        batch,
+                        result: if answer.ok {
+                            Ok(channels
+                                .iter()
+                                .map(|_| (answer.offset > 0).then(|| top.clone()))
+                                .collect())
+                        } else {
+                            Err(fail())
+                        },
+                    },
+                    BusCommand::Read { request, after, limit, .. } => BusEvent::History {
+                        request,
+                        result: if answer.ok {
+                            let entries = (after + 1..=u64::from(answer.offset))
+                                .take(limit)
+                                .map(|offset| (offset, self.entry(offset).into()))
+                                .collect();
+                            Ok(History { top: (answer.offset > 0).then_some(top), entries })
+                        } else {
+                            Err(fail())
+                        },
+                    },
+                    BusCommand::Probe { channel, token } => {
+                        BusEvent::Message { channel, message: token.to_string().into() }
+                    }
+                    _ => return,
+                };
+                self.input(Input::Bus(event));
+            }
+            Op::Link(ref kind) => {
+                let event = match *kind {
+                    0 => BusEvent::LinkDown,
+                    1 => BusEvent::LinkUp,
+                    _ => BusEvent::Lagged,
+                };
+                self.input(Input::Bus(event));
             }
             Op::Send { target } => {
                 match target {

@@ -20,12 +20,13 @@ use switchboard_core::client::{
 };
 use switchboard_core::protocol::{
     CloseCode, ConnectionResumed, DEFAULT_MAX_FRAME_BYTES, Envelope, ErrorPayload, Heartbeat, Id,
-    MessageType, Payload, Source, SystemMessage, Timestamp, types,
+    MessageType, Payload, Position, Source, SystemMessage, Timestamp, types,
 };
 use switchboard_core::rng::Rng;
 use switchboard_core::server::{
-    AuthFailure, Credentials, Hub, HubConfig, HubEvent, Input, JoinGrant, JoinId, JoinRefusal,
-    OpenRequest, Outgoing, Output, Principal, SocketId, VerifyId,
+    AuthFailure, BusCommand, BusError, BusEvent, Credentials, Hub, HubConfig, HubEvent, Input,
+    JoinGrant, JoinId, JoinRefusal, LocalBus, OpenRequest, Outgoing, Output, Principal, SocketId,
+    VerifyId,
 };
 use switchboard_core::time::Instant;
 
@@ -88,6 +89,8 @@ pub struct SimClient {
     pending_resume: Option<(Id, Vec<Envelope>)>,
     /// Application payloads delivered, in order, duplicates dropped.
     pub received: Vec<serde_json::Value>,
+    /// Their positions in their channels, in the same order.
+    pub positions: Vec<Option<Position>>,
     pub duplicates: u64,
     pub gaps: u64,
     /// Every system message received.
@@ -111,6 +114,7 @@ impl SimClient {
             last_sequence: 0,
             pending_resume: None,
             received: Vec::new(),
+            positions: Vec::new(),
             duplicates: 0,
             gaps: 0,
             system: Vec::new(),
@@ -195,7 +199,7 @@ enum Event {
     ServerClosed { node: usize, socket: SocketId, code: Option<CloseCode> },
     Verdict { node: usize, request: VerifyId, verdict: Result<Principal, AuthFailure> },
     Join { node: usize, request: JoinId, verdict: Result<JoinGrant, JoinRefusal> },
-    Remote { node: usize, channel: String, message: Bytes },
+    Bus { node: usize, event: BusEvent },
     ClientFrame { peer: Peer, socket: SocketId, frame: Bytes },
     ClientClosed { peer: Peer, socket: SocketId, code: Option<CloseCode> },
     CoreOpened { client: usize, attempt: AttemptId },
@@ -247,7 +251,15 @@ pub struct World {
     queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     scheduled: BTreeMap<usize, Event>,
     next_event: usize,
-    bus: BTreeMap<String, BTreeSet<usize>>,
+    /// The bus between the hubs (with several), with history.
+    pub bus: LocalBus,
+    /// Pub/sub messages of the bus lost on the way to a hub, one in this many (0: none).
+    pub bus_loss_one_in: u64,
+    /// The bus is unreachable: every command fails (see [`World::bus_outage`]).
+    pub bus_down: bool,
+    /// Hubs whose subscriber connection is deaf: connected, but nothing arrives, until the
+    /// hub renews it.
+    pub deaf: BTreeSet<usize>,
     pub auth: AuthMode,
     pub join: JoinMode,
     /// Conversations every join to is refused (forbidden), whatever `join` says.
@@ -273,8 +285,10 @@ fn fnv(hash: u64, bytes: &[u8]) -> u64 {
 pub const WALL_START_MS: i64 = 1_766_053_800_000;
 
 impl World {
-    /// A world of `nodes` hubs with `config`, from `seed`.
-    pub fn new(seed: u64, nodes: usize, config: HubConfig) -> Self {
+    /// A world of `nodes` hubs with `config`, from `seed`. With more than one hub, they share
+    /// the world's bus (`config.bus.shared`; one hub uses it only if the config says so).
+    pub fn new(seed: u64, nodes: usize, mut config: HubConfig) -> Self {
+        config.bus.shared |= nodes > 1;
         let mut master = Rng::new(seed);
         let net_rng = master.split();
         let nodes = (0..nodes)
@@ -304,7 +318,10 @@ impl World {
             queue: BinaryHeap::new(),
             scheduled: BTreeMap::new(),
             next_event: 0,
-            bus: BTreeMap::new(),
+            bus: LocalBus::new(seed ^ 0x6275_7321, 1000),
+            bus_loss_one_in: 0,
+            bus_down: false,
+            deaf: BTreeSet::new(),
             auth: AuthMode::Allow { delay_ms: 0 },
             join: JoinMode::Allow { write: true },
             forbidden: BTreeSet::new(),
@@ -319,6 +336,9 @@ impl World {
         };
         for node in 0..world.nodes.len() {
             world.drain(node);
+            if world.config.bus.shared {
+                world.input(node, Input::Bus(BusEvent::LinkUp));
+            }
         }
         world
     }
@@ -570,8 +590,10 @@ impl World {
             Event::Join { node, request, verdict } => {
                 self.input(node, Input::JoinVerdict { request, verdict })
             }
-            Event::Remote { node, channel, message } => {
-                self.input(node, Input::Remote { channel, message })
+            Event::Bus { node, event } => {
+                if !self.nodes[node].down {
+                    self.input(node, Input::Bus(event))
+                }
             }
             Event::ClientFrame { peer: Peer::Sim(client), socket, frame } => {
                 self.client_frame(client, socket, &frame)
@@ -717,6 +739,7 @@ impl World {
         }
         c.last_sequence = sequence;
         c.received.push(envelope.payload.parse().expect("payloads are JSON"));
+        c.positions.push(envelope.position);
     }
 
     fn latency(&mut self) -> Instant {
@@ -835,29 +858,42 @@ impl World {
                 let at = self.now;
                 self.schedule(at, Event::Join { node, request: join.request, verdict });
             }
-            Output::Publish { channel, message } => {
-                self.trace = fnv(self.trace, channel.as_bytes());
-                self.trace = fnv(self.trace, &message);
+            Output::Bus(command) => {
+                self.trace = fnv(self.trace, format!("{command:?}").as_bytes());
                 let at = self.now + Duration::from_millis(self.bus_latency_ms);
-                for &target in self.bus.get(&channel).into_iter().flatten() {
-                    let event = Event::Remote {
-                        node: target,
-                        channel: channel.clone(),
-                        message: message.clone(),
+                let events = if self.bus_down {
+                    let down = || BusError("the bus is down".into());
+                    let answer = match command {
+                        BusCommand::Publish { key, .. } => {
+                            BusEvent::Published { key, result: Err(down()) }
+                        }
+                        BusCommand::Subscribe { batch, .. } => {
+                            BusEvent::Subscribed { batch, result: Err(down()) }
+                        }
+                        BusCommand::Read { request, .. } => {
+                            BusEvent::History { request, result: Err(down()) }
+                        }
+                        _ => return,
                     };
-                    self.scheduled.insert(self.next_event, event);
+                    vec![(node, answer)]
+                } else {
+                    if command == BusCommand::RenewSubscriber {
+                        self.deaf.remove(&node);
+                    }
+                    self.bus.execute(node, command)
+                };
+                for (target, event) in events {
+                    let message = matches!(event, BusEvent::Message { .. });
+                    let lost = message
+                        && (self.deaf.contains(&target)
+                            || (self.bus_loss_one_in > 0
+                                && self.net_rng.up_to(self.bus_loss_one_in - 1) == 0));
+                    if lost {
+                        continue;
+                    }
+                    self.scheduled.insert(self.next_event, Event::Bus { node: target, event });
                     self.queue.push(Reverse((at, self.next_event as u64, self.next_event)));
                     self.next_event += 1;
-                }
-            }
-            Output::Subscribe { channel } => {
-                self.trace = fnv(self.trace, channel.as_bytes());
-                self.bus.entry(channel).or_default().insert(node);
-            }
-            Output::Unsubscribe { channel } => {
-                self.trace = fnv(self.trace, channel.as_bytes());
-                if let Some(nodes) = self.bus.get_mut(&channel) {
-                    nodes.remove(&node);
                 }
             }
             Output::Event(event) => {
@@ -979,6 +1015,31 @@ impl World {
         }
     }
 
+    /// The bus becomes unreachable: every hub hears that its link is down, and every command
+    /// fails until [`World::bus_restored`].
+    pub fn bus_outage(&mut self) {
+        self.bus_down = true;
+        for node in 0..self.nodes.len() {
+            if !self.nodes[node].down {
+                self.input(node, Input::Bus(BusEvent::LinkDown));
+            }
+        }
+    }
+
+    /// The bus is reachable again; `lost_data`: it restarted without persistence (every
+    /// channel's history and epoch are gone).
+    pub fn bus_restored(&mut self, lost_data: bool) {
+        self.bus_down = false;
+        if lost_data {
+            self.bus.lose_everything();
+        }
+        for node in 0..self.nodes.len() {
+            if !self.nodes[node].down {
+                self.input(node, Input::Bus(BusEvent::LinkUp));
+            }
+        }
+    }
+
     /// Takes instance `node` down: every socket drops (clients see no close frame) and new ones
     /// are refused. Its hub, and every session in it, is gone.
     pub fn crash(&mut self, node: usize) {
@@ -993,9 +1054,7 @@ impl World {
         self.nodes[node].last_sent.clear();
         self.nodes[node].pending_inputs.clear();
         self.nodes[node].down = true;
-        for channels in self.bus.values_mut() {
-            channels.remove(&node);
-        }
+        self.bus.drop_subscriber(node);
         // The process is gone, and every session with it; a fresh hub waits for the restart.
         let seed = self.master.next_u64();
         let wall = WALL_START_MS + self.now.as_millis() as i64;

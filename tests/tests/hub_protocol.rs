@@ -6,7 +6,7 @@ use switchboard_core::protocol::{
     CloseCode, Id, MessageType, Payload, SystemMessage, TypePattern, types,
 };
 use switchboard_core::server::{
-    ConnectionState, HubConfig, HubEvent, Input, Outgoing, Principal, RateLimit, Route,
+    BusEvent, ConnectionState, HubConfig, HubEvent, Input, Outgoing, Principal, RateLimit, Route,
 };
 use switchboard_tests::sim::{SeedGuard, World, seed_or};
 
@@ -442,6 +442,8 @@ fn subscriptions_follow_local_membership() {
         );
     }
     w.settle();
+    assert_eq!(w.nodes[0].hub.stats().subscriptions, 4, "channels linger a while");
+    w.run_for(HubConfig::default().bus.linger + Duration::from_millis(1));
     assert_eq!(w.nodes[0].hub.stats().subscriptions, 1, "only broadcast is left");
     let limit = HubConfig { max_subscriptions: 2, ..HubConfig::default() };
     let (mut w, _g) = world(limit);
@@ -555,34 +557,32 @@ fn credentials_never_show_in_debug_output() {
 
 #[test]
 fn remote_messages_from_the_bus_are_checked() {
-    let (mut w, _g, c) = connected(HubConfig::default());
+    let mut config = HubConfig::default();
+    config.bus.shared = true;
+    let (mut w, _g, c) = connected(config);
+    let bus = |channel: &str, message: &'static [u8]| {
+        Input::Bus(BusEvent::Message {
+            channel: channel.into(),
+            message: bytes::Bytes::from_static(message),
+        })
+    };
+    w.input(0, bus("sb:{conversation:conv-1}", b"garbage"));
     w.input(
         0,
-        Input::Remote {
-            channel: "conversation:conv-1".into(),
-            message: bytes::Bytes::from_static(b"garbage"),
-        },
+        bus("nonsense", br#"{"epoch":"e","offset":1,"id":"m","origin":"x","frame":{"a":1}}"#),
     );
-    w.input(
-        0,
-        Input::Remote {
-            channel: "nonsense".into(),
-            message: bytes::Bytes::from_static(br#"{"origin":"x","frame":{"a":1}}"#),
-        },
-    );
+    // Without a position: not a channel message.
+    w.input(0, bus("sb:{broadcast}", br#"{"id":"m","origin":"x","except":null,"frame":{"a":1}}"#));
     w.settle();
     assert!(w.clients[c].received.is_empty());
-    let frame = br#"{"origin":"other-instance","except":null,"frame":{"id":"1","type":"data.x.y","version":"1.0","timestamp":"2025-12-18T10:30:00.000Z","source":"server","payload":{"n":8}}}"#;
-    w.input(
-        0,
-        Input::Remote { channel: "broadcast".into(), message: bytes::Bytes::from_static(frame) },
-    );
-    w.input(
-        0,
-        Input::Remote { channel: "user:alice".into(), message: bytes::Bytes::from_static(frame) },
-    );
+    let frame = br#"{"epoch":"e1","offset":1,"id":"m1","origin":"other-instance","except":null,"frame":{"id":"1","type":"data.x.y","version":"1.0","timestamp":"2025-12-18T10:30:00.000Z","source":"server","payload":{"n":8}}}"#;
+    w.input(0, bus("sb:{broadcast}", frame));
+    w.input(0, bus("sb:{user:alice}", frame));
     w.settle();
     assert_eq!(w.clients[c].received.len(), 2);
+    let positions: Vec<_> =
+        w.clients[c].positions.iter().map(|p| p.as_ref().unwrap().channel.as_str()).collect();
+    assert_eq!(positions, ["broadcast", "user:alice"]);
     let info = w.nodes[0].hub.connection(w.clients[c].session.as_ref().unwrap()).unwrap();
     assert_eq!(info.next_sequence, 3);
     assert!(info.replay_len == 2 && info.outbound_frames <= 2);

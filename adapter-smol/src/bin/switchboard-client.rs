@@ -105,7 +105,12 @@ fn main() -> std::process::ExitCode {
                 ClientEvent::ServerError(error) => {
                     eprintln!("[error {}: {}]", error.code, error.message)
                 }
-                ClientEvent::Gap { reason } => eprintln!("[messages may be missing: {reason}]"),
+                ClientEvent::Gap { reason, channel: Some(channel) } => {
+                    eprintln!("[messages on {channel} may be missing: {reason}]")
+                }
+                ClientEvent::Gap { reason, channel: None } => {
+                    eprintln!("[messages may be missing: {reason}]")
+                }
                 ClientEvent::SendFailed { error, .. } => eprintln!("[not sent: {error}]"),
                 ClientEvent::LocalError(error) => eprintln!("[{error}]"),
                 ClientEvent::Disconnected { .. } => {}

@@ -2,8 +2,8 @@
 
 use super::state::ClientState;
 use crate::protocol::{
-    CloseCode, CloseReason, Envelope, ErrorPayload, Id, MessageType, Payload, ProtocolError,
-    SystemMessage,
+    CloseCode, CloseReason, Envelope, ErrorPayload, Id, MessageType, Payload, Position,
+    ProtocolError, SystemMessage,
 };
 use crate::time::Instant;
 use bytes::Bytes;
@@ -52,6 +52,8 @@ pub struct Received {
     pub id: Id,
     pub message_type: MessageType,
     pub sequence: Option<u64>,
+    /// Where it sits in its channel (none for a message to this connection only).
+    pub position: Option<Position>,
     /// The frame as it arrived (JSON text).
     pub frame: Bytes,
     /// The envelope, when the core decoded the frame itself (`ClientInput::Frame`).
@@ -88,6 +90,8 @@ pub enum ServerFrame {
     Closing { reason: CloseReason, retry_after_ms: Option<u64> },
     /// `system.error`.
     Error(Box<ErrorPayload>),
+    /// `system.channel.reset`: messages on this channel may be missing.
+    ChannelReset { channel: String },
     /// A system message the client takes no action on (`system.auth.refreshed`).
     Other,
     /// A `control.*` or `data.*` message.
@@ -103,6 +107,7 @@ impl ServerFrame {
                 id: envelope.id.clone(),
                 message_type: envelope.message_type.clone(),
                 sequence: envelope.sequence,
+                position: envelope.position.clone(),
                 frame,
                 envelope: Some(Box::new(envelope)),
             })));
@@ -123,6 +128,9 @@ impl ServerFrame {
                 ServerFrame::Closing { reason: c.reason, retry_after_ms: c.retry_after_ms }
             }
             SystemMessage::Error(error) => ServerFrame::Error(Box::new(error)),
+            SystemMessage::ChannelReset(reset) => {
+                ServerFrame::ChannelReset { channel: reset.channel }
+            }
             SystemMessage::AuthRefreshed(_)
             | SystemMessage::AuthRefresh(_)
             | SystemMessage::ConnectionResume(_) => ServerFrame::Other,
@@ -244,6 +252,8 @@ pub struct ResumeState {
     pub connection_id: Option<Id>,
     pub last_sequence: u64,
     pub last_message_id: Option<Id>,
+    /// The last position delivered in each channel: any instance can replay from them.
+    pub positions: Vec<Position>,
 }
 
 /// The outputs, drained with [`super::Client::poll_output`].
@@ -350,6 +360,9 @@ pub enum ClientEvent {
     /// Messages were lost (resume refused, or a sequence jump): the application must resync.
     Gap {
         reason: &'static str,
+        /// The channel (`conversation:c-1`) when the server said which one was reset; `None`
+        /// when the whole session's messages are concerned.
+        channel: Option<String>,
     },
     /// A queued message could not be sent.
     SendFailed {

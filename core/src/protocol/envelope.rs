@@ -2,7 +2,7 @@
 
 use super::json;
 use super::message_type::share;
-use super::{Field, Id, MessageType, ProtocolError, Timestamp};
+use super::{Field, Id, MessageType, Position, ProtocolError, Timestamp};
 use bytes::Bytes;
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
@@ -131,6 +131,10 @@ pub struct Envelope {
     pub sender_id: Option<Id>,
     /// The type's payload.
     pub payload: Payload,
+    /// Ours, server to client: where the message sits in the channel it went through (none
+    /// for a message to one connection). The same for every recipient, so it is part of the
+    /// shared encoding.
+    pub position: Option<Position>,
     /// Server to client only: the per-session sequence number, from 1 and strictly increasing.
     pub sequence: Option<u64>,
 }
@@ -156,6 +160,7 @@ impl Envelope {
             correlation_id: None,
             sender_id: None,
             payload,
+            position: None,
             sequence: None,
         }
     }
@@ -233,6 +238,10 @@ impl Envelope {
         }
         out.extend_from_slice(b",\"payload\":");
         out.extend_from_slice(self.payload.as_str().as_bytes());
+        if let Some(position) = &self.position {
+            out.extend_from_slice(b",\"position\":");
+            out.extend_from_slice(position.to_json().as_bytes());
+        }
         if let Some(sequence) = self.sequence {
             out.extend_from_slice(b",\"sequence\":");
             write_u64(out, sequence);
@@ -264,7 +273,7 @@ impl fmt::Debug for Envelope {
         } else {
             s.field("payload", &self.payload);
         }
-        s.field("sequence", &self.sequence).finish()
+        s.field("position", &self.position).field("sequence", &self.sequence).finish()
     }
 }
 
@@ -313,6 +322,7 @@ struct RawEnvelope<'a> {
     correlation_id: Option<Scalar<'a>>,
     sender_id: Option<Scalar<'a>>,
     payload: Option<&'a str>,
+    position: Option<&'a str>,
     sequence: Option<Scalar<'a>>,
 }
 
@@ -328,6 +338,7 @@ fn field(key: &str) -> Option<Field> {
         "correlationId" => Field::CorrelationId,
         "senderId" => Field::SenderId,
         "payload" => Field::Payload,
+        "position" => Field::Position,
         "sequence" => Field::Sequence,
         _ => return None,
     })
@@ -345,6 +356,7 @@ impl<'a> RawEnvelope<'a> {
             let Some(field) = field(&key) else { continue };
             let seen = match field {
                 Field::Payload => raw.payload.replace(value).is_some(),
+                Field::Position => raw.position.replace(value).is_some(),
                 Field::Id => raw.id.replace(Scalar::read(value)).is_some(),
                 Field::Type => raw.message_type.replace(Scalar::read(value)).is_some(),
                 Field::Version => raw.version.replace(Scalar::read(value)).is_some(),
@@ -397,6 +409,12 @@ impl<'a> RawEnvelope<'a> {
         if !payload.starts_with('{') {
             return Err(ProtocolError::PayloadNotObject);
         }
+        let position = match self.position {
+            None | Some("null") => None,
+            Some(raw) => Some(Position::read(raw).ok_or_else(|| {
+                wrong_type(Field::Position, "an object {channel, epoch, offset}")
+            })?),
+        };
         let sequence = match self.sequence {
             None | Some(Scalar::Null) => None,
             Some(Scalar::Unsigned(n)) => Some(n),
@@ -411,6 +429,7 @@ impl<'a> RawEnvelope<'a> {
             correlation_id,
             sender_id,
             payload: Payload(share(frame, Cow::Borrowed(payload))),
+            position,
             sequence,
         })
     }

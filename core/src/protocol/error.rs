@@ -88,6 +88,7 @@ pub enum Field {
     CorrelationId,
     SenderId,
     Payload,
+    Position,
     Sequence,
 }
 
@@ -104,6 +105,7 @@ impl Field {
             Field::CorrelationId => "correlationId",
             Field::SenderId => "senderId",
             Field::Payload => "payload",
+            Field::Position => "position",
             Field::Sequence => "sequence",
         }
     }

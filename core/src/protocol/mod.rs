@@ -25,6 +25,7 @@ mod error;
 pub mod json;
 mod message_type;
 mod pattern;
+mod position;
 mod shared_frame;
 mod system;
 mod timestamp;
@@ -34,9 +35,10 @@ pub use envelope::{DEFAULT_MAX_FRAME_BYTES, Envelope, PROTOCOL_VERSION, Payload,
 pub use error::{ErrorCategory, Field, ProtocolError, codes};
 pub use message_type::{Id, IdError, MessageType, MessageTypeError, Plane};
 pub use pattern::{PatternError, Specificity, TypePattern, type_matches};
+pub use position::Position;
 pub use shared_frame::SharedFrame;
 pub use system::{
-    AuthRefresh, AuthRefreshed, ClientScreenState, CloseReason, ConnectionClose,
+    AuthRefresh, AuthRefreshed, ChannelReset, ClientScreenState, CloseReason, ConnectionClose,
     ConnectionEstablished, ConnectionResume, ConnectionResumed, ErrorPayload, Heartbeat,
     SystemMessage, types,
 };

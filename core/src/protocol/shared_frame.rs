@@ -1,6 +1,6 @@
 //! One encoding of a message shared by every recipient.
 
-use super::Envelope;
+use super::{Envelope, Position};
 use bytes::Bytes;
 
 /// An envelope encoded once, without `sequence`, to be sent to many sessions.
@@ -26,6 +26,20 @@ impl SharedFrame {
     /// if they do not end in `}`.
     pub fn from_encoded(bytes: Bytes) -> Option<Self> {
         bytes.ends_with(b"}").then_some(SharedFrame(bytes))
+    }
+
+    /// This frame with `position` added (it must have none): done once per message and
+    /// instance, when the channel gives the message its place, not per recipient.
+    pub fn with_position(&self, position: &Position) -> SharedFrame {
+        const KEY: &[u8] = b",\"position\":";
+        let body = &self.0[..self.0.len().saturating_sub(1)];
+        let position = position.to_json();
+        let mut frame = Vec::with_capacity(body.len() + KEY.len() + position.len() + 1);
+        frame.extend_from_slice(body);
+        frame.extend_from_slice(KEY);
+        frame.extend_from_slice(position.as_bytes());
+        frame.push(b'}');
+        SharedFrame(Bytes::from(frame))
     }
 
     /// The frame without a sequence.
@@ -82,5 +96,23 @@ mod tests {
             );
         }
         assert_eq!(&shared.unsequenced()[..], &envelope.encode()[..]);
+    }
+
+    #[test]
+    fn a_spliced_position_equals_encoding_with_it() {
+        let envelope = Envelope::create(
+            Source::Server,
+            MessageType::new("data.message.created").unwrap(),
+            Payload::from_json(r#"{"position":1}"#).unwrap(),
+            Timestamp::UNIX_EPOCH,
+            9,
+        );
+        let position =
+            Position { channel: "conversation:c-1".into(), epoch: "e1".into(), offset: 7 };
+        let spliced = SharedFrame::encode(&envelope).with_position(&position).with_sequence(3);
+        let mut positioned = envelope.clone().with_sequence(3);
+        positioned.position = Some(position);
+        assert_eq!(&spliced[..], &positioned.encode()[..]);
+        assert_eq!(Envelope::parse(&spliced, usize::MAX).unwrap(), positioned);
     }
 }

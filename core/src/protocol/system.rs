@@ -3,7 +3,9 @@
 //! Unknown payload fields are ignored, so a peer of a later minor version can add fields.
 
 use super::json::{self, ObjectWriter};
-use super::{Envelope, ErrorCategory, Id, MessageType, Payload, ProtocolError, Timestamp};
+use super::{
+    Envelope, ErrorCategory, Id, MessageType, Payload, Position, ProtocolError, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::fmt;
@@ -19,6 +21,7 @@ pub mod types {
     pub const AUTH_REFRESH: &str = "system.auth.refresh";
     pub const AUTH_REFRESHED: &str = "system.auth.refreshed";
     pub const ERROR: &str = "system.error";
+    pub const CHANNEL_RESET: &str = "system.channel.reset";
 
     /// Whether a client may send a message of this type (the rest are the server's).
     pub fn is_client_to_server(message_type: &str) -> bool {
@@ -84,6 +87,23 @@ pub struct ConnectionResume {
     /// Ours: the highest `sequence` the client has received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sequence: Option<u64>,
+    /// Ours: the last position the client got in each channel, so that any instance can
+    /// replay the rest from the channel's history (DESIGN.md §3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub positions: Vec<Position>,
+}
+
+/// `system.channel.reset` (ours, server → client, unsequenced): messages on `channel` may be
+/// missing — its history could not fill a gap, the bus lost them, a failover rolled the channel
+/// back — so the client refetches what it shows of that channel. `epoch` is the channel's new
+/// one, when known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelReset {
+    pub channel: String,
+    pub epoch: Option<String>,
+    /// `history_gap`, `epoch_changed`, `rolled_back`, `publish_lost`, …
+    pub reason: String,
 }
 
 /// `system.connection.resumed` (server → client): the outcome of a resume.
@@ -193,6 +213,7 @@ pub enum SystemMessage {
     AuthRefresh(AuthRefresh),
     AuthRefreshed(AuthRefreshed),
     Error(ErrorPayload),
+    ChannelReset(ChannelReset),
 }
 
 impl SystemMessage {
@@ -220,6 +241,7 @@ impl SystemMessage {
             types::AUTH_REFRESH => AuthRefresh::read(&fields).map(Self::AuthRefresh),
             types::AUTH_REFRESHED => AuthRefreshed::read(&fields).map(Self::AuthRefreshed),
             types::ERROR => ErrorPayload::read(&fields).map(Self::Error),
+            types::CHANNEL_RESET => ChannelReset::read(&fields).map(Self::ChannelReset),
             _ => return Err(ProtocolError::UnknownMessageType(ty.to_owned())),
         };
         message.map_err(invalid)
@@ -237,6 +259,7 @@ impl SystemMessage {
             Self::AuthRefresh(_) => types::AUTH_REFRESH,
             Self::AuthRefreshed(_) => types::AUTH_REFRESHED,
             Self::Error(_) => types::ERROR,
+            Self::ChannelReset(_) => types::CHANNEL_RESET,
         }
     }
 
@@ -257,6 +280,7 @@ impl SystemMessage {
             Self::AuthRefresh(p) => p.write(&mut out),
             Self::AuthRefreshed(p) => p.write(&mut out),
             Self::Error(p) => p.write(&mut out),
+            Self::ChannelReset(p) => p.write(&mut out),
         }
         Payload::from_object_text(out.finish())
     }
@@ -417,6 +441,14 @@ impl ConnectionResume {
             client_state,
             connection_id: f.opt_id("connectionId")?,
             last_sequence: f.opt_u64("lastSequence")?,
+            positions: match f.raw("positions") {
+                None => Vec::new(),
+                Some(raw) => json::array_items(raw)
+                    .ok()
+                    .flatten()
+                    .and_then(|items| items.into_iter().map(Position::read).collect())
+                    .ok_or_else(|| wrong("positions", "an array of positions"))?,
+            },
         })
     }
 
@@ -442,6 +474,26 @@ impl ConnectionResume {
         out.raw("clientState", &state.finish())
             .opt_str("connectionId", self.connection_id.as_ref().map(Id::as_str))
             .opt_u64("lastSequence", self.last_sequence);
+        if !self.positions.is_empty() {
+            let items: Vec<String> = self.positions.iter().map(Position::to_json).collect();
+            out.raw("positions", &format!("[{}]", items.join(",")));
+        }
+    }
+}
+
+impl ChannelReset {
+    fn read(f: &Fields<'_>) -> Result<Self, String> {
+        Ok(ChannelReset {
+            channel: f.string("channel")?,
+            epoch: f.opt_string("epoch")?,
+            reason: f.string("reason")?,
+        })
+    }
+
+    fn write(&self, out: &mut ObjectWriter) {
+        out.str("channel", &self.channel)
+            .str_or_null("epoch", self.epoch.as_deref())
+            .str("reason", &self.reason);
     }
 }
 

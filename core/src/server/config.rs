@@ -81,8 +81,64 @@ pub struct HubConfig {
     pub abuse_window: Duration,
     /// Window within which each connection's `retryAfterMs` is drawn at shutdown (5 s).
     pub shutdown_spread: Duration,
-    /// Pub/sub channel prefix, so that several deployments can share one Redis (empty).
+    /// Channel prefix on the bus, so that several deployments can share one Redis (`sb:`).
     pub channel_prefix: String,
+    /// The channels between instances.
+    pub bus: BusConfig,
+}
+
+/// How the hub uses the bus between instances (DESIGN.md §3; see `server::bus`).
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// The channels go through a bus shared with other instances (Redis), which the adapter
+    /// connects to; `false` (the default): this instance alone, positions given in process.
+    pub shared: bool,
+    /// How long a gap in a channel may wait for the missing messages to arrive by themselves
+    /// before the history is read (100 ms).
+    pub gap_wait: Duration,
+    /// How long an own message may wait for the bus to place it before local members get it
+    /// anyway (250 ms).
+    pub publish_budget: Duration,
+    /// Retries of failed publishes and subscribes back off from `retry_min` to `retry_max`
+    /// (100 ms, 2 s).
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// Channels per subscribe command (512).
+    pub subscribe_batch: usize,
+    /// A subscribe or history read not answered within this is retried (5 s).
+    pub subscribe_timeout: Duration,
+    /// How often the instance publishes a probe to itself (5 s), and how long the probe may
+    /// take to come back before the subscriber is taken for deaf (3 s).
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    /// How long a channel stays subscribed after its last local member left (5 s).
+    pub linger: Duration,
+    /// Own publishes waiting for the bus, at most (10 000 messages, 16 MiB); past that, a
+    /// message is delivered here only and its channel reset everywhere once the bus is back.
+    pub max_pending_publishes: usize,
+    pub max_pending_bytes: usize,
+    /// History entries asked for per read (256).
+    pub read_limit: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            shared: false,
+            gap_wait: Duration::from_millis(100),
+            publish_budget: Duration::from_millis(250),
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_secs(2),
+            subscribe_batch: 512,
+            subscribe_timeout: Duration::from_secs(5),
+            probe_interval: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(3),
+            linger: Duration::from_secs(5),
+            max_pending_publishes: 10_000,
+            max_pending_bytes: 16 << 20,
+            read_limit: 256,
+        }
+    }
 }
 
 impl Default for HubConfig {
@@ -120,7 +176,8 @@ impl Default for HubConfig {
             abuse_threshold: 20,
             abuse_window: minute,
             shutdown_spread: Duration::from_secs(5),
-            channel_prefix: String::new(),
+            channel_prefix: "sb:".to_owned(),
+            bus: BusConfig::default(),
         }
     }
 }
@@ -179,6 +236,13 @@ impl HubConfig {
         }
         if self.max_invalid_frames == 0 || self.invalid_window.is_zero() {
             return fail("max_invalid_frames and invalid_window must be positive".into());
+        }
+        let bus = &self.bus;
+        if bus.subscribe_batch == 0 || bus.read_limit == 0 || bus.max_pending_publishes == 0 {
+            return fail("bus batches, reads and the publish queue must hold at least one".into());
+        }
+        if bus.probe_interval.is_zero() || bus.probe_timeout.is_zero() || bus.retry_min.is_zero() {
+            return fail("bus probe and retry intervals must be positive".into());
         }
         if self.max_sessions_per_user == 0 {
             return fail("max_sessions_per_user must be at least 1".into());

@@ -1,6 +1,6 @@
 //! What goes into the hub and what comes out.
 
-use super::pubsub::Channel;
+use super::bus::{BusCommand, BusEvent, Channel};
 use crate::protocol::{CloseCode, Envelope, Id, Plane};
 use crate::server::state::ConnectionState;
 use bytes::Bytes;
@@ -249,8 +249,8 @@ pub enum Input {
     AuthVerdict { request: VerifyId, verdict: Result<Principal, AuthFailure> },
     /// The answer to an [`Output::Authorize`].
     JoinVerdict { request: JoinId, verdict: Result<JoinGrant, JoinRefusal> },
-    /// A message from another instance, from a channel the hub subscribed to.
-    Remote { channel: String, message: Bytes },
+    /// What the bus between instances said (see `server::bus`).
+    Bus(BusEvent),
     /// A deadline from [`super::Hub::poll_timeout`] passed (or may have).
     Timeout,
     /// Begin graceful shutdown.
@@ -287,11 +287,7 @@ impl fmt::Debug for Input {
                 .field("request", request)
                 .field("verdict", verdict)
                 .finish(),
-            Input::Remote { channel, message } => f
-                .debug_struct("Remote")
-                .field("channel", channel)
-                .field("bytes", &message.len())
-                .finish(),
+            Input::Bus(event) => f.debug_tuple("Bus").field(event).finish(),
             Input::Timeout => f.write_str("Timeout"),
             Input::Shutdown => f.write_str("Shutdown"),
         }
@@ -310,12 +306,8 @@ pub enum Output {
     /// Decide whether this user may join this conversation, and answer with
     /// [`Input::JoinVerdict`].
     Authorize(Box<JoinRequest>),
-    /// Publish to the other instances.
-    Publish { channel: String, message: Bytes },
-    /// Start receiving a channel.
-    Subscribe { channel: String },
-    /// Stop receiving a channel.
-    Unsubscribe { channel: String },
+    /// Ask this of the bus between instances, and feed its answer as [`Input::Bus`].
+    Bus(BusCommand),
     /// Something for the application or for metrics.
     Event(HubEvent),
 }
@@ -366,6 +358,9 @@ pub enum HubEvent {
     IllegalTransition { connection_id: Id, from: ConnectionState, to: ConnectionState },
     /// A subscription was refused for the configured limit.
     SubscriptionLimit { channel: Channel },
+    /// A channel's local members were told that messages may be missing
+    /// (`system.channel.reset`), and why.
+    ChannelReset { channel: Channel, reason: &'static str },
     /// Shutdown finished: every socket was told and closed.
     Drained,
 }

@@ -56,24 +56,24 @@
 //!   on `control.flow.resume`; if some were evicted meanwhile, the client hears
 //!   `system.connection.resumed {stateValid: false}` rather than nothing.
 
+mod bus;
 mod config;
 mod hub;
 mod io;
 mod members;
-mod pubsub;
 mod rate_limit;
 mod replay;
 mod router;
 mod state;
 mod timers;
 
-pub use config::{HubConfig, InvalidConfig, RateLimit};
+pub use bus::{BusCommand, BusError, BusEvent, Channel, History, LocalBus, RemoteMessage, Top};
+pub use config::{BusConfig, HubConfig, InvalidConfig, RateLimit};
 pub use hub::{ConnectionInfo, Hub, HubStats};
 pub use io::{
     AuthFailure, Credentials, HubEvent, Input, JoinGrant, JoinId, JoinRefusal, JoinRequest,
     OpenRequest, Output, Principal, RefusedSend, SocketId, VerifyId,
 };
-pub use pubsub::{Channel, RemoteMessage};
 pub use rate_limit::{RateLimiter, RateVerdict};
 pub use replay::{Gap, ReplayBuffer};
 pub use router::{

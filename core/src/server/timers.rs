@@ -20,6 +20,9 @@ pub enum TimerKind {
     TokenExpiry,
     /// A disconnected session's resume window ends.
     ResumeWindow,
+    /// The bus link's own deadlines (gap reads, retries, probes, lingering channels); not a
+    /// session's.
+    Bus,
 }
 
 /// The heap of deadlines. `K` identifies the owner of a deadline (a session key).
@@ -35,7 +38,7 @@ impl<K: Ord + Copy> Default for Timers<K> {
 }
 
 impl TimerKind {
-    /// Every kind.
+    /// Every kind a session has.
     pub const ALL: [TimerKind; 4] = [
         TimerKind::AuthTimeout,
         TimerKind::Heartbeat,

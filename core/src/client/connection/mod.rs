@@ -21,8 +21,13 @@ use crate::client::io::{
 };
 use crate::client::state::ClientState;
 use crate::protocol::{
-    CloseCode, CloseReason, Envelope, Id, MessageType, Payload, Source, SystemMessage, types,
+    CloseCode, CloseReason, Envelope, Id, MessageType, Payload, Position, Source, SystemMessage,
+    types,
 };
+
+/// Channels whose position a client keeps (it hears a conversation, its user and broadcast;
+/// the rest is room to spare, and a bound).
+const MAX_POSITIONS: usize = 8;
 use crate::rng::Rng;
 use crate::time::{Instant, WallClock};
 use bytes::Bytes;
@@ -76,6 +81,9 @@ pub struct Client {
     connection_id: Option<Id>,
     last_sequence: u64,
     last_message_id: Option<Id>,
+    /// The last position delivered per channel (a handful: the conversation, the user,
+    /// broadcast), sent with a resume so that any instance can replay from them.
+    positions: Vec<Position>,
     pending_resume: Option<PendingResume>,
     /// The server said (by a refused flow resume) that the next sequence jumps.
     expect_jump: bool,
@@ -135,6 +143,7 @@ impl Client {
             connection_id: None,
             last_sequence: 0,
             last_message_id: None,
+            positions: Vec::new(),
             pending_resume: None,
             expect_jump: false,
             heartbeat_interval,
@@ -168,6 +177,8 @@ impl Client {
         self.connection_id = state.connection_id;
         self.last_sequence = state.last_sequence;
         self.last_message_id = state.last_message_id;
+        self.positions = state.positions;
+        self.positions.truncate(MAX_POSITIONS);
     }
 
     /// The current state.
@@ -186,7 +197,22 @@ impl Client {
             connection_id: self.connection_id.clone(),
             last_sequence: self.last_sequence,
             last_message_id: self.last_message_id.clone(),
+            positions: self.positions.clone(),
         }
+    }
+
+    /// Remembers the position of a message delivered (replacing the channel's previous one).
+    pub(super) fn remember(&mut self, position: &Position) {
+        if let Some(known) = self.positions.iter_mut().find(|p| p.channel == position.channel) {
+            *known = position.clone();
+        } else if self.positions.len() < MAX_POSITIONS {
+            self.positions.push(position.clone());
+        }
+    }
+
+    /// Forgets a channel's position (it was reset: what follows is another epoch).
+    pub(super) fn forget_position(&mut self, channel: &str) {
+        self.positions.retain(|p| p.channel != channel);
     }
 
     /// Where the client is, for a status display.

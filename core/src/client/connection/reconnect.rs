@@ -51,6 +51,7 @@ impl Client {
         self.connection_id = None;
         self.last_sequence = 0;
         self.last_message_id = None;
+        self.positions.clear();
         self.persist_due = Some(now);
         self.persist_now();
         self.persisted_at = Some(now);

@@ -56,6 +56,7 @@ impl Client {
                             client_state: Default::default(),
                             connection_id: Some(previous),
                             last_sequence: Some(self.last_sequence),
+                            positions: self.positions.clone(),
                         };
                         let _ =
                             self.send_system(now, SystemMessage::ConnectionResume(resume), None);
@@ -71,7 +72,10 @@ impl Client {
                     // A refused flow resume: what was held is gone, and sequences jump.
                     if !state_valid {
                         self.expect_jump = true;
-                        self.emit(ClientEvent::Gap { reason: "held_messages_evicted" });
+                        self.emit(ClientEvent::Gap {
+                            reason: "held_messages_evicted",
+                            channel: None,
+                        });
                     }
                     return;
                 };
@@ -80,14 +84,17 @@ impl Client {
                     self.connection_id = Some(id.clone());
                     self.become_active(now, id, true, missed_messages);
                 } else {
-                    self.emit(ClientEvent::Gap { reason: "resume_refused" });
+                    self.emit(ClientEvent::Gap { reason: "resume_refused", channel: None });
                     self.adopt_session(now, pending.fresh.clone());
                     self.become_active(now, pending.fresh, false, 0);
                     for message in pending.held {
                         self.handle_application(now, message);
                     }
                     if pending.overflowed {
-                        self.emit(ClientEvent::Gap { reason: "held_messages_overflowed" });
+                        self.emit(ClientEvent::Gap {
+                            reason: "held_messages_overflowed",
+                            channel: None,
+                        });
                         self.expect_jump = true;
                     }
                 }
@@ -105,6 +112,11 @@ impl Client {
                         self.ping_out = Some((id, sent));
                     }
                 }
+            }
+            ServerFrame::ChannelReset { channel } => {
+                self.forget_position(&channel);
+                self.persist(now);
+                self.emit(ClientEvent::Gap { reason: "channel_reset", channel: Some(channel) })
             }
             ServerFrame::Other => {}
         }
@@ -125,11 +137,14 @@ impl Client {
                 return;
             }
             if sequence != self.last_sequence + 1 && !std::mem::take(&mut self.expect_jump) {
-                self.emit(ClientEvent::Gap { reason: "sequence_jump" });
+                self.emit(ClientEvent::Gap { reason: "sequence_jump", channel: None });
             }
             self.expect_jump = false;
             self.last_sequence = sequence;
             self.last_message_id = Some(message.id.clone());
+            if let Some(position) = &message.position {
+                self.remember(position);
+            }
             self.persist(now);
         }
         let subscribers = self.bus.publish(message.message_type.as_str());

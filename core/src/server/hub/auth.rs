@@ -16,11 +16,11 @@ use crate::protocol::{
     AuthRefreshed, CloseCode, ConnectionEstablished, ErrorCategory, Id, SystemMessage, Timestamp,
     codes,
 };
+use crate::server::bus::Channel;
 use crate::server::io::{
     AuthFailure, Credentials, HubEvent, JoinGrant, JoinId, JoinRefusal, JoinRequest, Output,
     Principal, SocketId, VerifyId,
 };
-use crate::server::pubsub::Channel;
 use crate::server::router::Rejection;
 use crate::server::state::ConnectionState;
 use crate::server::timers::TimerKind;
@@ -174,8 +174,8 @@ impl Hub {
         // Channels this session needs that are not subscribed yet.
         let mut needed = vec![Channel::User(user_id.clone())];
         needed.extend(conversation_id.iter().cloned().map(Channel::Conversation));
-        let new = needed.iter().filter(|c| !self.subscriptions.contains(*c)).count();
-        if self.subscriptions.len() + new > self.config.max_subscriptions {
+        let new = needed.iter().filter(|c| !self.link.has(c)).count();
+        if self.link.subscriptions() + new > self.config.max_subscriptions {
             let channel = needed.pop().unwrap_or(Channel::Broadcast);
             self.outputs.push_back(Output::Event(HubEvent::SubscriptionLimit { channel }));
             self.close(now, key, CloseCode::SERVER_BUSY, "max_subscriptions");
@@ -185,7 +185,7 @@ impl Hub {
             return;
         }
         if self.by_user.entry(user_id.clone()).or_default().insert(key) {
-            self.subscribe(Channel::User(user_id));
+            self.subscribe(now, Channel::User(user_id));
         }
         match conversation_id {
             Some(conversation) => self.request_join(key, conversation, Purpose::Join),
@@ -293,7 +293,7 @@ impl Hub {
         let Some(principal) = session.principal.clone() else { return };
         if let Some(conversation) = &conversation_id {
             self.by_conversation.entry(conversation.clone()).or_default().insert(key);
-            self.subscribe(Channel::Conversation(conversation.clone()));
+            self.subscribe(now, Channel::Conversation(conversation.clone()));
         }
         self.set_deadline(key, TimerKind::AuthTimeout, None);
         self.transition(now, key, ConnectionState::Active, "established");

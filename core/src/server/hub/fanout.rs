@@ -3,10 +3,11 @@
 
 use super::Hub;
 use super::session::{Key, Session, send_on, window_has_room};
+use crate::protocol::ChannelReset;
 use crate::protocol::{CloseCode, Id, SharedFrame, SystemMessage};
+use crate::server::bus::{Channel, Delivery, RemoteMessage};
 use crate::server::config::HubConfig;
 use crate::server::io::{HubEvent, Output, RefusedSend};
-use crate::server::pubsub::{Channel, RemoteMessage};
 use crate::server::router::{Outgoing, Target};
 use crate::server::state::ConnectionState;
 use crate::time::Instant;
@@ -56,8 +57,10 @@ fn is_stuck(config: &HubConfig, session: &Session) -> bool {
 }
 
 impl Hub {
-    /// Sends to wherever `target` says; returns the number of local sessions it reached (other
-    /// instances get it through one publish).
+    /// Sends to wherever `target` says; returns the number of local sessions it is for (other
+    /// instances get it through one publish). A message to a channel (a conversation, a user,
+    /// everyone) reaches local members once the bus has given it its position in the channel:
+    /// at once without a shared bus, after the bus answered with one.
     ///
     /// Refused, with nothing sent: `system.*` types (the connection layer's own; clients do not
     /// count them in the sequence, and a backend must not forge a close or a resume), and
@@ -82,29 +85,65 @@ impl Hub {
             let limit = self.config.max_message_bytes;
             return Err(RefusedSend::TooLarge { len: frame.len(), limit });
         }
-        let (recipients, channel, except) = match &target {
+        let (channel, except) = match target {
             Target::Connection(id) => {
-                (self.by_connection_id.get(id).copied().into_iter().collect(), None, None)
+                let recipients: Vec<Key> =
+                    self.by_connection_id.get(&id).copied().into_iter().collect();
+                return Ok(self.deliver_to(now, &recipients, &frame));
             }
-            Target::User(user) => (
-                self.by_user.get(user).map(|s| s.iter().collect()).unwrap_or_default(),
-                Some(Channel::User(user.clone())),
-                None,
-            ),
-            Target::Conversation { conversation_id, except } => (
-                self.members_of(conversation_id, except.as_ref()),
-                Some(Channel::Conversation(conversation_id.clone())),
-                except.clone(),
-            ),
-            Target::All => (self.all_members(), Some(Channel::Broadcast), None),
+            Target::User(user) => (Channel::User(user), None),
+            Target::Conversation { conversation_id, except } => {
+                (Channel::Conversation(conversation_id), except)
+            }
+            Target::All => (Channel::Broadcast, None),
         };
-        if let Some(channel) = channel {
-            let message =
-                RemoteMessage { origin: self.instance_id.clone(), except, frame: frame.clone() };
-            let channel = channel.name(&self.config.channel_prefix);
-            self.outputs.push_back(Output::Publish { channel, message: message.encode() });
+        let recipients = self.recipients(&channel, except.as_ref()).len();
+        let message = RemoteMessage {
+            id: envelope.id,
+            origin: self.instance_id.clone(),
+            except,
+            lost: 0,
+            frame,
+        };
+        self.link.publish(now, channel, message);
+        self.drain_link(now);
+        Ok(recipients)
+    }
+
+    /// The local sessions a message on `channel` is for.
+    fn recipients(&self, channel: &Channel, except: Option<&Id>) -> Vec<Key> {
+        match channel {
+            Channel::Conversation(id) => self.members_of(id, except),
+            Channel::User(user) => {
+                self.by_user.get(user).map(|s| s.iter().collect()).unwrap_or_default()
+            }
+            Channel::Broadcast => self.all_members(),
         }
-        Ok(self.deliver_to(now, &recipients, &frame))
+    }
+
+    /// Carries out what the bus link decided: its commands go out, its deliveries to the
+    /// channels' local members.
+    pub(super) fn drain_link(&mut self, now: Instant) {
+        while let Some(command) = self.link.poll_command() {
+            self.outputs.push_back(Output::Bus(command));
+        }
+        while let Some(delivery) = self.link.poll_delivery() {
+            match delivery {
+                Delivery::Message { channel, frame, except } => {
+                    let recipients = self.recipients(&channel, except.as_ref());
+                    self.deliver_to(now, &recipients, &frame);
+                }
+                Delivery::Reset { channel, epoch, reason } => {
+                    let reset =
+                        ChannelReset { channel: channel.wire(), epoch, reason: reason.to_owned() };
+                    for key in self.recipients(&channel, None) {
+                        self.send_system(now, key, SystemMessage::ChannelReset(reset.clone()));
+                    }
+                    self.outputs
+                        .push_back(Output::Event(HubEvent::ChannelReset { channel, reason }));
+                }
+            }
+        }
     }
 
     /// Sends to one connection of this instance.
@@ -262,36 +301,14 @@ impl Hub {
         self.sessions.iter().filter(|(_, s)| s.is_member()).map(|(k, _)| *k).collect()
     }
 
-    pub(super) fn subscribe(&mut self, channel: Channel) {
-        let name = channel.name(&self.config.channel_prefix);
-        if self.subscriptions.insert(channel) {
-            self.outputs.push_back(Output::Subscribe { channel: name });
-        }
+    /// A local member needs `channel` (its first one arrived).
+    pub(super) fn subscribe(&mut self, now: Instant, channel: Channel) {
+        self.link.want(now, channel);
+        self.drain_link(now);
     }
 
-    pub(super) fn unsubscribe(&mut self, channel: Channel) {
-        let name = channel.name(&self.config.channel_prefix);
-        if self.subscriptions.remove(&channel) {
-            self.outputs.push_back(Output::Unsubscribe { channel: name });
-        }
-    }
-
-    pub(super) fn handle_remote(&mut self, now: Instant, channel: &str, message: &[u8]) {
-        let Some(message) = RemoteMessage::decode(message) else {
-            tracing::warn!(target: "switchboard::hub", channel, "dropping a malformed message from the bus");
-            return;
-        };
-        if message.origin == self.instance_id {
-            return;
-        }
-        let recipients = match Channel::parse(channel, &self.config.channel_prefix) {
-            Some(Channel::Conversation(id)) => self.members_of(&id, message.except.as_ref()),
-            Some(Channel::User(user)) => {
-                self.by_user.get(&user).map(|s| s.iter().collect()).unwrap_or_default()
-            }
-            Some(Channel::Broadcast) => self.all_members(),
-            None => return,
-        };
-        self.deliver_to(now, &recipients, &message.frame);
+    /// The last local member of `channel` left.
+    pub(super) fn unsubscribe(&mut self, now: Instant, channel: Channel) {
+        self.link.release(now, &channel);
     }
 }

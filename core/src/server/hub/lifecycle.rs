@@ -4,8 +4,8 @@ use super::Hub;
 use super::auth::Purpose;
 use super::session::{Key, Session};
 use crate::protocol::{CloseCode, ErrorCategory, Id, ReconnectAdvice, codes};
+use crate::server::bus::Channel;
 use crate::server::io::{AuthFailure, Credentials, HubEvent, OpenRequest, Output, SocketId};
-use crate::server::pubsub::Channel;
 use crate::server::rate_limit::RateLimiter;
 use crate::server::replay::ReplayBuffer;
 use crate::server::router::Rejection;
@@ -190,7 +190,7 @@ impl Hub {
     }
 
     /// Forgets a session and everything that points at it.
-    pub(super) fn remove_session(&mut self, _now: Instant, key: Key) {
+    pub(super) fn remove_session(&mut self, now: Instant, key: Key) {
         let Some(session) = self.sessions.remove(&key) else { return };
         if let Some(socket) = session.socket {
             self.sockets.remove(&socket);
@@ -207,7 +207,7 @@ impl Hub {
                 keys.remove(key);
                 if keys.is_empty() {
                     self.by_user.remove(user);
-                    self.unsubscribe(Channel::User(user.clone()));
+                    self.unsubscribe(now, Channel::User(user.clone()));
                 }
             }
         }
@@ -216,7 +216,7 @@ impl Hub {
                 keys.remove(key);
                 if keys.is_empty() {
                     self.by_conversation.remove(conversation);
-                    self.unsubscribe(Channel::Conversation(conversation.clone()));
+                    self.unsubscribe(now, Channel::Conversation(conversation.clone()));
                 }
             }
         }

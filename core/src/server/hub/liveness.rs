@@ -13,6 +13,8 @@ use crate::time::Instant;
 
 impl Hub {
     pub(super) fn handle_timeout(&mut self, now: Instant) {
+        self.link.handle_timeout(now);
+        self.drain_link(now);
         while let Some((at, key, kind)) = self.timers.pop_due(now) {
             let Some(session) = self.sessions.get_mut(&key) else { continue };
             if session.deadline(kind) != Some(at) {
@@ -28,6 +30,7 @@ impl Hub {
                     self.fail_auth(now, key, AuthFailure::Timeout, rejection);
                 }
                 TimerKind::Heartbeat => self.heartbeat(now, key),
+                TimerKind::Bus => {}
                 TimerKind::TokenExpiry => {
                     let close = ConnectionClose {
                         reason: CloseReason::SessionExpired,

@@ -23,10 +23,10 @@ mod routing;
 mod session;
 mod shutdown;
 
+use super::bus::{Channel, Link};
 use super::config::{HubConfig, InvalidConfig};
 use super::io::{HubEvent, Input, Output, SocketId};
 use super::members::Members;
-use super::pubsub::Channel;
 use super::router::{Action, Router};
 use super::state::{ConnectionState, Transition};
 use super::timers::{TimerKind, Timers};
@@ -92,7 +92,8 @@ pub struct Hub {
     by_connection_id: Map<Id, Key>,
     by_user: Map<String, Members>,
     by_conversation: Map<Id, Members>,
-    subscriptions: BTreeSet<Channel>,
+    /// The channels between instances: subscriptions, cursors, own publishes.
+    link: Link,
     /// Verifications and join decisions asked for and not answered yet, by request number.
     requests: Map<u64, (Key, Purpose)>,
     /// Sockets told to close whose end has not been reported yet.
@@ -121,6 +122,12 @@ impl Hub {
         config.validate()?;
         let mut rng = Rng::new(seed);
         let instance_id = Id::ulid(u64::try_from(unix_ms).unwrap_or(0), rng.next_u128());
+        let link = Link::new(
+            config.bus.clone(),
+            &config.channel_prefix,
+            instance_id.clone(),
+            rng.next_u64(),
+        );
         let mut hub = Hub {
             config,
             router: Router::default(),
@@ -131,7 +138,7 @@ impl Hub {
             by_connection_id: map(&mut rng),
             by_user: map(&mut rng),
             by_conversation: map(&mut rng),
-            subscriptions: BTreeSet::new(),
+            link,
             requests: map(&mut rng),
             closing: BTreeSet::new(),
             pending_auths: 0,
@@ -144,7 +151,7 @@ impl Hub {
             actions: Vec::new(),
             rng,
         };
-        hub.subscribe(Channel::Broadcast);
+        hub.subscribe(now, Channel::Broadcast);
         Ok(hub)
     }
 
@@ -190,7 +197,10 @@ impl Hub {
             Input::JoinVerdict { request, verdict } => {
                 self.handle_join_verdict(now, request, verdict)
             }
-            Input::Remote { channel, message } => self.handle_remote(now, &channel, &message),
+            Input::Bus(event) => {
+                self.link.handle_event(now, event);
+                self.drain_link(now);
+            }
             Input::Timeout => self.handle_timeout(now),
             Input::Shutdown => self.handle_shutdown(now),
         }
@@ -204,8 +214,26 @@ impl Hub {
     /// When the hub next wants [`Input::Timeout`], and why. Ask after draining the outputs.
     pub fn poll_timeout(&mut self) -> Option<(Instant, TimerKind)> {
         let sessions = &self.sessions;
-        self.timers
-            .next(|at, key, kind| sessions.get(&key).is_some_and(|s| s.deadline(kind) == Some(at)))
+        let session = self
+            .timers
+            .next(|at, key, kind| sessions.get(&key).is_some_and(|s| s.deadline(kind) == Some(at)));
+        match (session, self.link.poll_timeout()) {
+            (Some((at, kind)), Some(bus)) if at <= bus => Some((at, kind)),
+            (_, Some(bus)) => Some((bus, TimerKind::Bus)),
+            (session, None) => session,
+        }
+    }
+
+    /// Whether the bus between instances works (always, without a shared bus): every
+    /// subscription confirmed and the link up. When it does not, local delivery goes on and
+    /// the instance reports itself degraded.
+    pub fn bus_healthy(&self) -> bool {
+        self.link.is_healthy()
+    }
+
+    /// Own publishes the bus has not answered yet.
+    pub fn bus_pending(&self) -> usize {
+        self.link.pending_publishes()
     }
 
     /// A snapshot of one connection.
@@ -252,7 +280,7 @@ impl Hub {
             sessions: self.sessions.len(),
             users: self.by_user.len(),
             conversations: self.by_conversation.len(),
-            subscriptions: self.subscriptions.len(),
+            subscriptions: self.link.subscriptions(),
             outbound_bytes: self.sessions.values().map(|s| s.outbound_bytes).sum(),
             timers: self.timers.len(),
         }

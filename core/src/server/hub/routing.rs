@@ -196,6 +196,7 @@ impl Hub {
             }
             // Refused by the caller: server-to-client messages have no business here.
             SystemMessage::ConnectionEstablished(_)
+            | SystemMessage::ChannelReset(_)
             | SystemMessage::ConnectionResumed(_)
             | SystemMessage::AuthRefreshed(_)
             | SystemMessage::Error(_) => {}

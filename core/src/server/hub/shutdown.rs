@@ -33,6 +33,7 @@ impl Hub {
             }
         }
         self.timers.clear();
+        self.link.shut_down(now);
         self.check_drained();
     }
 

@@ -1,0 +1,380 @@
+//! One channel's delivery on one instance: in offset order, each message once, gaps repaired
+//! from the history, and what cannot be repaired turned into a reset.
+
+use super::{History, RemoteMessage, Top};
+use crate::protocol::Id;
+use crate::time::Instant;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Messages held ahead of a gap (or before the top is known); past it, the gap is given up as a
+/// reset.
+pub(super) const MAX_HELD: usize = 1024;
+/// Ids of messages delivered before their position was known, remembered so that their
+/// positioned copy is not delivered again.
+const MAX_EARLY: usize = 4096;
+
+/// What the cursor decided, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Deliver `message` at `offset` of `epoch` to the channel's local members.
+    Deliver { epoch: String, offset: u64, message: RemoteMessage },
+    /// Messages on the channel may be missing: tell its local members.
+    Reset { epoch: Option<String>, reason: &'static str },
+}
+
+/// A channel's cursor: the last offset delivered and what waits behind a gap.
+#[derive(Debug, Default)]
+pub(super) struct Cursor {
+    /// Whether the top the subscription started from is known; until then arrivals wait.
+    ready: bool,
+    epoch: Option<String>,
+    delivered: u64,
+    /// Arrived ahead of `delivered + 1` (or before `ready`), by offset, with their epoch.
+    held: BTreeMap<u64, (String, RemoteMessage)>,
+    /// Since when a gap has been open.
+    gap_since: Option<Instant>,
+    /// A history read is on its way.
+    reading: bool,
+    /// Delivered before their position was known (the bus was unreachable).
+    early: VecDeque<Id>,
+}
+
+impl Cursor {
+    /// The subscription's starting point is known: deliver what comes after `top`.
+    pub fn start_at(&mut self, now: Instant, top: Option<&Top>, out: &mut Vec<Step>) {
+        self.ready = true;
+        self.epoch = top.map(|t| t.epoch.clone());
+        self.delivered = top.map_or(0, |t| t.offset);
+        for (offset, (epoch, message)) in std::mem::take(&mut self.held) {
+            self.offer(now, &epoch, offset, message, out);
+        }
+    }
+
+    /// Whether the starting point is known.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// A message at `offset` of `epoch` arrived (published to us, or the answer to our own
+    /// publish: whichever comes second is a duplicate).
+    pub fn offer(
+        &mut self,
+        now: Instant,
+        epoch: &str,
+        offset: u64,
+        message: RemoteMessage,
+        out: &mut Vec<Step>,
+    ) {
+        if !self.ready {
+            if self.held.len() < MAX_HELD {
+                self.held.insert(offset, (epoch.to_owned(), message));
+            }
+            return;
+        }
+        match &self.epoch {
+            None => self.epoch = Some(epoch.to_owned()),
+            Some(current) if current != epoch => {
+                // The channel started over: what came before is gone.
+                out.push(Step::Reset { epoch: Some(epoch.to_owned()), reason: "epoch_changed" });
+                self.epoch = Some(epoch.to_owned());
+                self.delivered = offset.saturating_sub(1);
+                self.held.clear();
+                self.gap_since = None;
+            }
+            Some(_) => {}
+        }
+        if offset <= self.delivered {
+            return;
+        }
+        if offset == self.delivered + 1 {
+            self.deliver(epoch.to_owned(), offset, message, out);
+            self.drain(out);
+            return;
+        }
+        self.held.insert(offset, (epoch.to_owned(), message));
+        self.gap_since.get_or_insert(now);
+        if self.held.len() > MAX_HELD {
+            self.give_up_gap("history_gap", out);
+        }
+    }
+
+    /// The history read for the gap came back (`limit` is how many entries were asked for).
+    /// Returns whether a gap remains that a further read may fill.
+    pub fn history(
+        &mut self,
+        now: Instant,
+        history: History,
+        limit: usize,
+        out: &mut Vec<Step>,
+    ) -> bool {
+        self.reading = false;
+        let Some(top) = history.top else {
+            // The channel has no history at all any more.
+            if self.delivered > 0 || !self.held.is_empty() {
+                self.give_up_gap("history_lost", out);
+            }
+            return false;
+        };
+        if self.epoch.as_deref() != Some(top.epoch.as_str()) {
+            out.push(Step::Reset { epoch: Some(top.epoch.clone()), reason: "epoch_changed" });
+            self.epoch = Some(top.epoch.clone());
+            self.delivered = top.offset;
+            self.held.retain(|_, (epoch, _)| *epoch == top.epoch);
+            self.held.retain(|offset, _| *offset > top.offset);
+            self.gap_since = None;
+            self.drain(out);
+            return false;
+        }
+        let complete = history.entries.len() < limit;
+        for (offset, entry) in history.entries {
+            if offset <= self.delivered {
+                continue;
+            }
+            let Some((_, message)) = RemoteMessage::decode(&entry) else { continue };
+            if offset > self.delivered + 1 {
+                out.push(Step::Reset { epoch: None, reason: "history_gap" });
+            }
+            self.delivered = offset - 1;
+            self.deliver(top.epoch.clone(), offset, message, out);
+        }
+        self.drain(out);
+        if self.held.is_empty() {
+            return false;
+        }
+        if complete {
+            // History does not hold what is missing.
+            self.give_up_gap("history_gap", out);
+            return false;
+        }
+        self.gap_since = Some(now);
+        true
+    }
+
+    /// After the subscription was renewed (the link came back, the receive queue lagged, a
+    /// probe went unanswered): compares what was delivered with the channel's top. Returns
+    /// whether history must be read to catch up.
+    pub fn sweep(&mut self, now: Instant, top: Option<&Top>, out: &mut Vec<Step>) -> bool {
+        if !self.ready {
+            self.start_at(now, top, out);
+            return false;
+        }
+        match (top, self.epoch.clone()) {
+            (None, None) => false,
+            (None, Some(_)) => {
+                if self.delivered > 0 {
+                    out.push(Step::Reset { epoch: None, reason: "history_lost" });
+                }
+                self.epoch = None;
+                self.delivered = 0;
+                self.held.clear();
+                self.gap_since = None;
+                false
+            }
+            (Some(top), None) => {
+                self.epoch = Some(top.epoch.clone());
+                self.wants_read(now, top.offset)
+            }
+            (Some(top), Some(epoch)) if epoch != top.epoch => {
+                out.push(Step::Reset { epoch: Some(top.epoch.clone()), reason: "epoch_changed" });
+                self.epoch = Some(top.epoch.clone());
+                self.delivered = top.offset;
+                self.held.clear();
+                self.gap_since = None;
+                false
+            }
+            (Some(top), Some(_)) if top.offset < self.delivered => {
+                // The bus lost acknowledged messages (a failover): offsets will be reused.
+                out.push(Step::Reset { epoch: Some(top.epoch.clone()), reason: "rolled_back" });
+                self.delivered = top.offset;
+                self.held.clear();
+                self.gap_since = None;
+                false
+            }
+            (Some(top), Some(_)) => self.wants_read(now, top.offset),
+        }
+    }
+
+    fn wants_read(&mut self, now: Instant, top: u64) -> bool {
+        if top > self.delivered {
+            self.gap_since.get_or_insert(now);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When a read should be asked for (the gap has waited `wait` for the missing messages to
+    /// arrive by themselves), if one should.
+    pub fn read_due(&self, wait: std::time::Duration) -> Option<Instant> {
+        if self.reading || !self.ready {
+            return None;
+        }
+        self.gap_since.map(|since| since + wait)
+    }
+
+    /// A read is being asked for: after this offset.
+    pub fn start_read(&mut self) -> u64 {
+        self.reading = true;
+        self.delivered
+    }
+
+    /// The read failed: try again later.
+    pub fn read_failed(&mut self, now: Instant) {
+        self.reading = false;
+        self.gap_since = Some(now);
+    }
+
+    /// A message was delivered before its position was known: its positioned copy is not
+    /// delivered again.
+    pub fn delivered_early(&mut self, id: Id) {
+        self.early.push_back(id);
+        if self.early.len() > MAX_EARLY {
+            self.early.pop_front();
+        }
+    }
+
+    fn deliver(&mut self, epoch: String, offset: u64, message: RemoteMessage, out: &mut Vec<Step>) {
+        self.delivered = offset;
+        if let Some(at) = self.early.iter().position(|id| *id == message.id) {
+            self.early.remove(at);
+            return;
+        }
+        out.push(Step::Deliver { epoch, offset, message });
+    }
+
+    /// Delivers what was held, as long as it follows on.
+    fn drain(&mut self, out: &mut Vec<Step>) {
+        while let Some(entry) = self.held.first_entry() {
+            let offset = *entry.key();
+            if offset <= self.delivered {
+                entry.remove();
+            } else if offset == self.delivered + 1 {
+                let (epoch, message) = entry.remove();
+                self.deliver(epoch, offset, message, out);
+            } else {
+                return;
+            }
+        }
+        self.gap_since = None;
+    }
+
+    /// The gap cannot be filled: tell the members, and go on from what is held.
+    fn give_up_gap(&mut self, reason: &'static str, out: &mut Vec<Step>) {
+        out.push(Step::Reset { epoch: self.epoch.clone(), reason });
+        match self.held.first_key_value() {
+            Some((&offset, _)) => self.delivered = offset - 1,
+            None => {
+                self.epoch = None;
+                self.delivered = 0;
+            }
+        }
+        self.gap_since = None;
+        self.drain(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::SharedFrame;
+    use bytes::Bytes;
+
+    fn message(n: u64) -> RemoteMessage {
+        RemoteMessage {
+            id: Id::new(&format!("m{n}")).unwrap(),
+            origin: Id::new("i").unwrap(),
+            except: None,
+            lost: 0,
+            frame: SharedFrame::from_encoded(Bytes::from(format!("{{\"n\":{n}}}"))).unwrap(),
+        }
+    }
+
+    fn offsets(out: &[Step]) -> Vec<String> {
+        out.iter()
+            .map(|step| match step {
+                Step::Deliver { offset, .. } => offset.to_string(),
+                Step::Reset { reason, .. } => (*reason).to_owned(),
+            })
+            .collect()
+    }
+
+    const T: Instant = Instant::from_millis(0);
+
+    fn top(epoch: &str, offset: u64) -> Top {
+        Top { epoch: epoch.into(), offset }
+    }
+
+    fn history(epoch: &str, top_offset: u64, entries: &[u64]) -> History {
+        let entries = entries.iter().map(|&n| (n, message(n).encode())).collect();
+        History { top: Some(top(epoch, top_offset)), entries }
+    }
+
+    #[test]
+    fn in_order_once_and_what_comes_before_the_start_waits() {
+        let mut cursor = Cursor::default();
+        let mut out = Vec::new();
+        cursor.offer(T, "e", 5, message(5), &mut out);
+        cursor.offer(T, "e", 4, message(4), &mut out);
+        assert!(out.is_empty(), "nothing before the start is known");
+        cursor.start_at(T, Some(&top("e", 3)), &mut out);
+        cursor.offer(T, "e", 5, message(5), &mut out);
+        cursor.offer(T, "e", 6, message(6), &mut out);
+        assert_eq!(offsets(&out), ["4", "5", "6"]);
+    }
+
+    #[test]
+    fn a_gap_waits_then_history_fills_it() {
+        let mut cursor = Cursor::default();
+        let mut out = Vec::new();
+        cursor.start_at(T, None, &mut out);
+        cursor.offer(T, "e", 1, message(1), &mut out);
+        cursor.offer(T, "e", 4, message(4), &mut out);
+        let wait = std::time::Duration::from_millis(100);
+        assert_eq!(cursor.read_due(wait), Some(T + wait));
+        assert_eq!(cursor.start_read(), 1);
+        assert_eq!(cursor.read_due(wait), None, "one read at a time");
+        assert!(!cursor.history(T, history("e", 4, &[2, 3, 4]), 10, &mut out));
+        assert_eq!(offsets(&out), ["1", "2", "3", "4"]);
+    }
+
+    #[test]
+    fn what_history_no_longer_holds_is_a_reset_never_silence() {
+        let mut cursor = Cursor::default();
+        let mut out = Vec::new();
+        cursor.start_at(T, Some(&top("e", 10)), &mut out);
+        cursor.offer(T, "e", 15, message(15), &mut out);
+        cursor.start_read();
+        assert!(!cursor.history(T, history("e", 15, &[13, 14, 15]), 10, &mut out));
+        assert_eq!(offsets(&out), ["history_gap", "13", "14", "15"]);
+    }
+
+    #[test]
+    fn a_new_epoch_or_a_rollback_is_a_reset() {
+        let mut cursor = Cursor::default();
+        let mut out = Vec::new();
+        cursor.start_at(T, Some(&top("e", 2)), &mut out);
+        cursor.offer(T, "e", 3, message(3), &mut out);
+        cursor.offer(T, "f", 1, message(1), &mut out);
+        assert_eq!(offsets(&out), ["3", "epoch_changed", "1"]);
+        out.clear();
+        assert!(!cursor.sweep(T, Some(&top("f", 0)), &mut out));
+        assert_eq!(offsets(&out), ["rolled_back"]);
+        out.clear();
+        assert!(cursor.sweep(T, Some(&top("f", 3)), &mut out), "behind the top: read");
+        cursor.offer(T, "f", 1, message(1), &mut out);
+        out.clear();
+        assert!(!cursor.sweep(T, None, &mut out));
+        assert_eq!(offsets(&out), ["history_lost"]);
+    }
+
+    #[test]
+    fn a_message_delivered_early_is_not_delivered_again() {
+        let mut cursor = Cursor::default();
+        let mut out = Vec::new();
+        cursor.start_at(T, None, &mut out);
+        cursor.delivered_early(message(1).id);
+        cursor.offer(T, "e", 1, message(1), &mut out);
+        cursor.offer(T, "e", 2, message(2), &mut out);
+        assert_eq!(offsets(&out), ["2"]);
+    }
+}

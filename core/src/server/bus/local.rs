@@ -1,0 +1,247 @@
+//! The bus in memory: what the Redis function does, for one process.
+//!
+//! A single instance uses it for its positions (no history kept: nobody else could read it);
+//! the simulation joins several hubs with one, with history, latency and faults of its own.
+
+use super::{BusCommand, BusEvent, History, Top};
+use crate::protocol::Id;
+use crate::rng::Rng;
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+/// One channel: its epoch, top, history and recent publish keys.
+#[derive(Debug)]
+struct Log {
+    epoch: String,
+    top: u64,
+    entries: VecDeque<(u64, Bytes)>,
+    keys: HashMap<Id, u64>,
+    key_order: VecDeque<Id>,
+}
+
+/// The bus in memory. Subscribers are numbered by the caller.
+#[derive(Debug)]
+pub struct LocalBus {
+    rng: Rng,
+    history_len: usize,
+    logs: HashMap<String, Log>,
+    subscribers: BTreeMap<String, BTreeSet<usize>>,
+}
+
+impl LocalBus {
+    /// A bus keeping `history_len` entries per channel, drawing epochs from `seed`.
+    pub fn new(seed: u64, history_len: usize) -> Self {
+        LocalBus {
+            rng: Rng::new(seed),
+            history_len,
+            logs: HashMap::new(),
+            subscribers: BTreeMap::new(),
+        }
+    }
+
+    /// Carries out `command` from `subscriber`: the answer for it, and any messages published
+    /// to subscribers (itself included), as `(subscriber, event)` in order.
+    pub fn execute(&mut self, subscriber: usize, command: BusCommand) -> Vec<(usize, BusEvent)> {
+        let mut events = Vec::new();
+        match command {
+            BusCommand::Publish { channel, key, message } => {
+                let (top, fresh) = self.append(&channel, key.clone(), &message);
+                events.push((subscriber, BusEvent::Published { key, result: Ok(top.clone()) }));
+                if fresh {
+                    let published = positioned(&top, &message);
+                    self.fan_out(&channel, &published, &mut events);
+                }
+            }
+            BusCommand::Subscribe { batch, channels } => {
+                let tops = channels
+                    .into_iter()
+                    .map(|channel| {
+                        let top = self.top(&channel);
+                        self.subscribers.entry(channel).or_default().insert(subscriber);
+                        top
+                    })
+                    .collect();
+                events.push((subscriber, BusEvent::Subscribed { batch, result: Ok(tops) }));
+            }
+            BusCommand::Unsubscribe { channels } => {
+                for channel in channels {
+                    if let Some(set) = self.subscribers.get_mut(&channel) {
+                        set.remove(&subscriber);
+                        if set.is_empty() {
+                            self.subscribers.remove(&channel);
+                        }
+                    }
+                }
+            }
+            BusCommand::Read { request, channel, after, limit } => {
+                let history = self.read(&channel, after, limit);
+                events.push((subscriber, BusEvent::History { request, result: Ok(history) }));
+            }
+            BusCommand::Probe { channel, token } => {
+                self.fan_out(&channel, &Bytes::from(token.to_string()), &mut events)
+            }
+            BusCommand::RenewSubscriber => {}
+        }
+        events
+    }
+
+    /// The next position in `channel`, with nothing kept but the count: what a single
+    /// instance needs (nobody else reads its history, and it never retries).
+    pub fn next_position(&mut self, channel: &str) -> Top {
+        let rng = &mut self.rng;
+        let log = self.logs.entry(channel.to_owned()).or_insert_with(|| Log {
+            epoch: epoch(rng),
+            top: 0,
+            entries: VecDeque::new(),
+            keys: HashMap::new(),
+            key_order: VecDeque::new(),
+        });
+        log.top += 1;
+        Top { epoch: log.epoch.clone(), offset: log.top }
+    }
+
+    /// The channel's top, if it has one.
+    pub fn top(&self, channel: &str) -> Option<Top> {
+        self.logs.get(channel).map(|log| Top { epoch: log.epoch.clone(), offset: log.top })
+    }
+
+    /// Entries after `after` (at most `limit`) and the top.
+    pub fn read(&self, channel: &str, after: u64, limit: usize) -> History {
+        let Some(log) = self.logs.get(channel) else {
+            return History { top: None, entries: Vec::new() };
+        };
+        let entries =
+            log.entries.iter().filter(|(offset, _)| *offset > after).take(limit).cloned().collect();
+        History { top: Some(Top { epoch: log.epoch.clone(), offset: log.top }), entries }
+    }
+
+    /// Forgets a channel's epoch, history and keys (its next publish starts a new epoch).
+    pub fn forget(&mut self, channel: &str) {
+        self.logs.remove(channel);
+    }
+
+    /// Forgets everything but the subscriptions: a bus restarted without persistence.
+    pub fn lose_everything(&mut self) {
+        self.logs.clear();
+    }
+
+    /// Forgets a subscriber's subscriptions (its process is gone).
+    pub fn drop_subscriber(&mut self, subscriber: usize) {
+        self.subscribers.retain(|_, set| {
+            set.remove(&subscriber);
+            !set.is_empty()
+        });
+    }
+
+    /// How many subscribers a channel has.
+    pub fn subscribers(&self, channel: &str) -> usize {
+        self.subscribers.get(channel).map_or(0, BTreeSet::len)
+    }
+
+    /// Appends a message; returns its position and whether it is new (not a retried key).
+    fn append(&mut self, channel: &str, key: Id, message: &Bytes) -> (Top, bool) {
+        let history_len = self.history_len;
+        let rng = &mut self.rng;
+        let log = self.logs.entry(channel.to_owned()).or_insert_with(|| Log {
+            epoch: epoch(rng),
+            top: 0,
+            entries: VecDeque::new(),
+            keys: HashMap::new(),
+            key_order: VecDeque::new(),
+        });
+        if let Some(&offset) = log.keys.get(&key) {
+            return (Top { epoch: log.epoch.clone(), offset }, false);
+        }
+        log.top += 1;
+        if history_len > 0 {
+            log.entries.push_back((log.top, message.clone()));
+            while log.entries.len() > history_len {
+                log.entries.pop_front();
+            }
+        }
+        log.keys.insert(key.clone(), log.top);
+        log.key_order.push_back(key);
+        // As many keys as entries: a retry comes within seconds, long before its entry would
+        // be evicted.
+        while log.key_order.len() > history_len {
+            if let Some(old) = log.key_order.pop_front() {
+                log.keys.remove(&old);
+            }
+        }
+        (Top { epoch: log.epoch.clone(), offset: log.top }, true)
+    }
+
+    fn fan_out(&self, channel: &str, message: &Bytes, events: &mut Vec<(usize, BusEvent)>) {
+        for &subscriber in self.subscribers.get(channel).into_iter().flatten() {
+            let event = BusEvent::Message { channel: channel.to_owned(), message: message.clone() };
+            events.push((subscriber, event));
+        }
+    }
+}
+
+/// `{"epoch":"…","offset":N,` followed by the entry without its `{`: what subscribers get.
+pub(super) fn positioned(top: &Top, entry: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(entry.len() + 48);
+    out.extend_from_slice(b"{\"epoch\":");
+    crate::protocol::json::write_string(&mut out, &top.epoch);
+    out.extend_from_slice(b",\"offset\":");
+    crate::protocol::json::write_u64(&mut out, top.offset);
+    out.push(b',');
+    out.extend_from_slice(entry.get(1..).unwrap_or_default());
+    Bytes::from(out)
+}
+
+/// A fresh epoch: eight base-36 characters.
+fn epoch(rng: &mut Rng) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut n = rng.next_u64();
+    (0..8)
+        .map(|_| {
+            let digit = DIGITS[(n % 36) as usize];
+            n /= 36;
+            char::from(digit)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::bus::RemoteMessage;
+
+    fn publish(bus: &mut LocalBus, from: usize, key: &str) -> Vec<(usize, BusEvent)> {
+        let entry = Bytes::from(format!(
+            r#"{{"id":"{key}","origin":"i","except":null,"frame":{{"n":1}}}}"#
+        ));
+        bus.execute(
+            from,
+            BusCommand::Publish { channel: "c".into(), key: Id::new(key).unwrap(), message: entry },
+        )
+    }
+
+    #[test]
+    fn offsets_count_from_one_retries_are_idempotent_and_subscribers_get_positions() {
+        let mut bus = LocalBus::new(1, 2);
+        let subscribed =
+            bus.execute(1, BusCommand::Subscribe { batch: 9, channels: vec!["c".into()] });
+        assert_eq!(subscribed, [(1, BusEvent::Subscribed { batch: 9, result: Ok(vec![None]) })]);
+        let first = publish(&mut bus, 0, "a");
+        let BusEvent::Published { result: Ok(top), .. } = &first[0].1 else { panic!("{first:?}") };
+        assert_eq!(top.offset, 1);
+        let BusEvent::Message { message, .. } = &first[1].1 else { panic!("{first:?}") };
+        let (position, decoded) = RemoteMessage::decode(message).unwrap();
+        assert_eq!((position.as_ref(), decoded.id.as_str()), (Some(top), "a"));
+        assert_eq!(publish(&mut bus, 0, "a").len(), 1, "a retried key is answered, not published");
+        publish(&mut bus, 0, "b");
+        publish(&mut bus, 0, "c");
+        let history = bus.read("c", 0, 10);
+        assert_eq!(history.top.as_ref().map(|t| t.offset), Some(3));
+        let offsets: Vec<u64> = history.entries.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, [2, 3], "bounded history: the oldest was evicted");
+        bus.lose_everything();
+        let again = publish(&mut bus, 0, "d");
+        let BusEvent::Published { result: Ok(new), .. } = &again[0].1 else { panic!() };
+        assert_eq!(new.offset, 1);
+        assert_ne!(new.epoch, top.epoch, "a new epoch after the history was lost");
+    }
+}
