@@ -260,6 +260,9 @@ pub struct World {
     /// Hubs whose subscriber connection is deaf: connected, but nothing arrives, until the
     /// hub renews it.
     pub deaf: BTreeSet<usize>,
+    /// A load balancer in front of the hubs: a core client whose instance is down opens its
+    /// next socket on the next one that is up.
+    pub load_balancer: bool,
     pub auth: AuthMode,
     pub join: JoinMode,
     /// Conversations every join to is refused (forbidden), whatever `join` says.
@@ -322,6 +325,7 @@ impl World {
             bus_loss_one_in: 0,
             bus_down: false,
             deaf: BTreeSet::new(),
+            load_balancer: false,
             auth: AuthMode::Allow { delay_ms: 0 },
             join: JoinMode::Allow { write: true },
             forbidden: BTreeSet::new(),
@@ -952,7 +956,15 @@ impl World {
     }
 
     fn core_output(&mut self, client: usize, output: ClientOutput) {
-        let node = self.core[client].node;
+        let mut node = self.core[client].node;
+        if self.load_balancer && self.nodes[node].down {
+            let count = self.nodes.len();
+            if let Some(up) = (1..count).map(|i| (node + i) % count).find(|&n| !self.nodes[n].down)
+            {
+                node = up;
+                self.core[client].node = up;
+            }
+        }
         match output {
             ClientOutput::OpenSocket { attempt, url } => {
                 self.core[client].attempts_at.push(self.now);
@@ -1066,6 +1078,9 @@ impl World {
     /// Brings instance `node` back up after [`World::crash`].
     pub fn restart(&mut self, node: usize) {
         self.nodes[node].down = false;
+        if self.config.bus.shared && !self.bus_down {
+            self.input(node, Input::Bus(BusEvent::LinkUp));
+        }
     }
 
     /// Cuts core client `client`'s socket: the client sees it drop; the server notices after

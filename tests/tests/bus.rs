@@ -4,8 +4,9 @@
 //! an overflowing publish queue. (The same over real Redis processes: `redis.rs`.)
 
 use std::time::Duration;
+use switchboard_core::client::{ClientConfig, ClientEvent, ClientInput, ClientState};
 use switchboard_core::protocol::{ChannelReset, SystemMessage, types};
-use switchboard_core::server::HubConfig;
+use switchboard_core::server::{HubConfig, LocalBus};
 use switchboard_tests::sim::{SeedGuard, World, seed_or};
 
 fn world(nodes: usize, config: HubConfig) -> (World, SeedGuard) {
@@ -207,4 +208,96 @@ fn a_gap_while_the_bus_is_down_waits_for_the_link() {
     w.run_for(Duration::from_secs(1));
     assert_eq!(w.clients[there].numbers(), [first, lost, later]);
     assert!(resets(&w, there).is_empty());
+}
+
+// ----- resume anywhere -----
+
+fn core_config(conversation: &str) -> ClientConfig {
+    let mut config = ClientConfig::new("ws://sim/ws");
+    config.conversation_id = Some(conversation.to_owned());
+    config
+}
+
+/// Core clients on two instances in one conversation, all active.
+fn core_members(w: &mut World, per_node: usize) -> Vec<usize> {
+    let clients: Vec<usize> = (0..2 * per_node)
+        .map(|i| w.add_core_client(&format!("user-{i}"), core_config("conv"), i % 2))
+        .collect();
+    for &c in &clients {
+        w.core_input(c, ClientInput::Connect);
+    }
+    w.run_for(Duration::from_secs(2));
+    assert!(clients.iter().all(|&c| w.core[c].state == ClientState::Active));
+    clients
+}
+
+fn assert_all_once_in_order(w: &World, clients: &[usize], published: &[u64]) {
+    for &c in clients {
+        assert_eq!(w.core[c].state, ClientState::Active, "client {c} ends active");
+        assert_eq!(w.core[c].received(), published, "client {c}: every message once, in order");
+        assert_eq!(w.core[c].gaps, 0, "client {c}: no gap");
+    }
+}
+
+#[test]
+fn a_crashed_instances_clients_resume_on_another_without_losing_a_message() {
+    let (mut w, _g) = world(2, HubConfig::default());
+    w.load_balancer = true;
+    let clients = core_members(&mut w, 5);
+    let mut published: Vec<u64> = (0..20).map(|i| w.publish(i % 2, "conv", None)).collect();
+    w.settle();
+    // Instance 0 dies with every session it held; its clients come back through instance 1,
+    // which takes their sessions over from the bus and replays what they missed.
+    w.crash(0);
+    for _ in 0..30 {
+        published.push(w.publish(1, "conv", None));
+        w.run_for(Duration::from_millis(150));
+    }
+    w.run_for(Duration::from_secs(30));
+    w.restart(0);
+    published.extend((0..5).map(|_| w.publish(1, "conv", None)));
+    w.run_for(Duration::from_secs(2));
+    assert_all_once_in_order(&w, &clients, &published);
+    let moved: Vec<usize> = clients.iter().copied().filter(|&c| c % 2 == 0).collect();
+    for &c in &moved {
+        assert_eq!(w.core[c].node, 1, "client {c} moved");
+        let resumed = w.core[c]
+            .events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Connected { resumed: true, .. }));
+        assert!(resumed, "client {c} resumed its session rather than starting a new one");
+    }
+}
+
+#[test]
+fn a_session_too_old_for_the_history_is_a_gap_for_that_channel_only() {
+    let mut config = HubConfig::default();
+    config.bus.read_limit = 4;
+    let (mut w, _g) = world(2, config);
+    w.bus = LocalBus::new(9, 5); // history keeps only five messages a channel
+    w.load_balancer = true;
+    let clients = core_members(&mut w, 2);
+    w.settle();
+    w.crash(0);
+    let missed: Vec<u64> = (0..12).map(|_| w.publish(1, "conv", None)).collect();
+    w.run_for(Duration::from_secs(30));
+    for &c in clients.iter().filter(|&&c| c % 2 == 0) {
+        let channel_gaps: Vec<_> = w.core[c]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Gap { reason, channel } => Some((*reason, channel.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            channel_gaps,
+            [("channel_reset", Some("conversation:conv".to_owned()))],
+            "client {c}: told exactly which channel to refetch"
+        );
+        assert!(w.core[c].received().is_empty() || w.core[c].received() != missed);
+    }
+    for &c in clients.iter().filter(|&&c| c % 2 == 1) {
+        assert_eq!(w.core[c].received(), missed, "the others were not disturbed");
+    }
 }

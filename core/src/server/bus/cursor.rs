@@ -50,6 +50,13 @@ impl Cursor {
         }
     }
 
+    /// The last position delivered (`None` before the start is known, or in a channel that
+    /// has no epoch yet).
+    pub fn position(&self) -> Option<Top> {
+        let epoch = self.epoch.clone().filter(|_| self.ready)?;
+        Some(Top { epoch, offset: self.delivered })
+    }
+
     /// Whether the starting point is known.
     pub fn is_ready(&self) -> bool {
         self.ready

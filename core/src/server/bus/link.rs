@@ -21,7 +21,7 @@
 
 use super::cursor::{Cursor, Step};
 use super::local::LocalBus;
-use super::{BusCommand, BusError, BusEvent, Channel, RemoteMessage, Top};
+use super::{BusCommand, BusError, BusEvent, Channel, History, RemoteMessage, SessionRecord, Top};
 use crate::protocol::{Id, Position, SharedFrame};
 use crate::server::config::BusConfig;
 use crate::time::Instant;
@@ -32,10 +32,17 @@ use std::time::Duration;
 /// What the hub must deliver to a channel's local members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Delivery {
-    /// A message, with its position if it has one (not when delivered before the bus answered).
-    Message { channel: Channel, frame: SharedFrame, except: Option<Id> },
+    /// A message, with its position if it has one (not when delivered before the bus answered;
+    /// `offset` is the position's, for those who merge by it).
+    Message { channel: Channel, frame: SharedFrame, except: Option<Id>, offset: Option<u64> },
     /// Messages on the channel may be missing or out of order: the members refetch.
     Reset { channel: Channel, epoch: Option<String>, reason: &'static str },
+    /// The answer to [`Link::claim_session`].
+    Claimed { request: u64, result: Result<Option<SessionRecord>, BusError> },
+    /// The answer to [`Link::read_history`].
+    SessionHistory { request: u64, result: Result<History, BusError> },
+    /// Another instance claimed this session: let it go.
+    Takeover { connection_id: Id },
 }
 
 #[derive(Debug)]
@@ -63,7 +70,8 @@ struct Pending {
     delivered_early: bool,
 }
 
-/// The probe: a message this instance publishes to itself now and then.
+/// The probe: a message this instance publishes to itself now and then, on its own channel
+/// (`{prefix}{instance:<id>}`, where other instances also send it takeover notices).
 #[derive(Debug)]
 struct Probe {
     channel: String,
@@ -101,6 +109,12 @@ pub(crate) struct Link {
     /// Messages not published, by channel: a marker goes in their place once the bus is back.
     lost: BTreeMap<Channel, u64>,
     reads: BTreeMap<u64, (Channel, Instant)>,
+    /// History reads for resuming sessions: by request, and by what they read (one read
+    /// serves every session resuming from the same place: a reconnect storm reads once).
+    session_reads: BTreeMap<u64, ((Channel, u64), Instant)>,
+    by_range: BTreeMap<(Channel, u64), u64>,
+    /// Session claims waiting for an answer, and until when.
+    claims: BTreeMap<u64, Instant>,
     probe: Probe,
     /// Loss markers published so far (for their ids).
     markers: u64,
@@ -114,7 +128,7 @@ impl Link {
     pub fn new(config: BusConfig, prefix: &str, origin: Id, seed: u64) -> Self {
         let local = (!config.shared).then(|| LocalBus::new(seed, 0));
         let probe = Probe {
-            channel: format!("{prefix}{{probe:{origin}}}"),
+            channel: format!("{prefix}{{instance:{origin}}}"),
             next_at: None,
             waiting: None,
             confirmed: false,
@@ -140,6 +154,9 @@ impl Link {
             retry_at: None,
             lost: BTreeMap::new(),
             reads: BTreeMap::new(),
+            session_reads: BTreeMap::new(),
+            by_range: BTreeMap::new(),
+            claims: BTreeMap::new(),
             probe,
             markers: 0,
             next_id: 1,
@@ -211,6 +228,74 @@ impl Link {
             state.linger_until = Some(now + self.config.linger);
             self.reschedule(channel);
         }
+    }
+
+    /// Where this instance is in `channel` (the session record's starting points).
+    pub fn position(&self, channel: &Channel) -> Option<Top> {
+        self.channels.get(channel)?.cursor.position()
+    }
+
+    /// Stores a session's record on the bus (nothing in process: a session lives where it is).
+    pub fn save_session(&mut self, connection_id: &Id, record: SessionRecord, ttl: Duration) {
+        if self.local.is_none() {
+            let session = self.session_key(connection_id);
+            let ttl_ms = ttl.as_millis() as u64;
+            self.commands.push_back(BusCommand::SaveSession { session, record, ttl_ms });
+        }
+    }
+
+    /// Forgets a session's record (it ended for good).
+    pub fn drop_session(&mut self, connection_id: &Id) {
+        if self.local.is_none() {
+            let session = self.session_key(connection_id);
+            self.commands.push_back(BusCommand::DropSession { session });
+        }
+    }
+
+    /// Claims a session another instance held; the answer comes as [`Delivery::Claimed`] with
+    /// the request number returned. `None` without a shared bus (there is nothing to claim).
+    pub fn claim_session(&mut self, now: Instant, connection_id: &Id) -> Option<u64> {
+        if self.local.is_some() {
+            return None;
+        }
+        let request = self.next_id();
+        let session = self.session_key(connection_id);
+        self.claims.insert(request, now + self.config.subscribe_timeout);
+        let claimant = self.origin.clone();
+        self.commands.push_back(BusCommand::ClaimSession { request, session, claimant });
+        Some(request)
+    }
+
+    /// Reads `channel`'s history after `after` for a resuming session; the answer comes as
+    /// [`Delivery::SessionHistory`] with the request number returned, which is the same for
+    /// every caller asking for the same range while a read is out.
+    pub fn read_history(&mut self, now: Instant, channel: &Channel, after: u64) -> Option<u64> {
+        if self.local.is_some() {
+            return None;
+        }
+        let range = (channel.clone(), after);
+        if let Some(&request) = self.by_range.get(&range) {
+            return Some(request);
+        }
+        let request = self.next_id();
+        self.commands.push_back(BusCommand::Read {
+            request,
+            channel: channel.name(&self.prefix),
+            after,
+            limit: self.config.read_limit,
+        });
+        self.by_range.insert(range.clone(), request);
+        self.session_reads.insert(request, (range, now + self.config.subscribe_timeout));
+        Some(request)
+    }
+
+    /// The history entries a read may bring at most.
+    pub fn read_limit(&self) -> usize {
+        self.config.read_limit
+    }
+
+    fn session_key(&self, connection_id: &Id) -> String {
+        format!("{}{{session:{connection_id}}}", self.prefix)
     }
 
     /// The instance is shutting down: every channel is let go now (no lingering), and the
@@ -319,6 +404,17 @@ impl Link {
             BusEvent::Published { key, result } => self.published(now, key, result),
             BusEvent::Subscribed { batch, result } => self.subscribed(now, batch, result),
             BusEvent::Message { channel, message } => self.message(now, &channel, &message),
+            BusEvent::Claimed { request, result } => {
+                if self.claims.remove(&request).is_some() {
+                    self.deliveries.push_back(Delivery::Claimed { request, result });
+                }
+            }
+            BusEvent::History { request, result } if self.session_reads.contains_key(&request) => {
+                if let Some((range, _)) = self.session_reads.remove(&request) {
+                    self.by_range.remove(&range);
+                }
+                self.deliveries.push_back(Delivery::SessionHistory { request, result });
+            }
             BusEvent::History { request, result } => {
                 let Some((channel, _)) = self.reads.remove(&request) else { return };
                 let limit = self.config.read_limit;
@@ -362,6 +458,8 @@ impl Link {
             self.probe.waiting.map(|(_, at)| at),
             self.batches.values().map(|(_, _, at)| *at).min(),
             self.reads.values().map(|(_, at)| *at).min(),
+            self.session_reads.values().map(|(_, at)| *at).min(),
+            self.claims.values().copied().min(),
             self.budget.front().map(|(at, _)| *at),
             self.timers.first().map(|(at, _)| *at),
         ]
@@ -385,6 +483,18 @@ impl Link {
         for request in expired {
             let result = Err(BusError("read timed out".into()));
             self.handle_event(now, BusEvent::History { request, result });
+        }
+        let expired: Vec<u64> =
+            self.session_reads.iter().filter(|(_, (_, at))| *at <= now).map(|(r, _)| *r).collect();
+        for request in expired {
+            let result = Err(BusError("read timed out".into()));
+            self.handle_event(now, BusEvent::History { request, result });
+        }
+        let expired: Vec<u64> =
+            self.claims.iter().filter(|(_, at)| **at <= now).map(|(r, _)| *r).collect();
+        for request in expired {
+            let result = Err(BusError("claim timed out".into()));
+            self.handle_event(now, BusEvent::Claimed { request, result });
         }
         if self.subscribe_retry_at.is_some_and(|at| at <= now) {
             self.subscribe_retry_at = None;
@@ -546,9 +656,20 @@ impl Link {
 
     fn message(&mut self, now: Instant, name: &str, bytes: &[u8]) {
         if name == self.probe.channel {
-            let token = std::str::from_utf8(bytes).ok().and_then(|t| t.parse::<u64>().ok());
-            if self.probe.waiting.is_some_and(|(waiting, _)| Some(waiting) == token) {
-                self.probe.waiting = None;
+            let text = std::str::from_utf8(bytes).unwrap_or_default();
+            if let Ok(token) = text.parse::<u64>() {
+                if self.probe.waiting.is_some_and(|(waiting, _)| waiting == token) {
+                    self.probe.waiting = None;
+                }
+                return;
+            }
+            let takeover =
+                crate::protocol::json::object_fields(text).ok().flatten().and_then(|f| {
+                    let (_, raw) = f.into_iter().find(|(k, _)| k == "takeover")?;
+                    Id::new(&crate::protocol::json::string(raw)?).ok()
+                });
+            if let Some(connection_id) = takeover {
+                self.deliveries.push_back(Delivery::Takeover { connection_id });
             }
             return;
         }
@@ -673,6 +794,7 @@ impl Link {
             channel: channel.clone(),
             frame: message.frame.clone(),
             except: message.except.clone(),
+            offset: None,
         });
     }
 
@@ -726,6 +848,7 @@ impl Link {
                         channel: channel.clone(),
                         frame: message.frame.with_position(&position),
                         except: message.except,
+                        offset: Some(offset),
                     }
                 }
                 Step::Reset { epoch, reason } => {
@@ -840,6 +963,7 @@ mod tests {
                     String::from_utf8(frame.unsequenced().to_vec()).unwrap()
                 }
                 Delivery::Reset { reason, .. } => reason.to_owned(),
+                other => format!("{other:?}"),
             })
             .collect();
         assert_eq!(delivered.len(), 3);

@@ -3,7 +3,7 @@
 //! A single instance uses it for its positions (no history kept: nobody else could read it);
 //! the simulation joins several hubs with one, with history, latency and faults of its own.
 
-use super::{BusCommand, BusEvent, History, Top};
+use super::{BusCommand, BusEvent, History, SessionRecord, Top};
 use crate::protocol::Id;
 use crate::rng::Rng;
 use bytes::Bytes;
@@ -26,6 +26,11 @@ pub struct LocalBus {
     history_len: usize,
     logs: HashMap<String, Log>,
     subscribers: BTreeMap<String, BTreeSet<usize>>,
+    /// Session records by key (their time-to-live is not kept: the simulation's sessions are
+    /// claimed or dropped long before).
+    sessions: HashMap<String, SessionRecord>,
+    /// The channel prefix instance channels are named with (`sb:`).
+    prefix: String,
 }
 
 impl LocalBus {
@@ -36,6 +41,8 @@ impl LocalBus {
             history_len,
             logs: HashMap::new(),
             subscribers: BTreeMap::new(),
+            sessions: HashMap::new(),
+            prefix: "sb:".to_owned(),
         }
     }
 
@@ -81,6 +88,33 @@ impl LocalBus {
                 self.fan_out(&channel, &Bytes::from(token.to_string()), &mut events)
             }
             BusCommand::RenewSubscriber => {}
+            BusCommand::SaveSession { session, record, .. } => {
+                self.sessions.insert(session, record);
+            }
+            BusCommand::DropSession { session } => {
+                self.sessions.remove(&session);
+            }
+            BusCommand::ClaimSession { request, session, claimant } => {
+                let record = self.sessions.get_mut(&session).map(|record| {
+                    let previous = std::mem::replace(&mut record.owner, claimant.clone());
+                    record.generation += 1;
+                    (previous, record.clone())
+                });
+                let result = Ok(record.as_ref().map(|(_, record)| record.clone()));
+                events.push((subscriber, BusEvent::Claimed { request, result }));
+                if let Some((previous, record)) =
+                    record.filter(|(previous, _)| *previous != claimant)
+                {
+                    let id = session.rsplit_once("session:").map_or("", |(_, id)| id);
+                    let notice = format!(
+                        r#"{{"takeover":"{}","generation":{}}}"#,
+                        id.trim_end_matches('}'),
+                        record.generation
+                    );
+                    let channel = format!("{}{{instance:{previous}}}", self.prefix);
+                    self.fan_out(&channel, &Bytes::from(notice), &mut events);
+                }
+            }
         }
         events
     }

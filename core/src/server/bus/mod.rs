@@ -161,6 +161,26 @@ impl RemoteMessage {
     }
 }
 
+/// A session as the bus keeps it while it may be resumed (resume anywhere, DESIGN.md §3):
+/// written when it becomes active and when it loses its socket, never per message. An instance
+/// that did not hold the session claims it, which makes it the owner and tells the previous
+/// owner (on that instance's channel) to let its copy go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub user_id: String,
+    pub conversation_id: Option<Id>,
+    pub definition_id: Option<String>,
+    /// The member may write into its conversation.
+    pub can_write: bool,
+    /// The instance holding the session.
+    pub owner: Id,
+    /// Counts claims: the owner of the highest generation holds the session.
+    pub generation: u64,
+    /// Where the session started in each of its channels (its replay starts there when the
+    /// client has no later position).
+    pub joined: Vec<crate::protocol::Position>,
+}
+
 /// Why a bus command failed (the bus is down, timed out, refused the command).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusError(pub String);
@@ -202,6 +222,16 @@ pub enum BusCommand {
     Probe { channel: String, token: u64 },
     /// The subscriber connection looks deaf: replace it (the subscriptions follow).
     RenewSubscriber,
+    /// Store `record` under `session` (a key name, `{prefix}{session:<connection id>}`) for
+    /// `ttl_ms`.
+    SaveSession { session: String, record: SessionRecord, ttl_ms: u64 },
+    /// Atomically: read the record of `session`; if there is one, make `claimant` its owner,
+    /// count the generation up, tell the previous owner on its instance channel (`{prefix}
+    /// {instance:<id>}`, message `{"takeover":"<connection id>","generation":N}`), and answer
+    /// [`BusEvent::Claimed`] with the updated record (`None`: no such session).
+    ClaimSession { request: u64, session: String, claimant: Id },
+    /// The session ended for good: forget its record.
+    DropSession { session: String },
 }
 
 /// What the bus tells the hub.
@@ -215,6 +245,8 @@ pub enum BusEvent {
     Message { channel: String, message: Bytes },
     /// The answer to [`BusCommand::Read`].
     History { request: u64, result: Result<History, BusError> },
+    /// The answer to [`BusCommand::ClaimSession`].
+    Claimed { request: u64, result: Result<Option<SessionRecord>, BusError> },
     /// The link to the bus went down: messages may be lost until it is back.
     LinkDown,
     /// The link is (back) up.

@@ -314,6 +314,7 @@ impl Hub {
         };
         let connection_id = session.connection_id.clone();
         self.send_system(now, key, SystemMessage::ConnectionEstablished(established));
+        self.record_active(key);
         self.outputs.push_back(Output::Event(HubEvent::ConnectionOpened {
             connection_id,
             user_id,

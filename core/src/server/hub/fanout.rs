@@ -129,10 +129,16 @@ impl Hub {
         }
         while let Some(delivery) = self.link.poll_delivery() {
             match delivery {
-                Delivery::Message { channel, frame, except } => {
+                Delivery::Message { channel, frame, except, offset } => {
                     let recipients = self.recipients(&channel, except.as_ref());
-                    self.deliver_to(now, &recipients, &frame);
+                    let at = offset.map(|offset| (channel, offset));
+                    self.deliver_at(now, &recipients, &frame, at);
                 }
+                Delivery::Claimed { request, result } => self.handle_claimed(now, request, result),
+                Delivery::SessionHistory { request, result } => {
+                    self.handle_session_history(now, request, result)
+                }
+                Delivery::Takeover { connection_id } => self.handle_takeover(now, &connection_id),
                 Delivery::Reset { channel, epoch, reason } => {
                     let reset =
                         ChannelReset { channel: channel.wire(), epoch, reason: reason.to_owned() };
@@ -199,10 +205,27 @@ impl Hub {
         recipients: &[Key],
         frame: &SharedFrame,
     ) -> usize {
+        self.deliver_at(now, recipients, frame, None)
+    }
+
+    /// [`Hub::deliver_to`] for a message at `at` (its channel and offset), which a session
+    /// being handed over holds until its replay is done (see `handover`).
+    pub(super) fn deliver_at(
+        &mut self,
+        now: Instant,
+        recipients: &[Key],
+        frame: &SharedFrame,
+        at: Option<(Channel, u64)>,
+    ) -> usize {
         let mut delivered = 0;
         for &key in recipients {
             let Some(session) = self.sessions.get_mut(&key) else { continue };
             if !session.is_member() {
+                continue;
+            }
+            if let Some(handover) = &mut session.handover {
+                handover.hold(at.clone(), frame.clone());
+                delivered += 1;
                 continue;
             }
             let sequence = session.next_sequence;

@@ -77,6 +77,7 @@ impl Hub {
                 pending_verify: None,
                 pending_join: None,
                 pending_resume: None,
+                handover: None,
                 pending: true,
             },
         );
@@ -162,12 +163,14 @@ impl Hub {
         let Some(session) = self.sessions.get(&key) else { return };
         let state = session.state();
         let established = matches!(state, ConnectionState::Active | ConnectionState::Paused);
+        let member = session.is_member();
         if resumable && established && !self.shutting_down {
             let connection_id = session.connection_id.clone();
             self.transition(now, key, ConnectionState::Reconnecting, reason);
             self.set_deadline(key, TimerKind::Heartbeat, None);
             self.set_deadline(key, TimerKind::TokenExpiry, None);
             self.set_deadline(key, TimerKind::ResumeWindow, Some(now + self.config.resume_window));
+            self.save_record(key, self.config.resume_window);
             self.outputs.push_back(Output::Event(HubEvent::Disconnected {
                 connection_id,
                 code: Some(code),
@@ -178,6 +181,13 @@ impl Hub {
             self.transition(now, key, ConnectionState::Closing, reason);
         }
         self.transition(now, key, ConnectionState::Closed, reason);
+        let Some(session) = self.sessions.get(&key) else { return };
+        // Gone for good: not resumable elsewhere either. (A shutdown's sessions are: their
+        // clients come back through another instance; one claimed elsewhere is not ours.)
+        if member && !self.shutting_down && reason != "resumed_elsewhere" {
+            let connection_id = session.connection_id.clone();
+            self.link.drop_session(&connection_id);
+        }
         let Some(session) = self.sessions.get(&key) else { return };
         let event = HubEvent::ConnectionClosed {
             connection_id: session.connection_id.clone(),

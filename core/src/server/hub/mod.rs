@@ -16,6 +16,7 @@
 
 mod auth;
 mod fanout;
+mod handover;
 mod lifecycle;
 mod liveness;
 mod resume;
@@ -94,6 +95,11 @@ pub struct Hub {
     by_conversation: Map<Id, Members>,
     /// The channels between instances: subscriptions, cursors, own publishes.
     link: Link,
+    /// Session claims asked of the bus, by request: the session that resumes.
+    claims: Map<u64, Key>,
+    /// History reads for resuming sessions, by request: who waits on each (one read serves
+    /// every session resuming from the same place).
+    history_waiters: Map<u64, Vec<(Key, Channel)>>,
     /// Verifications and join decisions asked for and not answered yet, by request number.
     requests: Map<u64, (Key, Purpose)>,
     /// Sockets told to close whose end has not been reported yet.
@@ -139,6 +145,8 @@ impl Hub {
             by_user: map(&mut rng),
             by_conversation: map(&mut rng),
             link,
+            claims: map(&mut rng),
+            history_waiters: map(&mut rng),
             requests: map(&mut rng),
             closing: BTreeSet::new(),
             pending_auths: 0,

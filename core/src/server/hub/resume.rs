@@ -72,6 +72,13 @@ impl Hub {
             let s = &self.sessions[&old];
             s.replay.count_after(last, s.next_sequence).ok().map(|count| (old, last, count, grant))
         });
+        if old.is_none() && grant.is_some() && self.may_hand_over(&resume) {
+            // Not here: perhaps another instance held it.
+            if let Some(grant) = grant {
+                self.begin_handover(now, key, resume, grant);
+            }
+            return;
+        }
         let Some((old, last, replayed, grant)) = replay else {
             // Unknown session, someone else's, a gap, or a conversation it may no longer join:
             // the application must resync. A session of this user that could not be resumed is

@@ -54,6 +54,8 @@ pub(super) struct Session {
     pub(super) pending_join: Option<u64>,
     /// A resume into another conversation, waiting for its join verdict.
     pub(super) pending_resume: Option<Box<ConnectionResume>>,
+    /// A resume of a session another instance held, under way (see `handover`).
+    pub(super) handover: Option<Box<super::handover::Handover>>,
     /// Opened and not yet active (credentials or join pending): counted against
     /// `max_pending_auths`.
     pub(super) pending: bool,

@@ -16,6 +16,10 @@ impl Hub {
         let keys: Vec<Key> = self.sessions.keys().copied().collect();
         let spread = self.config.shutdown_spread.as_millis() as u64;
         for key in keys {
+            // Its client comes back through another instance, which takes the session over.
+            if self.sessions.get(&key).is_some_and(|s| s.is_member()) {
+                self.save_record(key, self.config.resume_window);
+            }
             let has_socket = self.sessions.get(&key).is_some_and(|s| s.socket.is_some());
             if has_socket && self.sessions[&key].state() != ConnectionState::Connected {
                 let retry_after_ms = Some(self.rng.up_to(spread));
