@@ -20,8 +20,8 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
 use switchboard_core::client::{
-    AttemptId, BackoffConfig, Client, ClientConfig, ClientEvent, ClientInput, ClientOutput,
-    Jitter, OutgoingMessage, Received, ServerFrame, TokenSource,
+    AttemptId, BackoffConfig, Client, ClientConfig, ClientEvent, ClientInput, ClientOutput, Jitter,
+    OutgoingMessage, Received, ServerFrame, TokenSource,
 };
 use switchboard_core::protocol::{
     CloseCode, CloseReason, ConnectionEstablished, Envelope, ErrorCategory, ErrorPayload, Id,
@@ -73,29 +73,65 @@ enum Which {
 
 #[derive(Debug, Clone)]
 enum Frame {
-    Established { connection: usize, heartbeat_ms: Option<u16> },
+    Established {
+        connection: usize,
+        heartbeat_ms: Option<u16>,
+    },
     Ping,
     /// A pong answering the latest ping the client sent, or naming nothing it sent.
-    Pong { answers_latest: bool },
-    Resumed { connection: Option<usize>, missed: u8, state_valid: bool },
-    Closing { reason: usize, retry_after_ms: Option<u16> },
-    Error { retryable: bool },
+    Pong {
+        answers_latest: bool,
+    },
+    Resumed {
+        connection: Option<usize>,
+        missed: u8,
+        state_valid: bool,
+    },
+    Closing {
+        reason: usize,
+        retry_after_ms: Option<u16>,
+    },
+    Error {
+        retryable: bool,
+    },
     Other,
-    Application { message_type: usize, sequence: Option<u8> },
+    Application {
+        message_type: usize,
+        sequence: Option<u8>,
+    },
 }
 
 #[derive(Debug, Clone)]
 enum Op {
     Connect,
-    Disconnect { code: u16 },
-    Send { message_type: usize, bytes: u16 },
-    Opened { which: Which },
+    Disconnect {
+        code: u16,
+    },
+    Send {
+        message_type: usize,
+        bytes: u16,
+    },
+    Opened {
+        which: Which,
+    },
     /// A frame, handed over decoded (as the browser does) or as text (as the native client does).
-    Frame { which: Which, frame: Frame, as_text: bool },
+    Frame {
+        which: Which,
+        frame: Frame,
+        as_text: bool,
+    },
     /// Text that may be anything.
-    Raw { which: Which, text: Vec<u8> },
-    Closed { which: Which, code: Option<u16> },
-    Token { expires_in_s: Option<u16> },
+    Raw {
+        which: Which,
+        text: Vec<u8>,
+    },
+    Closed {
+        which: Which,
+        code: Option<u16>,
+    },
+    Token {
+        expires_in_s: Option<u16>,
+    },
     Online,
     Offline,
     Visible,
@@ -105,7 +141,10 @@ enum Op {
     Freeze,
     ReconnectNow,
     /// Time passes; `Timeout` follows for every deadline on the way (late, by `late_ms`).
-    Advance { ms: u64, late_ms: u16 },
+    Advance {
+        ms: u64,
+        late_ms: u16,
+    },
 }
 
 #[derive(Debug)]

@@ -240,6 +240,7 @@ impl Link {
         if self.local.is_none() {
             let session = self.session_key(connection_id);
             let ttl_ms = ttl.as_millis() as u64;
+            let record = Box::new(record);
             self.commands.push_back(BusCommand::SaveSession { session, record, ttl_ms });
         }
     }

@@ -89,7 +89,7 @@ impl LocalBus {
             }
             BusCommand::RenewSubscriber => {}
             BusCommand::SaveSession { session, record, .. } => {
-                self.sessions.insert(session, record);
+                self.sessions.insert(session, *record);
             }
             BusCommand::DropSession { session } => {
                 self.sessions.remove(&session);

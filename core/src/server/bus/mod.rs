@@ -224,7 +224,7 @@ pub enum BusCommand {
     RenewSubscriber,
     /// Store `record` under `session` (a key name, `{prefix}{session:<connection id>}`) for
     /// `ttl_ms`.
-    SaveSession { session: String, record: SessionRecord, ttl_ms: u64 },
+    SaveSession { session: String, record: Box<SessionRecord>, ttl_ms: u64 },
     /// Atomically: read the record of `session`; if there is one, make `claimant` its owner,
     /// count the generation up, tell the previous owner on its instance channel (`{prefix}
     /// {instance:<id>}`, message `{"takeover":"<connection id>","generation":N}`), and answer
