@@ -167,6 +167,28 @@ pub struct Args {
     /// Log lines as JSON.
     #[arg(long, env = "SWITCHBOARD_LOG_JSON")]
     pub log_json: bool,
+    /// Share channels with other instances through this Redis, e.g. `redis://127.0.0.1:6379`
+    /// (`redis://:password@host:port/db`). Without it the instance is alone: positions are
+    /// given in process.
+    #[arg(long, env = "SWITCHBOARD_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of the channels' names and keys on Redis, so that several deployments can share
+    /// one [default: sb:].
+    #[arg(long, env = "SWITCHBOARD_CHANNEL_PREFIX")]
+    pub channel_prefix: Option<String>,
+    /// Messages of history kept per channel on Redis (approximately) [default: 1000].
+    #[arg(long, env = "SWITCHBOARD_HISTORY_LEN")]
+    pub history_len: Option<usize>,
+    /// How long a channel's history is kept after its last message [default: 1h].
+    #[arg(long, env = "SWITCHBOARD_HISTORY_TTL", value_parser = parse_duration)]
+    pub history_ttl: Option<Duration>,
+    /// How long a channel stays subscribed on Redis after its last local member left
+    /// [default: 5s].
+    #[arg(long, env = "SWITCHBOARD_BUS_LINGER", value_parser = parse_duration)]
+    pub bus_linger: Option<Duration>,
+    /// Test hooks (`POST /debug/bus/deaf`, with the API key): never in production.
+    #[arg(long, env = "SWITCHBOARD_TEST_HOOKS")]
+    pub test_hooks: bool,
 }
 
 /// The same options, from the TOML file.
@@ -221,6 +243,12 @@ pub struct FileConfig {
     pub max_sessions_per_user: Option<usize>,
     pub dev_key: Option<PathBuf>,
     pub static_dir: Option<PathBuf>,
+    pub redis_url: Option<String>,
+    pub channel_prefix: Option<String>,
+    pub history_len: Option<usize>,
+    pub history_ttl: Option<String>,
+    pub bus_linger: Option<String>,
+    pub test_hooks: Option<bool>,
 }
 
 /// Who decides joins.
@@ -246,6 +274,26 @@ pub struct HttpLimits {
     pub api_max_body: usize,
 }
 
+/// The Redis the instances share (`--redis-url`).
+#[derive(Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Entries kept per channel's history (approximately: trimmed with `MAXLEN ~`).
+    pub history_len: usize,
+    /// How long a channel's history outlives its last message.
+    pub history_ttl: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    /// Without the URL, which may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("history_len", &self.history_len)
+            .field("history_ttl", &self.history_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything resolved.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -269,6 +317,10 @@ pub struct Settings {
     pub log_json: bool,
     pub shutdown_grace: Duration,
     pub http: HttpLimits,
+    /// The shared bus; `None`: this instance alone.
+    pub redis: Option<RedisSettings>,
+    /// `--test-hooks`.
+    pub test_hooks: bool,
     pub hub: HubConfig,
 }
 
@@ -330,6 +382,32 @@ impl Settings {
                 .or(file.max_sessions_per_user)
                 .unwrap_or(defaults.max_sessions_per_user),
             ..defaults
+        };
+        if let Some(prefix) = args.channel_prefix.or(file.channel_prefix) {
+            if prefix.contains(['{', '}']) {
+                return Err(format!(
+                    "--channel-prefix {prefix:?}: no braces (they delimit the channel in its name)"
+                ));
+            }
+            hub.channel_prefix = prefix;
+        }
+        hub.bus.linger = duration(args.bus_linger, &file.bus_linger, hub.bus.linger)?;
+        let redis = match args.redis_url.or(file.redis_url).filter(|url| !url.is_empty()) {
+            Some(url) => {
+                crate::redis::check_url(&url).map_err(|e| format!("--redis-url: {e}"))?;
+                let history_len = args.history_len.or(file.history_len).unwrap_or(1000);
+                let history_ttl =
+                    duration(args.history_ttl, &file.history_ttl, Duration::from_secs(3600))?;
+                if history_len == 0 || history_ttl < Duration::from_secs(1) {
+                    return Err(
+                        "--history-len and --history-ttl must be at least 1 and 1s: publishes are retried against the history"
+                            .into(),
+                    );
+                }
+                hub.bus.shared = true;
+                Some(RedisSettings { url, history_len, history_ttl })
+            }
+            None => None,
         };
         hub.connection_rate = match (args.connection_rate, &file.connection_rate) {
             (Some(rate), _) => rate,
@@ -477,6 +555,8 @@ impl Settings {
                 Duration::from_secs(10),
             )?,
             http,
+            redis,
+            test_hooks: args.test_hooks || file.test_hooks.unwrap_or(false),
             hub,
         })
     }
@@ -543,6 +623,41 @@ mod tests {
         assert_eq!(settings.path, "/ws");
         assert_eq!(settings.hub.resume_window, Duration::from_secs(120));
         assert_eq!(settings.authorize, Some(Authorize::AllowAll));
+    }
+
+    #[test]
+    fn a_redis_url_makes_the_bus_shared() {
+        let dev = |args: &[&str]| {
+            let mut all = vec!["switchboard", "--dev"];
+            all.extend_from_slice(args);
+            Settings::resolve(Args::parse_from(all))
+        };
+        let alone = dev(&[]).unwrap();
+        assert!(alone.redis.is_none() && !alone.hub.bus.shared, "alone by default");
+        assert_eq!(alone.hub.channel_prefix, "sb:");
+        let shared = dev(&[
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--history-len",
+            "50",
+            "--history-ttl",
+            "10m",
+            "--bus-linger",
+            "1s",
+            "--channel-prefix",
+            "app:",
+        ])
+        .unwrap();
+        assert!(shared.hub.bus.shared);
+        let redis = shared.redis.unwrap();
+        assert_eq!((redis.history_len, redis.history_ttl), (50, Duration::from_secs(600)));
+        assert_eq!(shared.hub.bus.linger, Duration::from_secs(1));
+        assert_eq!(shared.hub.channel_prefix, "app:");
+        assert!(!format!("{redis:?}").contains("6379"), "the URL (maybe a password) is not logged");
+        assert!(dev(&["--redis-url", "http://example.com"]).unwrap_err().contains("--redis-url"));
+        assert!(dev(&["--channel-prefix", "a{b"]).unwrap_err().contains("braces"));
+        let no_history = dev(&["--redis-url", "redis://127.0.0.1", "--history-len", "0"]);
+        assert!(no_history.unwrap_err().contains("--history-len"));
     }
 
     #[test]

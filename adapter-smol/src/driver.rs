@@ -4,7 +4,7 @@
 use crate::answer::Answer;
 use crate::auth::Verifier;
 use crate::authorize::Authorizer;
-use crate::metrics::Metrics;
+use crate::metrics::{BusStats, Metrics};
 use crate::outbox::OutboxSender;
 use async_channel::{Receiver, Sender};
 use bytes::Bytes;
@@ -13,8 +13,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use switchboard_core::protocol::CloseCode;
 use switchboard_core::server::{
-    AuthFailure, Hub, HubEvent, HubStats, Input, OpenRequest, Outgoing, Output, RefusedSend,
-    SocketId, Target,
+    AuthFailure, BusCommand, Hub, HubEvent, HubStats, Input, OpenRequest, Outgoing, Output,
+    RefusedSend, SocketId, Target,
 };
 use switchboard_core::time::Instant;
 
@@ -52,8 +52,8 @@ pub enum Command {
     /// Send a message (the publish API); the reply is the number of local sessions reached,
     /// or why the hub refused it.
     Send { target: Target, outgoing: Outgoing, reply: Sender<Result<usize, RefusedSend>> },
-    /// The hub's counts, for `/metrics`.
-    Stats { reply: Sender<HubStats> },
+    /// The hub's counts and its view of the bus, for `/metrics` and `/healthz`.
+    Stats { reply: Sender<(HubStats, BusStats)> },
     /// Begin graceful shutdown.
     Shutdown,
 }
@@ -111,6 +111,9 @@ pub struct Driver {
     pub metrics: Arc<Metrics>,
     /// The event loop, to run the answers that come later.
     pub executor: Rc<smol::LocalExecutor<'static>>,
+    /// The Redis bridge's inbox, when the instances share a bus (its answers come back through
+    /// `loopback` as [`Input::Bus`]).
+    bus: Option<Sender<BusCommand>>,
     writers: HashMap<SocketId, OutboxSender<Write>>,
     /// Answers decided on the spot, fed to the hub once the outputs at hand are carried out.
     ready: VecDeque<Input>,
@@ -145,9 +148,16 @@ impl Driver {
             authorizer,
             metrics,
             executor,
+            bus: None,
             writers: HashMap::new(),
             ready: VecDeque::new(),
         }
+    }
+
+    /// Hands the hub's bus commands to the Redis bridge (see [`crate::redis`]).
+    pub fn with_bus(mut self, bus: Sender<BusCommand>) -> Self {
+        self.bus = Some(bus);
+        self
     }
 
     /// Runs until the hub has drained after a shutdown (or every sender is gone).
@@ -231,7 +241,11 @@ impl Driver {
                 let _ = reply.try_send(delivered);
             }
             Command::Stats { reply } => {
-                let _ = reply.try_send(self.hub.stats());
+                let bus = BusStats {
+                    pending_publishes: self.hub.bus_pending(),
+                    healthy: self.hub.bus_healthy(),
+                };
+                let _ = reply.try_send((self.hub.stats(), bus));
             }
             Command::Shutdown => self.hub.handle_input(now, Input::Shutdown),
         }
@@ -278,8 +292,19 @@ impl Driver {
                 let answer = self.authorizer.authorize(&join);
                 self.answer(answer, move |verdict| Input::JoinVerdict { request, verdict });
             }
-            // Without a shared bus the hub answers itself and says nothing here.
-            Output::Bus(_) => {}
+            // Without a shared bus the hub answers itself and says nothing here. With one, the
+            // bridge's queue is bounded and the driver never waits for it: a command that does
+            // not fit is answered at once as failed, and the hub's retries stay in charge.
+            Output::Bus(command) => {
+                let Some(bus) = &self.bus else { return false };
+                if let Err(full) = bus.try_send(command) {
+                    let command = full.into_inner();
+                    self.metrics.bus_failure(crate::redis::kind(&command));
+                    if let Some(event) = crate::redis::refused(command) {
+                        self.ready.push_back(Input::Bus(event));
+                    }
+                }
+            }
             Output::Event(event) => {
                 self.metrics.event(&event);
                 log_event(&event);

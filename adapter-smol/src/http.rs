@@ -3,7 +3,7 @@
 
 use crate::admission::{Admission, FromIp, Pending};
 use crate::driver::{Command, Write};
-use crate::metrics::Metrics;
+use crate::metrics::{BusStats, Metrics};
 use crate::socket;
 use async_net::TcpStream;
 use async_tungstenite::WebSocketStream;
@@ -27,7 +27,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use switchboard_core::protocol::{Id, MessageType, Payload};
-use switchboard_core::server::{OpenRequest, Outgoing, RateLimit, RefusedSend, SocketId, Target};
+use switchboard_core::server::{
+    HubStats, OpenRequest, Outgoing, RateLimit, RefusedSend, SocketId, Target,
+};
 
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,10 @@ pub struct App {
     pub dev_jwks: Option<String>,
     /// Served under `/app/`.
     pub static_dir: Option<std::path::PathBuf>,
+    /// The Redis link, when the instances share one (`/healthz` tells when it is down).
+    pub bus: Option<Arc<crate::redis::Status>>,
+    /// `--test-hooks`: `POST /debug/bus/deaf`.
+    pub test_hooks: bool,
 }
 
 /// The publish API's own rate limit: one token bucket over every caller.
@@ -151,13 +157,14 @@ impl App {
         let path = request.uri().path().to_owned();
         let api = matches!(listener, Listener::Api | Listener::Public { api: true });
         match (request.method(), path.as_str()) {
-            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/healthz") => self.health().await,
             (&Method::GET, "/readyz") if self.ready.load(Ordering::Relaxed) => {
                 text(StatusCode::OK, "ready\n")
             }
             (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
             (&Method::GET, "/metrics") => self.metrics().await,
             (&Method::POST, "/api/publish") if api => self.publish(request).await,
+            (&Method::POST, "/debug/bus/deaf") if api && self.test_hooks => self.deafen(&request),
             (_, _) if listener == Listener::Api => text(StatusCode::NOT_FOUND, "not found\n"),
             (&Method::GET, "/.well-known/jwks.json") if self.dev_jwks.is_some() => {
                 let mut response = text(StatusCode::OK, self.dev_jwks.clone().unwrap_or_default());
@@ -174,15 +181,33 @@ impl App {
         }
     }
 
-    async fn metrics(&self) -> Response<Body> {
+    /// The hub's counts and its view of the bus (`None` once it is shutting down).
+    async fn stats(&self) -> Option<(HubStats, BusStats)> {
         let (reply, answer) = async_channel::bounded(1);
-        if self.commands.send(Command::Stats { reply }).await.is_err() {
-            return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+        self.commands.send(Command::Stats { reply }).await.ok()?;
+        answer.recv().await.ok()
+    }
+
+    /// Always 200 while the process runs (a bus that is down is no reason to restart it: local
+    /// traffic is served); the body says `ok`, or `degraded (bus: ...)` with why.
+    async fn health(&self) -> Response<Body> {
+        let Some(bus) = &self.bus else { return text(StatusCode::OK, "ok\n") };
+        if !bus.is_up() {
+            return text(StatusCode::OK, format!("degraded (bus: {})\n", bus.problem()));
         }
-        let Ok(stats) = answer.recv().await else {
+        match self.stats().await {
+            Some((_, stats)) if !stats.healthy => {
+                text(StatusCode::OK, "degraded (bus: subscriptions not confirmed yet)\n")
+            }
+            _ => text(StatusCode::OK, "ok\n"),
+        }
+    }
+
+    async fn metrics(&self) -> Response<Body> {
+        let Some((stats, bus)) = self.stats().await else {
             return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
         };
-        let mut response = text(StatusCode::OK, self.metrics.render(&stats));
+        let mut response = text(StatusCode::OK, self.metrics.render(&stats, bus));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -317,11 +342,11 @@ impl App {
         response
     }
 
-    /// `POST /api/publish`: the backend's way in.
-    async fn publish(&self, request: Request<Incoming>) -> Response<Body> {
+    /// The refusal of a `request` that does not present the API key; `None` when it does.
+    fn refuse_without_api_key(&self, request: &Request<Incoming>) -> Option<Response<Body>> {
         let error = |status, message: &str| json(status, serde_json::json!({ "error": message }));
         let Some(key) = &self.api_key else {
-            return error(StatusCode::NOT_FOUND, "the publish API is off (no --api-key)");
+            return Some(error(StatusCode::NOT_FOUND, "the publish API is off (no --api-key)"));
         };
         let presented = request
             .headers()
@@ -329,7 +354,31 @@ impl App {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes())) {
-            return error(StatusCode::UNAUTHORIZED, "bad or missing API key");
+            return Some(error(StatusCode::UNAUTHORIZED, "bad or missing API key"));
+        }
+        None
+    }
+
+    /// `POST /debug/bus/deaf` (`--test-hooks` only): the Redis subscriber connection in use
+    /// drops everything it receives until the hub's probe notices and has it renewed.
+    fn deafen(&self, request: &Request<Incoming>) -> Response<Body> {
+        if let Some(refusal) = self.refuse_without_api_key(request) {
+            return refusal;
+        }
+        match &self.bus {
+            Some(bus) => {
+                bus.deafen();
+                json(StatusCode::OK, serde_json::json!({ "deaf": true }))
+            }
+            None => json(StatusCode::CONFLICT, serde_json::json!({ "error": "no --redis-url" })),
+        }
+    }
+
+    /// `POST /api/publish`: the backend's way in.
+    async fn publish(&self, request: Request<Incoming>) -> Response<Body> {
+        let error = |status, message: &str| json(status, serde_json::json!({ "error": message }));
+        if let Some(refusal) = self.refuse_without_api_key(&request) {
+            return refusal;
         }
         if let Err(wait) = self.api_bucket.take() {
             let mut response =

@@ -17,6 +17,7 @@ pub(crate) mod driver;
 mod http;
 pub mod metrics;
 mod outbox;
+pub mod redis;
 mod server;
 mod socket;
 

@@ -45,6 +45,22 @@ struct StateLabel {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// The hub's view of the bus, for `/metrics` and `/healthz` (asked of the driver with its
+/// counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusStats {
+    /// Own publishes the bus has not answered yet ([`switchboard_core::server::Hub::bus_pending`]).
+    pub pending_publishes: usize,
+    /// The link is up and every subscription confirmed
+    /// ([`switchboard_core::server::Hub::bus_healthy`]).
+    pub healthy: bool,
+}
+
 /// Every metric the server exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -69,6 +85,13 @@ pub struct Metrics {
     outbound_queue_bytes: Gauge,
     open_sockets: Gauge,
     ping_rtt: Histogram,
+    bus_up: Gauge,
+    bus_pending_publishes: Gauge,
+    bus_healthy: Gauge,
+    bus_lagged: Counter,
+    bus_renewals: Counter,
+    bus_failures: Family<KindLabel, Counter>,
+    channel_resets: Family<ReasonLabel, Counter>,
 }
 
 /// One open WebSocket: counted in `switchboard_open_sockets` until this is dropped.
@@ -107,6 +130,13 @@ impl Default for Metrics {
             ping_rtt: Histogram::new([
                 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
             ]),
+            bus_up: Gauge::default(),
+            bus_pending_publishes: Gauge::default(),
+            bus_healthy: Gauge::default(),
+            bus_lagged: Counter::default(),
+            bus_renewals: Counter::default(),
+            bus_failures: Family::default(),
+            channel_resets: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -173,6 +203,41 @@ impl Default for Metrics {
             m.open_sockets.clone(),
         );
         registry.register("ping_rtt_milliseconds", "Heartbeat round trips", m.ping_rtt.clone());
+        registry.register(
+            "bus_up",
+            "Whether the link to the bus between instances is up (always 1 without Redis)",
+            m.bus_up.clone(),
+        );
+        registry.register(
+            "bus_pending_publishes",
+            "Own publishes the bus has not answered yet",
+            m.bus_pending_publishes.clone(),
+        );
+        registry.register(
+            "bus_healthy",
+            "Whether the bus link is up and every subscription confirmed",
+            m.bus_healthy.clone(),
+        );
+        registry.register(
+            "bus_lagged",
+            "Times the Redis subscriber's receive queue overflowed (messages dropped; every channel swept)",
+            m.bus_lagged.clone(),
+        );
+        registry.register(
+            "bus_subscriber_renewals",
+            "Redis subscriber connections replaced because the probe found them deaf",
+            m.bus_renewals.clone(),
+        );
+        registry.register(
+            "bus_command_failures",
+            "Bus commands that failed (Redis error, timeout, or the bridge's queue full), by kind",
+            m.bus_failures.clone(),
+        );
+        registry.register(
+            "channel_resets",
+            "Channels whose local members were told that messages may be missing, by reason",
+            m.channel_resets.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -217,6 +282,9 @@ impl Metrics {
             HubEvent::SlowConsumer { .. } => {
                 self.slow_consumers.inc();
             }
+            HubEvent::ChannelReset { reason, .. } => {
+                self.channel_resets.get_or_create(&ReasonLabel { reason }).inc();
+            }
             _ => {}
         }
     }
@@ -232,14 +300,36 @@ impl Metrics {
         OpenSocket(self.open_sockets.clone())
     }
 
+    /// Whether the link to the bus is up.
+    pub fn set_bus_up(&self, up: bool) {
+        self.bus_up.set(i64::from(up));
+    }
+
+    /// Counts an overflow of the Redis subscriber's receive queue.
+    pub fn bus_lagged(&self) {
+        self.bus_lagged.inc();
+    }
+
+    /// Counts a renewal of the Redis subscriber connection.
+    pub fn bus_renewal(&self) {
+        self.bus_renewals.inc();
+    }
+
+    /// Counts a failed bus command of `kind` (`publish`, `subscribe`, `read`, ...).
+    pub fn bus_failure(&self, kind: &'static str) {
+        self.bus_failures.get_or_create(&KindLabel { kind }).inc();
+    }
+
     /// Counts one frame sent.
     pub fn sent(&self, bytes: usize) {
         self.messages_out.inc();
         self.bytes_out.inc_by(bytes as u64);
     }
 
-    /// The Prometheus text exposition, with the gauges taken from `stats`.
-    pub fn render(&self, stats: &HubStats) -> String {
+    /// The Prometheus text exposition, with the gauges taken from `stats` and `bus`.
+    pub fn render(&self, stats: &HubStats, bus: BusStats) -> String {
+        self.bus_pending_publishes.set(bus.pending_publishes as i64);
+        self.bus_healthy.set(i64::from(bus.healthy));
         for state in switchboard_core::server::ConnectionState::ALL {
             let count = stats.by_state.get(state.as_str()).copied().unwrap_or(0);
             self.connections.get_or_create(&StateLabel { state: state.as_str() }).set(count as i64);

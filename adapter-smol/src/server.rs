@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use switchboard_core::protocol::TypePattern;
-use switchboard_core::server::{Hub, Rejection, Router};
+use switchboard_core::server::{Hub, Input, Rejection, Router};
 
 /// Something that registers handlers or middleware on the hub's router.
 type RouterSetup = Box<dyn FnOnce(&mut Router)>;
@@ -186,6 +186,15 @@ impl Server {
         }
 
         let metrics = Arc::new(Metrics::default());
+        // The bus between instances: Redis through its own thread, or nothing (the hub places
+        // its messages itself). Redis need not be up: local traffic is served meanwhile.
+        let bus = match &settings.redis {
+            Some(redis) => Some(crate::redis::start(redis, metrics.clone())?),
+            None => {
+                metrics.set_bus_up(true);
+                None
+            }
+        };
         let (commands, inbox) = async_channel::bounded::<Command>(4096);
         let (written, written_inbox) = async_channel::bounded(4096);
         let ready = Arc::new(AtomicBool::new(true));
@@ -214,6 +223,8 @@ impl Server {
             admission: Admission::new(settings.http.clone(), metrics.clone()),
             dev_jwks: dev.as_ref().map(|d| d.jwks().to_string()),
             static_dir: settings.static_dir.clone(),
+            bus: bus.as_ref().map(|bus| bus.status.clone()),
+            test_hooks: settings.test_hooks,
         });
 
         let mut out = std::io::stdout().lock();
@@ -284,7 +295,21 @@ impl Server {
                 .detach();
         }
 
-        let driver = Driver::new(
+        // The bridge's events reach the hub through the driver's inbox, in order.
+        if let Some(bus) = &bus {
+            let (events, loopback) = (bus.events.clone(), commands.clone());
+            executor
+                .spawn(async move {
+                    while let Ok(event) = events.recv().await {
+                        if loopback.send(Command::Input(Input::Bus(event))).await.is_err() {
+                            return;
+                        }
+                    }
+                })
+                .detach();
+        }
+
+        let mut driver = Driver::new(
             hub,
             clock,
             inbox,
@@ -295,6 +320,9 @@ impl Server {
             metrics,
             executor.clone(),
         );
+        if let Some(bus) = bus {
+            driver = driver.with_bus(bus.commands);
+        }
         driver.run().await;
         tracing::info!("drained; exiting");
         Ok(())

@@ -48,7 +48,10 @@ function buildWasm() {
   const target = process.env.CARGO_TARGET_DIR ?? join(workspace, 'target');
   const wasm = join(target, 'wasm32-unknown-unknown/wasm/switchboard_wasm.wasm');
   const optimized = join(bindgen, 'optimized.wasm');
-  run('wasm-opt', ['-Oz', '--strip-debug', '--strip-producers', ...WASM_OPT_FEATURES, wasm, '-o', optimized]);
+  // Beyond -Oz: to a fixed point, and told what holds for a Rust wasm (its memory starts
+  // zeroed and nothing lives in the first KiB), about 2 % smaller gzipped.
+  const shrink = ['-Oz', '--converge', '--low-memory-unused', '--zero-filled-memory'];
+  run('wasm-opt', [...shrink, '--strip-debug', '--strip-producers', ...WASM_OPT_FEATURES, wasm, '-o', optimized]);
   run('wasm-bindgen', [
     '--target',
     'web',

@@ -31,74 +31,73 @@ pub use switchboard_core as core;
 #[global_allocator]
 static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 
-/// The options a page may set (JSON, camelCase; every field but `url` optional, the core's
-/// defaults otherwise): `url`, `conversationId`, `definitionId`, `token` (a static token;
-/// without one and without `cookieAuth: true` the application is asked for tokens),
-/// `cookieAuth`, `resume`, `heartbeatIntervalMs`, `connectTimeoutMs`, `probeTimeoutMs`,
-/// `tokenRefreshLeadMs`, `queueMaxMessages`, `queueMaxBytes`, `queueTtlMs`, `pingIntervalMs`
-/// (0: none), and `reconnect: {baseMs, maxMs, maxAttempts, jitter, jitterRatio}` with `jitter`
-/// one of `equal` (the default: a fleet does not come back in a herd), `full`, `none` or
-/// `proportional` (±`jitterRatio`, 0.1 by default: the Phase 1 plan's).
-///
-/// Read with the protocol's own scanner rather than serde: it is already in the binary.
-fn config(options: &str) -> Option<ClientConfig> {
-    let fields = json::object_fields(options).ok()??;
-    let get =
-        |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v).filter(|v| *v != "null");
-    let string = |key: &str| get(key).and_then(json::string).map(|s| s.into_owned());
-    let number = |key: &str| get(key).and_then(json::unsigned);
-    let ms = |key: &str, default: Duration| number(key).map_or(default, Duration::from_millis);
-    let mut config = ClientConfig::new(string("url")?);
-    config.conversation_id = string("conversationId").filter(|c| !c.is_empty());
-    config.definition_id = string("definitionId").filter(|d| !d.is_empty());
-    let cookie_auth = get("cookieAuth").and_then(json::boolean).unwrap_or(false);
-    config.token = match (string("token"), cookie_auth) {
-        (Some(token), _) => TokenSource::Static(token),
-        (None, true) => TokenSource::None,
-        (None, false) => TokenSource::Application,
-    };
-    config.resume = get("resume").and_then(json::boolean).unwrap_or(true);
-    config.heartbeat_interval = ms("heartbeatIntervalMs", config.heartbeat_interval);
-    config.connect_timeout = ms("connectTimeoutMs", config.connect_timeout);
-    config.establish_timeout = ms("connectTimeoutMs", config.establish_timeout);
-    config.probe_timeout = ms("probeTimeoutMs", config.probe_timeout);
-    config.token_refresh_lead = ms("tokenRefreshLeadMs", config.token_refresh_lead);
-    config.queue_ttl = ms("queueTtlMs", config.queue_ttl);
-    let count = |key: &str, default: usize| number(key).map_or(default, |n| n as usize);
-    config.queue_max_messages = count("queueMaxMessages", config.queue_max_messages);
-    config.queue_max_bytes = count("queueMaxBytes", config.queue_max_bytes);
-    if let Some(interval) = number("pingIntervalMs") {
-        config.ping_interval = (interval > 0).then(|| Duration::from_millis(interval));
-    }
-    if let Some(reconnect) = get("reconnect").and_then(|raw| json::object_fields(raw).ok()?) {
-        let get = |key: &str| reconnect.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
-        let number = |key: &str| get(key).and_then(json::unsigned);
-        let defaults = config.backoff;
-        config.backoff = BackoffConfig {
-            base: number("baseMs").map_or(defaults.base, Duration::from_millis),
-            max: number("maxMs").map_or(defaults.max, Duration::from_millis),
-            max_attempts: number("maxAttempts").map_or(defaults.max_attempts, |n| n as u32),
-            jitter: match get("jitter").and_then(json::string).as_deref() {
-                Some("full") => Jitter::Full,
-                Some("none") => Jitter::None,
-                Some("proportional") => {
-                    Jitter::Proportional(get("jitterRatio").and_then(decimal).unwrap_or(0.1))
-                }
-                _ => defaults.jitter,
-            },
-        };
-    }
-    Some(config)
+/// The numeric options, in the order of the constructor's `numbers` (NaN or negative: the
+/// core's default). The boundary stays primitive, and the wasm carries no JSON reader.
+#[derive(Clone, Copy)]
+enum Number {
+    HeartbeatIntervalMs,
+    ConnectTimeoutMs,
+    ProbeTimeoutMs,
+    TokenRefreshLeadMs,
+    QueueMaxMessages,
+    QueueMaxBytes,
+    QueueTtlMs,
+    /// 0: no pings of the client's own.
+    PingIntervalMs,
+    ReconnectBaseMs,
+    ReconnectMaxMs,
+    ReconnectMaxAttempts,
+    /// 1 `full`, 2 `none`, 3 `proportional` (± `JitterRatio`); anything else `equal`.
+    Jitter,
+    JitterRatio,
 }
 
-/// A plain decimal such as `0.1` or `1` (no sign, no exponent), without the float parser.
-fn decimal(raw: &str) -> Option<f64> {
-    let (whole, fraction) = raw.split_once('.').unwrap_or((raw, ""));
-    let whole = json::unsigned(whole)? as f64;
-    let (n, scale) = fraction.bytes().take(9).try_fold((0u64, 1u64), |(n, scale), b| {
-        b.is_ascii_digit().then(|| (n * 10 + u64::from(b - b'0'), scale * 10))
-    })?;
-    Some(whole + n as f64 / scale as f64)
+/// The client's configuration from the constructor's arguments (see [`Core::new`]).
+fn config(strings: [String; 4], cookie_auth: bool, resume: bool, numbers: &[f64]) -> ClientConfig {
+    let [url, conversation_id, definition_id, token] = strings;
+    let number = |n: Number| numbers.get(n as usize).copied().and_then(count);
+    let ms = |n: Number, default: Duration| number(n).map_or(default, Duration::from_millis);
+    let mut config = ClientConfig::new(url);
+    config.conversation_id = Some(conversation_id).filter(|c| !c.is_empty());
+    config.definition_id = Some(definition_id).filter(|d| !d.is_empty());
+    config.token = match (token.is_empty(), cookie_auth) {
+        (false, _) => TokenSource::Static(token),
+        (true, true) => TokenSource::None,
+        (true, false) => TokenSource::Application,
+    };
+    config.resume = resume;
+    config.heartbeat_interval = ms(Number::HeartbeatIntervalMs, config.heartbeat_interval);
+    config.connect_timeout = ms(Number::ConnectTimeoutMs, config.connect_timeout);
+    config.establish_timeout = ms(Number::ConnectTimeoutMs, config.establish_timeout);
+    config.probe_timeout = ms(Number::ProbeTimeoutMs, config.probe_timeout);
+    config.token_refresh_lead = ms(Number::TokenRefreshLeadMs, config.token_refresh_lead);
+    config.queue_ttl = ms(Number::QueueTtlMs, config.queue_ttl);
+    let size = |n: Number, default: usize| number(n).map_or(default, |n| n as usize);
+    config.queue_max_messages = size(Number::QueueMaxMessages, config.queue_max_messages);
+    config.queue_max_bytes = size(Number::QueueMaxBytes, config.queue_max_bytes);
+    if let Some(interval) = number(Number::PingIntervalMs) {
+        config.ping_interval = (interval > 0).then(|| Duration::from_millis(interval));
+    }
+    let defaults = config.backoff;
+    config.backoff = BackoffConfig {
+        base: ms(Number::ReconnectBaseMs, defaults.base),
+        max: ms(Number::ReconnectMaxMs, defaults.max),
+        max_attempts: number(Number::ReconnectMaxAttempts)
+            .map_or(defaults.max_attempts, |n| n.min(u64::from(u32::MAX)) as u32),
+        jitter: match number(Number::Jitter) {
+            Some(1) => Jitter::Full,
+            Some(2) => Jitter::None,
+            Some(3) => Jitter::Proportional(
+                numbers
+                    .get(Number::JitterRatio as usize)
+                    .copied()
+                    .filter(|r| r.is_finite() && *r >= 0.0)
+                    .unwrap_or(0.1),
+            ),
+            _ => defaults.jitter,
+        },
+    };
+    config
 }
 
 /// The client core, for the TypeScript shell.
@@ -110,6 +109,8 @@ pub struct Core {
     /// instants (a retry's countdown) are derived from them.
     origin: u64,
     origin_unix_ms: f64,
+    /// Positions of a resume point being restored (see [`Core::restore_position`]).
+    restored: Vec<Position>,
 }
 
 /// A count or a duration in ms from JavaScript: `None` for NaN or a negative number.
@@ -123,38 +124,61 @@ fn instant(now: f64) -> Instant {
 
 #[wasm_bindgen]
 impl Core {
-    /// A client with `options` (JSON, see the TypeScript `ClientOptions`), drawing its
-    /// randomness from the 64-bit seed `seed_hi:seed_lo`, at monotonic time `now` and wall clock
-    /// `unix_ms`.
+    /// A client of `url` (`conversation_id`, `definition_id`, `token`: empty when absent; without
+    /// a token and without `cookie_auth` the application is asked for tokens), with the
+    /// numeric options in the order of `Number` (NaN: the default), drawing its randomness from
+    /// the 64-bit seed `seed_hi:seed_lo`, at monotonic time `now` and wall clock `unix_ms`.
     #[wasm_bindgen(constructor)]
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        options: &str,
+        url: String,
+        conversation_id: String,
+        definition_id: String,
+        token: String,
+        cookie_auth: bool,
+        resume: bool,
+        numbers: &[f64],
         seed_hi: u32,
         seed_lo: u32,
         now: f64,
         unix_ms: f64,
     ) -> Result<Core, JsError> {
-        let config =
-            config(options).ok_or_else(|| JsError::new("options: a JSON object with a url"))?;
+        if url.is_empty() {
+            return Err(JsError::new("options: a url is needed"));
+        }
+        let strings = [url, conversation_id, definition_id, token];
+        let config = config(strings, cookie_auth, resume, numbers);
         let seed = (u64::from(seed_hi) << 32) | u64::from(seed_lo);
         let client = Client::new(config, seed, instant(now), unix_ms as i64);
-        Ok(Core { client, origin: instant(now).as_millis(), origin_unix_ms: unix_ms })
+        Ok(Core {
+            client,
+            origin: instant(now).as_millis(),
+            origin_unix_ms: unix_ms,
+            restored: Vec::new(),
+        })
     }
 
-    /// Starts from a stored resume point (`{connectionId, lastSequence, lastMessageId,
-    /// positions}`, as the `persist` output gave it); an unreadable one is ignored.
-    pub fn restore(&mut self, stored: &str) {
-        let Ok(Some(fields)) = json::object_fields(stored) else { return };
-        let get = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
-        let id = |key: &str| get(key).and_then(json::string).and_then(|s| Id::new(&s).ok());
+    /// One channel position of a stored resume point, given before [`Core::restore`] (the
+    /// shell reads the stored JSON: the boundary stays primitive, and the wasm carries no JSON
+    /// reader for it). An empty channel or epoch is ignored.
+    pub fn restore_position(&mut self, channel: String, epoch: String, offset: f64) {
+        if let (false, false, Some(offset)) = (channel.is_empty(), epoch.is_empty(), count(offset))
+        {
+            self.restored.push(Position { channel, epoch, offset });
+        }
+    }
+
+    /// Starts from a stored resume point (as the `persist` output gave it), with the positions
+    /// given before by [`Core::restore_position`]; an empty or invalid connection id is no
+    /// resume point.
+    pub fn restore(&mut self, connection_id: &str, last_sequence: f64, last_message_id: &str) {
+        let positions = std::mem::take(&mut self.restored);
+        let Ok(connection_id) = Id::new(connection_id) else { return };
         self.client.restore(ResumeState {
-            connection_id: id("connectionId"),
-            last_sequence: get("lastSequence").and_then(json::unsigned).unwrap_or(0),
-            last_message_id: id("lastMessageId"),
-            positions: get("positions")
-                .and_then(|raw| json::array_items(raw).ok().flatten())
-                .map(|items| items.into_iter().filter_map(Position::read).collect())
-                .unwrap_or_default(),
+            connection_id: Some(connection_id),
+            last_sequence: count(last_sequence).unwrap_or(0),
+            last_message_id: Id::new(last_message_id).ok(),
+            positions,
         });
     }
 

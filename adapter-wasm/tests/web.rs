@@ -17,8 +17,56 @@ wasm_bindgen_test_configure!(run_in_browser);
 
 const WALL: f64 = 1_766_053_800_000.0;
 
+/// A core from options as the TypeScript `ClientOptions` name them (in JSON), turned into the
+/// constructor's primitives the way `coreOptions` in `ts/client.ts` does.
+fn new_core(options: &str, seed: u32, now: f64) -> Result<Core, wasm_bindgen::JsError> {
+    let o: Value = serde_json::from_str(options).expect("JSON options");
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let r = &o["reconnect"];
+    let jitter = ["equal", "full", "none", "proportional"]
+        .iter()
+        .position(|j| r["jitter"] == *j)
+        .unwrap_or(0);
+    let numbers: Vec<f64> = [
+        &o["heartbeatInterval"],
+        &o["connectTimeout"],
+        &o["probeTimeout"],
+        &o["tokenRefreshLead"],
+        &o["queue"]["maxMessages"],
+        &o["queue"]["maxBytes"],
+        &o["queue"]["ttlMs"],
+        &o["pingInterval"],
+        &r["baseMs"],
+        &r["maxMs"],
+        &r["maxAttempts"],
+        &Value::from(jitter),
+        &r["jitterRatio"],
+    ]
+    .iter()
+    .map(|n| n.as_f64().unwrap_or(f64::NAN))
+    .collect();
+    let cookie_auth = o["cookieAuth"].as_bool().unwrap_or(false);
+    let resume = o["resume"].as_bool().unwrap_or(true);
+    let strings = (text(&o["url"]), text(&o["conversationId"]), text(&o["definitionId"]));
+    let (url, conversation, definition) = strings;
+    let token = text(&o["token"]);
+    Core::new(
+        url,
+        conversation,
+        definition,
+        token,
+        cookie_auth,
+        resume,
+        &numbers,
+        0,
+        seed,
+        now,
+        WALL,
+    )
+}
+
 fn core(options: &str) -> Core {
-    Core::new(options, 0, 42, 1000.0, WALL).expect("valid options")
+    new_core(options, 42, 1000.0).expect("valid options")
 }
 
 fn drain(core: &mut Core) -> Vec<Value> {
@@ -44,8 +92,8 @@ fn active() -> Core {
 
 #[wasm_bindgen_test]
 fn options_without_a_url_are_refused() {
-    assert!(Core::new("{}", 0, 1, 0.0, WALL).is_err());
-    assert!(Core::new("not json", 0, 1, 0.0, WALL).is_err());
+    assert!(new_core("{}", 1, 0.0).is_err());
+    assert!(new_core(r#"{"url":""}"#, 1, 0.0).is_err());
 }
 
 #[wasm_bindgen_test]
@@ -193,8 +241,15 @@ fn a_stored_resume_point_is_resumed_after_a_reload() {
 }
 
 fn core_from(stored: &Value) -> Core {
-    let mut core = Core::new(r#"{"url":"ws://h/ws","token":"t"}"#, 0, 7, 0.0, WALL).unwrap();
-    core.restore(&stored.to_string());
+    let mut core = new_core(r#"{"url":"ws://h/ws","token":"t"}"#, 7, 0.0).unwrap();
+    for position in stored["positions"].as_array().into_iter().flatten() {
+        let text = |key: &str| position[key].as_str().unwrap_or_default().to_owned();
+        let offset = position["offset"].as_f64().unwrap_or(f64::NAN);
+        core.restore_position(text("channel"), text("epoch"), offset);
+    }
+    let text = |key: &str| stored[key].as_str().unwrap_or_default().to_owned();
+    let last_sequence = stored["lastSequence"].as_f64().unwrap_or(f64::NAN);
+    core.restore(&text("connectionId"), last_sequence, &text("lastMessageId"));
     core
 }
 

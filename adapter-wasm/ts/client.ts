@@ -210,9 +210,12 @@ export class WebSocketClient extends Emitter<ClientEventMap> {
     return (this.#starting ??= (async () => {
       const [glue, tab] = await Promise.all([loadCore(this.#options.wasmUrl), this.#tabClaim]);
       const seed = crypto.getRandomValues(new Uint32Array(2));
-      const core = new glue.Core(coreOptions(this.#options), seed[0]!, seed[1]!, now(), Date.now());
+      const core = new glue.Core(...coreOptions(this.#options), seed[0]!, seed[1]!, now(), Date.now());
       const stored = tab && this.#store?.load(tab);
-      if (stored) core.restore(stored);
+      if (stored) {
+        for (const p of stored.positions ?? []) core.restore_position(p.channel, p.epoch, p.offset);
+        core.restore(stored.connectionId ?? '', stored.lastSequence, stored.lastMessageId ?? '');
+      }
       this.#tabId = tab;
       this.#core = core;
       try {
@@ -369,26 +372,37 @@ export class WebSocketClient extends Emitter<ClientEventMap> {
   }
 }
 
-/** The core's options JSON (camelCase; absent fields take the core's defaults). */
-function coreOptions(o: ClientOptions): string {
-  return JSON.stringify({
-    url: o.url,
-    conversationId: o.conversationId,
-    definitionId: o.definitionId,
-    token: o.token,
+/** The jitter names, by the number the core takes (0: `equal`, the default). */
+const JITTERS = ['equal', 'full', 'none', 'proportional'];
+
+/** The core's constructor arguments before the seed (see `Core` in switchboard_wasm.d.ts). */
+function coreOptions(o: ClientOptions): [string, string, string, string, boolean, boolean, Float64Array] {
+  const r = o.reconnect ?? {};
+  const numbers = [
+    o.heartbeatInterval,
+    o.connectTimeout,
+    o.probeTimeout,
+    o.tokenRefreshLead,
+    o.queue?.maxMessages,
+    o.queue?.maxBytes,
+    o.queue?.ttlMs,
+    o.pingInterval,
+    r.baseMs,
+    r.maxMs,
+    r.maxAttempts,
+    JITTERS.indexOf(r.jitter ?? 'equal'),
+    r.jitterRatio,
+  ];
+  return [
+    o.url,
+    o.conversationId ?? '',
+    o.definitionId ?? '',
+    o.token ?? '',
     // No token and no way to get one: the socket must be authenticated by a cookie.
-    cookieAuth: o.cookieAuth ?? (!o.token && !o.getToken),
-    resume: o.resume,
-    heartbeatIntervalMs: o.heartbeatInterval,
-    connectTimeoutMs: o.connectTimeout,
-    probeTimeoutMs: o.probeTimeout,
-    tokenRefreshLeadMs: o.tokenRefreshLead,
-    pingIntervalMs: o.pingInterval,
-    queueMaxMessages: o.queue?.maxMessages,
-    queueMaxBytes: o.queue?.maxBytes,
-    queueTtlMs: o.queue?.ttlMs,
-    reconnect: o.reconnect,
-  });
+    o.cookieAuth ?? (!o.token && !o.getToken),
+    o.resume ?? true,
+    Float64Array.from(numbers, (n) => n ?? NaN),
+  ];
 }
 
 /** A JWT's `exp` in ms, when the token is one. */

@@ -27,11 +27,12 @@ export class ResumeStore {
     this.#key = `switchboard:resume:${url}#${conversationId ?? ''}`;
   }
 
-  /** The point stored by this tab, as the JSON `Core.restore` takes; null when there is none. */
-  load(tab: string): string | null {
+  /** The point stored by this tab; null when there is none. */
+  load(tab: string): ResumePoint | null {
     try {
       const text = this.#storage.getItem(this.#key);
-      if (text && JSON.parse(text).tab == tab) return text;
+      const point = text && JSON.parse(text);
+      if (point?.tab == tab && typeof point.lastSequence == 'number') return point as ResumePoint;
       this.#storage.removeItem(this.#key);
     } catch {
       // Unreadable: start a new session.

@@ -8,8 +8,27 @@
  * at `deadline()`.
  */
 export class Core {
-  constructor(options: string, seedHi: number, seedLo: number, now: number, unixMs: number);
-  restore(stored: string): void;
+  /**
+   * Strings are empty when absent. `numbers`, NaN for the core's default: heartbeatIntervalMs,
+   * connectTimeoutMs, probeTimeoutMs, tokenRefreshLeadMs, queueMaxMessages, queueMaxBytes,
+   * queueTtlMs, pingIntervalMs (0: none), reconnect baseMs, maxMs, maxAttempts, jitter (0 equal,
+   * 1 full, 2 none, 3 proportional), jitterRatio.
+   */
+  constructor(
+    url: string,
+    conversationId: string,
+    definitionId: string,
+    token: string,
+    cookieAuth: boolean,
+    resume: boolean,
+    numbers: Float64Array,
+    seedHi: number,
+    seedLo: number,
+    now: number,
+    unixMs: number,
+  );
+  restore_position(channel: string, epoch: string, offset: number): void;
+  restore(connectionId: string, lastSequence: number, lastMessageId: string): void;
   connect(now: number): void;
   disconnect(now: number, code: number, reason: string): void;
   reconnect_now(now: number): void;

@@ -2,5 +2,6 @@
 //! the deterministic simulator of the core. Shared harness code lives here; the tests are in
 //! `tests/tests/`.
 
+pub mod redis;
 pub mod server;
 pub mod sim;

@@ -363,6 +363,12 @@ impl TestClient {
 
     /// The next message or close (pings from the server are skipped), within 10 s.
     pub fn next_seen(&mut self) -> Seen {
+        self.next_within(Duration::from_secs(10)).expect("nothing arrived within 10 s")
+    }
+
+    /// The next message or close (pings from the server are skipped), or `None` when nothing
+    /// came within `wait`.
+    pub fn next_within(&mut self, wait: Duration) -> Option<Seen> {
         smol::block_on(async {
             let next = async {
                 loop {
@@ -384,10 +390,10 @@ impl TestClient {
                 }
             };
             let guard = async {
-                smol::Timer::after(Duration::from_secs(10)).await;
-                panic!("nothing arrived within 10 s");
+                smol::Timer::after(wait).await;
+                None
             };
-            smol::future::or(next, guard).await
+            smol::future::or(async { Some(next.await) }, guard).await
         })
     }
 

@@ -475,8 +475,15 @@ impl ConnectionResume {
             .opt_str("connectionId", self.connection_id.as_ref().map(Id::as_str))
             .opt_u64("lastSequence", self.last_sequence);
         if !self.positions.is_empty() {
-            let items: Vec<String> = self.positions.iter().map(Position::to_json).collect();
-            out.raw("positions", &format!("[{}]", items.join(",")));
+            let mut items = String::from("[");
+            for (i, position) in self.positions.iter().enumerate() {
+                if i > 0 {
+                    items.push(',');
+                }
+                items.push_str(&position.to_json());
+            }
+            items.push(']');
+            out.raw("positions", &items);
         }
     }
 }

@@ -67,7 +67,9 @@ mod router;
 mod state;
 mod timers;
 
-pub use bus::{BusCommand, BusError, BusEvent, Channel, History, LocalBus, RemoteMessage, Top};
+pub use bus::{
+    BusCommand, BusError, BusEvent, Channel, History, LocalBus, RemoteMessage, SessionRecord, Top,
+};
 pub use config::{BusConfig, HubConfig, InvalidConfig, RateLimit};
 pub use hub::{ConnectionInfo, Hub, HubStats};
 pub use io::{
