@@ -230,6 +230,16 @@ impl Link {
         }
     }
 
+    /// Whether this instance is subscribed to `channel` and knows where the channel is (its
+    /// top was read with the subscription). In process, always.
+    pub fn is_subscribed(&self, channel: &Channel) -> bool {
+        self.local.is_some()
+            || (self.up
+                && self.channels.contains_key(channel)
+                && !self.unconfirmed.contains(channel)
+                && !self.batches.values().any(|(channels, _, _)| channels.contains(channel)))
+    }
+
     /// Where this instance is in `channel` (the session record's starting points).
     pub fn position(&self, channel: &Channel) -> Option<Top> {
         self.channels.get(channel)?.cursor.position()
@@ -413,11 +423,19 @@ impl Link {
             BusEvent::History { request, result } if self.session_reads.contains_key(&request) => {
                 if let Some((range, _)) = self.session_reads.remove(&request) {
                     self.by_range.remove(&range);
+                    let (channel, _) = range;
+                    if let Ok(history) = &result {
+                        self.settle_own(now, &channel, history);
+                        self.flush_steps(&channel);
+                    }
                 }
                 self.deliveries.push_back(Delivery::SessionHistory { request, result });
             }
             BusEvent::History { request, result } => {
                 let Some((channel, _)) = self.reads.remove(&request) else { return };
+                if let Ok(history) = &result {
+                    self.settle_own(now, &channel, history);
+                }
                 let limit = self.config.read_limit;
                 let Some(state) = self.channels.get_mut(&channel) else { return };
                 let more = match result {
@@ -742,6 +760,24 @@ impl Link {
         }
     }
 
+    /// Own publishes still waiting for their answer that `history` shows placed take their
+    /// place now, exactly as if the answer had come: a history read (a gap's repair, a resuming
+    /// session's replay) must not deliver one that is then delivered again when its budget runs
+    /// out, and the cursor must know of one already delivered early.
+    fn settle_own(&mut self, now: Instant, channel: &Channel, history: &History) {
+        let (Some(top), false) = (&history.top, self.pending.is_empty()) else { return };
+        for (offset, entry) in &history.entries {
+            let Some((_, message)) = RemoteMessage::decode(entry) else { continue };
+            if message.origin != self.origin {
+                continue;
+            }
+            let Some(pending) = self.pending.remove(&message.id) else { continue };
+            self.forget_pending(&pending);
+            let place = Top { epoch: top.epoch.clone(), offset: *offset };
+            self.place_own(now, channel, &place, pending);
+        }
+    }
+
     fn place(&mut self, now: Instant, channel: &Channel, top: &Top, message: RemoteMessage) {
         let Some(state) = self.channels.get_mut(channel) else { return };
         state.cursor.offer(now, &top.epoch, top.offset, message, &mut self.steps);
@@ -882,6 +918,16 @@ mod tests {
         Channel::Conversation(Id::new("c").unwrap())
     }
 
+    fn remote_message(n: u64) -> RemoteMessage {
+        RemoteMessage {
+            id: Id::new(&format!("m{n}")).unwrap(),
+            origin: Id::new("other").unwrap(),
+            except: None,
+            lost: 0,
+            frame: SharedFrame::from_encoded(Bytes::from(format!("{{\"n\":{n}}}"))).unwrap(),
+        }
+    }
+
     fn remote(n: u64) -> Bytes {
         let message = RemoteMessage {
             id: Id::new(&format!("m{n}")).unwrap(),
@@ -971,6 +1017,82 @@ mod tests {
         assert!(delivered[0].starts_with(r#"{"n":1,"position""#), "{delivered:?}");
         assert!(delivered[1].starts_with(r#"{"own":1,"position""#), "{delivered:?}");
         assert!(delivered[2].starts_with(r#"{"own":2,"position""#), "{delivered:?}");
+        assert_eq!(link.pending_publishes(), 0);
+    }
+
+    fn own(n: u64) -> RemoteMessage {
+        RemoteMessage {
+            id: Id::new(&format!("own{n}")).unwrap(),
+            origin: Id::new("me").unwrap(),
+            except: None,
+            lost: 0,
+            frame: SharedFrame::from_encoded(Bytes::from(format!("{{\"own\":{n}}}"))).unwrap(),
+        }
+    }
+
+    fn delivered(link: &mut Link) -> Vec<String> {
+        std::iter::from_fn(|| link.poll_delivery())
+            .map(|d| match d {
+                Delivery::Message { frame, offset, .. } => {
+                    let text = String::from_utf8(frame.unsequenced().to_vec()).unwrap();
+                    format!("{} at {offset:?}", text.split(',').next().unwrap_or_default())
+                }
+                Delivery::Reset { reason, .. } => reason.to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// Found by the chaos run: an own publish whose answer and echo were slow, placed at offset
+    /// 1 and read from the history to repair a gap, went to local members there and then once
+    /// more when its budget ran out.
+    #[test]
+    fn an_own_publish_found_in_the_history_is_delivered_once_at_its_place() {
+        let mut link = subscribed();
+        link.publish(T0, conversation(), own(1));
+        let channel = "sb:{conversation:c}".to_owned();
+        link.handle_event(T0, BusEvent::Message { channel, message: remote(2) });
+        let later = T0 + Duration::from_millis(150);
+        link.handle_timeout(later);
+        let request = std::iter::from_fn(|| link.poll_command())
+            .find_map(|c| match c {
+                BusCommand::Read { request, after: 0, .. } => Some(request),
+                _ => None,
+            })
+            .expect("the gap at offset 1 is read");
+        let entry = |m: &RemoteMessage| m.encode();
+        let history = History {
+            top: Some(Top { epoch: "e".into(), offset: 2 }),
+            entries: vec![(1, entry(&own(1))), (2, entry(&remote_message(2)))],
+        };
+        link.handle_event(later, BusEvent::History { request, result: Ok(history) });
+        assert_eq!(delivered(&mut link), [r#"{"own":1 at Some(1)"#, r#"{"n":2 at Some(2)"#]);
+        // Its budget runs out, then its answer comes: nothing more.
+        let much_later = T0 + Duration::from_secs(5);
+        link.handle_timeout(much_later);
+        let top = Ok(Top { epoch: "e".into(), offset: 1 });
+        link.handle_event(much_later, BusEvent::Published { key: own(1).id, result: top });
+        assert_eq!(delivered(&mut link), Vec::<String>::new());
+        assert_eq!(link.pending_publishes(), 0);
+    }
+
+    /// The same for a resuming session's history read: the publish takes its place in the
+    /// channel (for every local member, in order), not a second, early delivery.
+    #[test]
+    fn an_own_publish_found_in_a_sessions_history_takes_its_place() {
+        let mut link = subscribed();
+        link.publish(T0, conversation(), own(1));
+        let request = link.read_history(T0, &conversation(), 0).expect("a read");
+        let history = History {
+            top: Some(Top { epoch: "e".into(), offset: 1 }),
+            entries: vec![(1, own(1).encode())],
+        };
+        link.handle_event(T0, BusEvent::History { request, result: Ok(history) });
+        let got = delivered(&mut link);
+        assert_eq!(got[0], r#"{"own":1 at Some(1)"#, "{got:?}");
+        assert!(got[1].starts_with("SessionHistory"), "{got:?}");
+        link.handle_timeout(T0 + Duration::from_secs(5));
+        assert_eq!(delivered(&mut link), Vec::<String>::new());
         assert_eq!(link.pending_publishes(), 0);
     }
 }

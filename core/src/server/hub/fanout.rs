@@ -143,11 +143,21 @@ impl Hub {
                     let reset =
                         ChannelReset { channel: channel.wire(), epoch, reason: reason.to_owned() };
                     for key in self.recipients(&channel, None) {
+                        // Offsets start again: a floor of the old epoch means nothing now.
+                        if let Some(session) = self.sessions.get_mut(&key) {
+                            session.floors.retain(|(c, _)| *c != channel);
+                        }
                         self.send_system(now, key, SystemMessage::ChannelReset(reset.clone()));
                     }
                     self.outputs
                         .push_back(Output::Event(HubEvent::ChannelReset { channel, reason }));
                 }
+            }
+        }
+        if !self.waiting_replays.is_empty() {
+            self.plan_waiting_replays(now);
+            while let Some(command) = self.link.poll_command() {
+                self.outputs.push_back(Output::Bus(command));
             }
         }
     }
@@ -227,6 +237,14 @@ impl Hub {
                 handover.hold(at.clone(), frame.clone());
                 delivered += 1;
                 continue;
+            }
+            if let (Some((channel, offset)), false) = (&at, session.floors.is_empty()) {
+                if let Some(i) = session.floors.iter().position(|(c, _)| c == channel) {
+                    if *offset <= session.floors[i].1 {
+                        continue; // The client has it (a resume brought it, or it was ahead).
+                    }
+                    session.floors.swap_remove(i);
+                }
             }
             let sequence = session.next_sequence;
             session.next_sequence += 1;

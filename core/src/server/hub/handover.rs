@@ -27,18 +27,31 @@ use crate::protocol::{ChannelReset, ConnectionResume, Id, Position, SharedFrame,
 use crate::server::bus::{BusError, Channel, History, RemoteMessage, SessionRecord, Top};
 use crate::server::io::{HubEvent, JoinGrant, Output};
 use crate::time::Instant;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// How long a session's record lives on the bus while its socket is open: long, since the
 /// instance may die without a word; once the socket is gone it is cut to the resume window.
 const RECORD_TTL_WHILE_OPEN: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a resume waits for its channels' subscriptions (Redis just came back, say) before
+/// it resets the channels still unsubscribed instead of replaying them.
+const SUBSCRIPTION_WAIT: Duration = Duration::from_secs(10);
+
 /// A resume of a session another instance held, under way.
 #[derive(Debug)]
 pub(super) struct Handover {
     resume: ConnectionResume,
     grant: JoinGrant,
+    /// When the claim was answered, and the record it brought.
+    claimed: Option<(Instant, SessionRecord)>,
+    /// Channels whose replay waits until this instance is subscribed to them and knows where
+    /// they are: replaying up to an unknown point would skip what lies between it and where
+    /// the subscription starts.
+    waiting: Vec<Channel>,
+    /// Channels where the client is further on than this instance: what this instance
+    /// delivers up to the client's offset is skipped for it.
+    ahead: Vec<(Channel, u64)>,
     /// Per channel being read: where the replay starts, where it must reach, what was read.
     channels: BTreeMap<Channel, Replay>,
     /// Channels that cannot be replayed (epoch changed, history gone).
@@ -57,6 +70,9 @@ struct Replay {
     /// The read under way, if any.
     request: Option<u64>,
     frames: Vec<(u64, SharedFrame)>,
+    /// The ids of `frames`' messages: a held message delivered before the bus placed it (an
+    /// own publish past its budget) is one of these when the history holds it too.
+    ids: BTreeSet<Id>,
 }
 
 impl Handover {
@@ -135,6 +151,9 @@ impl Hub {
             session.handover = Some(Box::new(Handover {
                 resume,
                 grant,
+                claimed: None,
+                waiting: Vec::new(),
+                ahead: Vec::new(),
                 channels: BTreeMap::new(),
                 invalid: Vec::new(),
                 held: Vec::new(),
@@ -186,10 +205,14 @@ impl Hub {
                 *sequence = 0;
             }
             session.can_write = handover.grant.write && session.conversation_id.is_some();
+            session.floors.clear();
             session.handover = Some(handover);
         }
         for channel in self.channels_of(key) {
             self.plan_replay(now, key, &channel, &record);
+        }
+        if let Some(handover) = self.sessions.get_mut(&key).and_then(|s| s.handover.as_mut()) {
+            handover.claimed = Some((now, record));
         }
         self.save_record(key, RECORD_TTL_WHILE_OPEN);
         self.drain_link(now);
@@ -200,9 +223,15 @@ impl Hub {
     fn plan_replay(&mut self, now: Instant, key: Key, channel: &Channel, record: &SessionRecord) {
         let wire = channel.wire();
         let here = self.link.position(channel);
+        let subscribed = self.link.is_subscribed(channel);
         let Some(handover) = self.sessions.get_mut(&key).and_then(|s| s.handover.as_mut()) else {
             return;
         };
+        if !subscribed {
+            handover.waiting.push(channel.clone());
+            self.waiting_replays.insert(key);
+            return;
+        }
         let from = handover
             .resume
             .positions
@@ -214,6 +243,7 @@ impl Hub {
             // Nothing has happened on the channel here, or this instance is not further on.
             (_, None) => return,
             (Some(from), Some(here)) if from.epoch == here.epoch && from.offset >= here.offset => {
+                handover.ahead.push((channel.clone(), from.offset));
                 return;
             }
             (Some(from), Some(here)) if from.epoch == here.epoch => (from, here),
@@ -229,6 +259,7 @@ impl Hub {
             until: here.offset,
             request: None,
             frames: Vec::new(),
+            ids: BTreeSet::new(),
         };
         handover.channels.insert(channel.clone(), replay);
         self.read_more(now, key, channel);
@@ -291,11 +322,9 @@ impl Hub {
 
     /// Step 4, once every read is in: `resumed`, the resets, the replay, what came meanwhile.
     fn finish_handover_if_read(&mut self, now: Instant, key: Key) {
-        let done = self
-            .sessions
-            .get(&key)
-            .and_then(|s| s.handover.as_ref())
-            .is_some_and(|h| h.channels.values().all(|r| r.request.is_none()));
+        let done = self.sessions.get(&key).and_then(|s| s.handover.as_ref()).is_some_and(|h| {
+            h.waiting.is_empty() && h.channels.values().all(|r| r.request.is_none())
+        });
         if !done {
             return;
         }
@@ -304,14 +333,26 @@ impl Hub {
         };
         let mut frames = Vec::new();
         let mut reached = BTreeMap::new();
+        let mut replayed_ids = BTreeSet::new();
         for (channel, replay) in handover.channels {
             reached.insert(channel, replay.frames.last().map_or(replay.after, |(o, _)| *o));
             frames.extend(replay.frames.into_iter().map(|(_, frame)| frame));
+            replayed_ids.extend(replay.ids);
+        }
+        if let Some(session) = self.sessions.get_mut(&key) {
+            session.floors = reached.iter().map(|(c, o)| (c.clone(), *o)).collect();
+            session.floors.extend(handover.ahead.iter().cloned());
         }
         for (at, frame) in handover.held {
-            let replayed = at.as_ref().is_some_and(|(channel, offset)| {
-                reached.get(channel).is_some_and(|reached| offset <= reached)
-            });
+            let replayed = match &at {
+                Some((channel, offset)) => {
+                    reached.get(channel).is_some_and(|reached| offset <= reached)
+                }
+                None => {
+                    !replayed_ids.is_empty()
+                        && frame_id(&frame).is_some_and(|id| replayed_ids.contains(&id))
+                }
+            };
             if !replayed {
                 frames.push(frame);
             }
@@ -335,6 +376,39 @@ impl Hub {
             replayed,
             state_valid: true,
         }));
+    }
+
+    /// Plans the replays that waited for their channel's subscription, now that it may be
+    /// there; past [`SUBSCRIPTION_WAIT`] the channel is reset for the client instead.
+    pub(super) fn plan_waiting_replays(&mut self, now: Instant) {
+        for key in std::mem::take(&mut self.waiting_replays) {
+            let Some(handover) = self.sessions.get_mut(&key).and_then(|s| s.handover.as_mut())
+            else {
+                continue;
+            };
+            let Some((since, record)) = handover.claimed.clone() else { continue };
+            let waiting = std::mem::take(&mut handover.waiting);
+            let expired = now.saturating_since(since) >= SUBSCRIPTION_WAIT;
+            let mut unsubscribed = Vec::new();
+            for channel in waiting {
+                if self.link.is_subscribed(&channel) {
+                    self.plan_replay(now, key, &channel, &record);
+                } else {
+                    unsubscribed.push(channel);
+                }
+            }
+            let Some(handover) = self.sessions.get_mut(&key).and_then(|s| s.handover.as_mut())
+            else {
+                continue;
+            };
+            if expired {
+                handover.invalid.extend(unsubscribed);
+            } else if !unsubscribed.is_empty() {
+                handover.waiting.extend(unsubscribed);
+                self.waiting_replays.insert(key);
+            }
+            self.finish_handover_if_read(now, key);
+        }
     }
 
     /// The session could not be taken over: the client starts over on the new session.
@@ -374,6 +448,15 @@ impl Hub {
 
 /// Adds what a history read brought to `replay`; `Ok(true)` when more must be read, `Err` when
 /// the channel cannot be replayed (another epoch, the range no longer kept, the read failed).
+/// The id of the message in `frame` (read only for the rare held frame without a place).
+fn frame_id(frame: &SharedFrame) -> Option<Id> {
+    let bytes = frame.unsequenced();
+    let text = std::str::from_utf8(&bytes).ok()?;
+    let fields = crate::protocol::json::object_fields(text).ok()??;
+    let (_, raw) = fields.into_iter().find(|(key, _)| *key == "id")?;
+    Id::new(&crate::protocol::json::string(raw)?).ok()
+}
+
 fn take_history(
     replay: &mut Replay,
     channel: &Channel,
@@ -404,6 +487,7 @@ fn take_history(
         let position =
             Position { channel: channel.wire(), epoch: top.epoch.clone(), offset: *offset };
         replay.frames.push((*offset, message.frame.with_position(&position)));
+        replay.ids.insert(message.id);
     }
     if replay.after < replay.until {
         if history.entries.len() < limit {

@@ -78,6 +78,7 @@ impl Hub {
                 pending_join: None,
                 pending_resume: None,
                 handover: None,
+                floors: Vec::new(),
                 pending: true,
             },
         );

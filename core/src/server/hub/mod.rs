@@ -100,6 +100,8 @@ pub struct Hub {
     /// History reads for resuming sessions, by request: who waits on each (one read serves
     /// every session resuming from the same place).
     history_waiters: Map<u64, Vec<(Key, Channel)>>,
+    /// Resuming sessions waiting for a channel's subscription before planning its replay.
+    waiting_replays: BTreeSet<Key>,
     /// Verifications and join decisions asked for and not answered yet, by request number.
     requests: Map<u64, (Key, Purpose)>,
     /// Sockets told to close whose end has not been reported yet.
@@ -147,6 +149,7 @@ impl Hub {
             link,
             claims: map(&mut rng),
             history_waiters: map(&mut rng),
+            waiting_replays: BTreeSet::new(),
             requests: map(&mut rng),
             closing: BTreeSet::new(),
             pending_auths: 0,

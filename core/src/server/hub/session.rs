@@ -56,6 +56,10 @@ pub(super) struct Session {
     pub(super) pending_resume: Option<Box<ConnectionResume>>,
     /// A resume of a session another instance held, under way (see `handover`).
     pub(super) handover: Option<Box<super::handover::Handover>>,
+    /// After a resume on this instance: per channel, the offset through which the client has
+    /// the channel already (its own position, or what the resume replayed). Deliveries at or
+    /// below it are skipped; the first one past it removes it.
+    pub(super) floors: Vec<(super::super::bus::Channel, u64)>,
     /// Opened and not yet active (credentials or join pending): counted against
     /// `max_pending_auths`.
     pub(super) pending: bool,
