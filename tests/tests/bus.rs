@@ -301,3 +301,47 @@ fn a_session_too_old_for_the_history_is_a_gap_for_that_channel_only() {
         assert_eq!(w.core[c].received(), missed, "the others were not disturbed");
     }
 }
+
+/// Found by the chaos run: the instance a client resumes on failed to subscribe the channel
+/// (Redis paused; the retry is 2 s away), and the claim went through in between. The replay
+/// must wait for the subscription: replaying up to an unknown point skipped everything the
+/// client missed (silently, with `stateValid: true`).
+#[test]
+fn a_resume_waits_for_its_channels_subscription_before_replaying() {
+    let (mut w, _g) = world(2, HubConfig::default());
+    w.latency_ms = (20, 20);
+    w.load_balancer = true;
+    let c = w.add_core_client("solo-user", core_config("solo"), 0);
+    w.core_input(c, ClientInput::Connect);
+    w.run_for(Duration::from_secs(2));
+    let mut published: Vec<u64> = (0..2).map(|_| w.publish(1, "solo", None)).collect();
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.core[c].received(), published);
+
+    // Instance 0 dies; what is published meanwhile is placed on the bus (instance 1 has no
+    // member of the conversation, so it is not subscribed to it).
+    w.crash(0);
+    published.extend((0..3).map(|_| w.publish(1, "solo", None)));
+    w.run_for(Duration::from_millis(10));
+    // Redis stops answering (no link event is seen) until the client's new socket has asked
+    // for the subscription, and answers again before its resume claims the session.
+    w.bus_down = true;
+    let attempts = w.core[c].attempts_at.len();
+    for _ in 0..20_000 {
+        if w.core[c].attempts_at.len() > attempts {
+            break;
+        }
+        w.run_for(Duration::from_millis(1));
+    }
+    assert_eq!(w.core[c].node, 1, "the client came back through instance 1");
+    w.run_for(Duration::from_millis(40)); // the subscribe has failed; the claim is not out yet
+    w.bus_down = false;
+    published.extend((0..2).map(|_| w.publish(1, "solo", None)));
+    w.run_for(Duration::from_secs(30));
+
+    let resumed =
+        w.core[c].events.iter().any(|e| matches!(e, ClientEvent::Connected { resumed: true, .. }));
+    assert!(resumed, "the session was taken over: {:?}", w.core[c].events);
+    assert_eq!(w.core[c].received(), published, "every message once, in order");
+    assert_eq!(w.core[c].gaps, 0, "nothing was lost");
+}

@@ -532,6 +532,8 @@ fn a_backend_publishes_by_calling_the_function_directly() {
         answer,
         "a retry is answered as the first call, not placed again"
     );
+    let key_ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
+    assert!((1..=300).contains(&key_ttl), "an idempotency key lives 5 minutes: {key_ttl}");
     say(&a, "c10", 3, "A");
     alice.expect([2, 3]);
     alice.check(1..=3);

@@ -9,8 +9,12 @@
 --   <channel>:m        hash {epoch, top}: the channel's epoch and the offset of its last message
 --   <channel>:s        stream, the history: one entry per message, id `<offset>-0`, field `m`
 --   <channel>:k:<key>  `<offset>:<epoch>`, the position a publish with this idempotency key got
--- Meta, stream and keys expire `ttl` seconds after the last publish; the stream also keeps
--- about `history_len` entries at most.
+-- Meta and stream expire `ttl` seconds after the last publish; the stream also keeps about
+-- `history_len` entries at most. An idempotency key lives KEY_TTL seconds (or `ttl`, if
+-- shorter): long enough for any retry of a publish whose answer was lost, and at a high
+-- publish rate the keys, not the history, would otherwise be most of the memory.
+
+local KEY_TTL = 300
 
 local DIGITS = '0123456789abcdefghijklmnopqrstuvwxyz'
 
@@ -77,7 +81,7 @@ local function publish(keys, args)
   redis.call('XADD', stream, 'MAXLEN', '~', history_len, offset .. '-0', 'm', message)
   redis.call('EXPIRE', meta, ttl)
   redis.call('EXPIRE', stream, ttl)
-  redis.call('SET', key, offset .. ':' .. epoch, 'EX', ttl)
+  redis.call('SET', key, offset .. ':' .. epoch, 'EX', math.min(ttl, KEY_TTL))
   redis.call('PUBLISH', channel,
     '{"epoch":"' .. epoch .. '","offset":' .. offset .. ',' .. string.sub(message, 2))
   return { epoch, offset }
