@@ -25,9 +25,12 @@ use switchboard_core::client::{
 };
 use switchboard_core::protocol::{
     CloseCode, CloseReason, ConnectionEstablished, Envelope, ErrorCategory, ErrorPayload, Id,
-    MessageType, Payload, Source, SystemMessage, Timestamp,
+    MessageType, Payload, Position, Source, SystemMessage, Timestamp,
 };
 use switchboard_core::time::Instant;
+
+/// The channels positions name (more than the client keeps would take many inputs).
+const CHANNELS: [&str; 2] = ["conversation:conv-1", "user:alice"];
 
 const MAX_OPS: usize = 256;
 const SEED: u64 = 0x5eed_c11e_7000_0001;
@@ -98,6 +101,12 @@ enum Frame {
     Application {
         message_type: usize,
         sequence: Option<u8>,
+        /// A place in one of two channels, of one of two epochs.
+        position: Option<(bool, bool, u8)>,
+    },
+    /// `system.channel.reset` for one of the two channels.
+    ChannelReset {
+        second: bool,
     },
 }
 
@@ -187,9 +196,11 @@ impl<'a> Arbitrary<'a> for Frame {
             },
             8 => Frame::Error { retryable: u.arbitrary()? },
             9 => Frame::Other,
+            10 => Frame::ChannelReset { second: u.arbitrary()? },
             _ => Frame::Application {
                 message_type: u.choose_index(APP_TYPES.len())?,
                 sequence: maybe(u, |u| u.int_in_range(0..=24))?,
+                position: maybe(u, |u| Ok((u.arbitrary()?, u.ratio(1, 8)?, u.arbitrary()?)))?,
             },
         })
     }
@@ -402,12 +413,21 @@ impl World {
                 retry_after_ms: None,
             })),
             Frame::Other => ServerFrame::Other,
-            Frame::Application { message_type, sequence } => {
-                let envelope = self.application(message_type, sequence);
+            Frame::ChannelReset { second } => {
+                ServerFrame::ChannelReset { channel: CHANNELS[usize::from(second)].to_owned() }
+            }
+            Frame::Application { message_type, sequence, position } => {
+                let mut envelope = self.application(message_type, sequence);
+                envelope.position = position.map(|(second, new_epoch, offset)| Position {
+                    channel: CHANNELS[usize::from(second)].to_owned(),
+                    epoch: if new_epoch { "e2" } else { "e1" }.to_owned(),
+                    offset: u64::from(offset),
+                });
                 ServerFrame::Application(Box::new(Received {
                     id: envelope.id.clone(),
                     message_type: envelope.message_type.clone(),
                     sequence: envelope.sequence,
+                    position: envelope.position.clone(),
                     frame: envelope.encode().into(),
                     envelope: None,
                 }))
