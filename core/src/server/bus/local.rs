@@ -122,14 +122,7 @@ impl LocalBus {
     /// The next position in `channel`, with nothing kept but the count: what a single
     /// instance needs (nobody else reads its history, and it never retries).
     pub fn next_position(&mut self, channel: &str) -> Top {
-        let rng = &mut self.rng;
-        let log = self.logs.entry(channel.to_owned()).or_insert_with(|| Log {
-            epoch: epoch(rng),
-            top: 0,
-            entries: VecDeque::new(),
-            keys: HashMap::new(),
-            key_order: VecDeque::new(),
-        });
+        let log = self.log(channel);
         log.top += 1;
         Top { epoch: log.epoch.clone(), offset: log.top }
     }
@@ -172,17 +165,22 @@ impl LocalBus {
         self.subscribers.get(channel).map_or(0, BTreeSet::len)
     }
 
-    /// Appends a message; returns its position and whether it is new (not a retried key).
-    fn append(&mut self, channel: &str, key: Id, message: &Bytes) -> (Top, bool) {
-        let history_len = self.history_len;
+    /// `channel`'s log, started (with a fresh epoch and nothing in it) if it has none.
+    fn log(&mut self, channel: &str) -> &mut Log {
         let rng = &mut self.rng;
-        let log = self.logs.entry(channel.to_owned()).or_insert_with(|| Log {
+        self.logs.entry(channel.to_owned()).or_insert_with(|| Log {
             epoch: epoch(rng),
             top: 0,
             entries: VecDeque::new(),
             keys: HashMap::new(),
             key_order: VecDeque::new(),
-        });
+        })
+    }
+
+    /// Appends a message; returns its position and whether it is new (not a retried key).
+    fn append(&mut self, channel: &str, key: Id, message: &Bytes) -> (Top, bool) {
+        let history_len = self.history_len;
+        let log = self.log(channel);
         if let Some(&offset) = log.keys.get(&key) {
             return (Top { epoch: log.epoch.clone(), offset }, false);
         }
