@@ -179,31 +179,33 @@ impl Cluster {
 /// skipping those that refuse). `cut` closes the connections it is asked to.
 struct Balancer {
     addr: SocketAddr,
-    open: Arc<Mutex<Vec<TcpStream>>>,
+    /// The client side of every connection still proxied, by its number.
+    open: Arc<Mutex<BTreeMap<usize, TcpStream>>>,
 }
 
 fn balancer(backends: Arc<Mutex<Vec<SocketAddr>>>) -> Balancer {
     let listener = smol::block_on(TcpListener::bind("127.0.0.1:0")).expect("a port");
     let addr = listener.local_addr().unwrap();
-    let open = Arc::new(Mutex::new(Vec::new()));
+    let open = Arc::new(Mutex::new(BTreeMap::new()));
     let kept = open.clone();
     let next = Arc::new(AtomicUsize::new(0));
     smol::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
+        for number in 0.. {
+            let Ok((client, _)) = listener.accept().await else { return };
             let (backends, kept, next) = (backends.clone(), kept.clone(), next.clone());
             smol::spawn(async move {
                 let live = backends.lock().unwrap().clone();
                 for _ in 0..live.len() {
                     let at = live[next.fetch_add(1, Ordering::Relaxed) % live.len()];
                     let Ok(server) = TcpStream::connect(at).await else { continue };
-                    kept.lock().unwrap().push(client.clone());
-                    let (a, b) = (client.clone(), server.clone());
+                    kept.lock().unwrap().insert(number, client.clone());
                     let (mut to_server, mut to_client) = (server.clone(), client.clone());
-                    let up = futures_util::io::copy(a.clone(), &mut to_server);
-                    let down = futures_util::io::copy(b.clone(), &mut to_client);
+                    let up = futures_util::io::copy(client.clone(), &mut to_server);
+                    let down = futures_util::io::copy(server.clone(), &mut to_client);
                     let _ = smol::future::or(up, down).await;
-                    let _ = a.shutdown(Shutdown::Both);
-                    let _ = b.shutdown(Shutdown::Both);
+                    kept.lock().unwrap().remove(&number);
+                    let _ = client.shutdown(Shutdown::Both);
+                    let _ = server.shutdown(Shutdown::Both);
                     return;
                 }
             })
@@ -218,10 +220,12 @@ impl Balancer {
     /// Cuts `count` of the open client connections, chosen by `rng`.
     fn cut(&self, rng: &mut Rng, count: usize) {
         let mut open = self.open.lock().unwrap();
-        open.retain(|s| s.peer_addr().is_ok());
         for _ in 0..count.min(open.len()) {
-            let at = rng.below(open.len() as u64) as usize;
-            let _ = open.swap_remove(at).shutdown(Shutdown::Both);
+            let numbers: Vec<usize> = open.keys().copied().collect();
+            let number = numbers[rng.below(numbers.len() as u64) as usize];
+            if let Some(stream) = open.remove(&number) {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
         }
     }
 }
