@@ -345,3 +345,59 @@ fn a_resume_waits_for_its_channels_subscription_before_replaying() {
     assert_eq!(w.core[c].received(), published, "every message once, in order");
     assert_eq!(w.core[c].gaps, 0, "nothing was lost");
 }
+
+/// A Redis failover that lost the last writes (the replica was behind) keeps the epoch and
+/// gives the lost offsets to new messages. An instance must not take those for copies of what
+/// it delivered: the one that sees its own new publish land on a used offset, and the one whose
+/// sweep after its link came back finds another message at its cursor, both reset the channel.
+#[test]
+fn a_failover_that_rolled_the_bus_back_is_a_reset_never_reused_offsets() {
+    use switchboard_core::server::{BusEvent, Input};
+    let (mut w, _g) = world(2, HubConfig::default());
+    let [here, there] = members(&mut w, 2, "conv")[..] else { unreachable!() };
+    let before: Vec<u64> = (0..5).map(|_| w.publish(0, "conv", None)).collect();
+    w.settle();
+    // Instance 1's connections go down with the old master; the replica, promoted, has only
+    // three of the five messages; instance 0 is linked to it first and publishes two more.
+    w.input(1, Input::Bus(BusEvent::LinkDown));
+    w.bus.drop_subscriber(1);
+    w.bus.roll_back("sb:{conversation:conv}", 3);
+    let reused: Vec<u64> = (0..2).map(|_| w.publish(0, "conv", None)).collect();
+    w.settle();
+    w.input(1, Input::Bus(BusEvent::LinkUp));
+    w.run_for(Duration::from_secs(2));
+    let after = w.publish(0, "conv", None);
+    w.settle();
+    for c in [here, there] {
+        let reasons: Vec<String> = resets(&w, c).into_iter().map(|r| r.reason).collect();
+        assert_eq!(reasons, ["rolled_back"], "client {c} is told, once");
+        let numbers = w.clients[c].numbers();
+        assert_eq!(numbers[..5], before[..], "client {c}");
+        assert_eq!(numbers.last(), Some(&after), "client {c} hears what comes next");
+        assert!(numbers.iter().all(|n| before.contains(n) || reused.contains(n) || *n == after));
+    }
+}
+
+/// The client got messages 4 and 5, its instance died, and the failover lost them: the client
+/// is ahead of the bus's top. Its resume elsewhere must reset the channel, not skip the new
+/// messages that take offsets 4 and 5.
+#[test]
+fn a_client_ahead_of_a_rolled_back_bus_is_reset_on_resume() {
+    let (mut w, _g) = world(2, HubConfig::default());
+    w.load_balancer = true;
+    let c = w.add_core_client("solo-user", core_config("solo"), 0);
+    w.core_input(c, ClientInput::Connect);
+    w.run_for(Duration::from_secs(2));
+    let before: Vec<u64> = (0..5).map(|_| w.publish(1, "solo", None)).collect();
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.core[c].received(), before);
+    w.crash(0);
+    w.bus.roll_back("sb:{conversation:solo}", 3);
+    w.run_for(Duration::from_secs(30));
+    assert_eq!(w.core[c].node, 1, "the client came back through instance 1");
+    let after: Vec<u64> = (0..3).map(|_| w.publish(1, "solo", None)).collect();
+    w.run_for(Duration::from_secs(2));
+    let received = w.core[c].received();
+    assert_eq!(received, [&before[..], &after[..]].concat(), "nothing after the resume is skipped");
+    assert_eq!(w.core[c].gaps, 1, "the client is told its channel went back");
+}

@@ -12,6 +12,9 @@ pub(super) const MAX_HELD: usize = 1024;
 /// Ids of messages delivered before their position was known, remembered so that their
 /// positioned copy is not delivered again.
 const MAX_EARLY: usize = 4096;
+/// The last deliveries whose offset and message id are remembered: a copy at one of these
+/// offsets with another id means the bus reused offsets (a failover rolled it back).
+const RECENT: usize = 32;
 
 /// What the cursor decided, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +40,12 @@ pub(super) struct Cursor {
     reading: bool,
     /// Delivered before their position was known (the bus was unreachable).
     early: VecDeque<Id>,
+    /// The last [`RECENT`] deliveries, as `(offset, fingerprint of the message id)`, oldest
+    /// first; the last is at `delivered`.
+    recent: VecDeque<(u64, u64)>,
+    /// The next history read must start at `delivered` (not after it), to check that the bus
+    /// still holds the message delivered there (see [`Cursor::sweep`]).
+    verify: bool,
 }
 
 impl Cursor {
@@ -86,11 +95,19 @@ impl Cursor {
                 self.epoch = Some(epoch.to_owned());
                 self.delivered = offset.saturating_sub(1);
                 self.held.clear();
+                self.recent.clear();
                 self.gap_since = None;
             }
             Some(_) => {}
         }
         if offset <= self.delivered {
+            if self.reused(offset, &message.id) {
+                // The bus gave this offset to another message: it lost what we delivered
+                // there and after. Go on from this message; the members refetch.
+                self.roll_back_to(offset - 1, Some(epoch), out);
+                self.deliver(epoch.to_owned(), offset, message, out);
+                self.drain(out);
+            }
             return;
         }
         if offset == self.delivered + 1 {
@@ -115,6 +132,7 @@ impl Cursor {
         out: &mut Vec<Step>,
     ) -> bool {
         self.reading = false;
+        let verify = std::mem::take(&mut self.verify);
         let Some(top) = history.top else {
             // The channel has no history at all any more.
             if self.delivered > 0 || !self.held.is_empty() {
@@ -126,11 +144,25 @@ impl Cursor {
             out.push(Step::Reset { epoch: Some(top.epoch.clone()), reason: "epoch_changed" });
             self.epoch = Some(top.epoch.clone());
             self.delivered = top.offset;
+            self.recent.clear();
             self.held.retain(|_, (epoch, _)| *epoch == top.epoch);
             self.held.retain(|offset, _| *offset > top.offset);
             self.gap_since = None;
             self.drain(out);
             return false;
+        }
+        if verify && self.delivered > 0 {
+            let held_there = history.entries.iter().find(|(offset, _)| *offset == self.delivered);
+            let same = held_there
+                .and_then(|(_, entry)| RemoteMessage::decode(entry))
+                .is_some_and(|(_, message)| !self.reused(self.delivered, &message.id));
+            if !same {
+                // The message delivered last is not where it was: the bus rolled back (and may
+                // have given its offset to another message since).
+                self.roll_back_to(top.offset, None, out);
+                self.drain(out);
+                return false;
+            }
         }
         let complete = history.entries.len() < limit;
         for (offset, entry) in history.entries {
@@ -173,6 +205,7 @@ impl Cursor {
                 }
                 self.epoch = None;
                 self.delivered = 0;
+                self.recent.clear();
                 self.held.clear();
                 self.gap_since = None;
                 false
@@ -185,20 +218,41 @@ impl Cursor {
                 out.push(Step::Reset { epoch: Some(top.epoch.clone()), reason: "epoch_changed" });
                 self.epoch = Some(top.epoch.clone());
                 self.delivered = top.offset;
+                self.recent.clear();
                 self.held.clear();
                 self.gap_since = None;
                 false
             }
             (Some(top), Some(_)) if top.offset < self.delivered => {
                 // The bus lost acknowledged messages (a failover): offsets will be reused.
-                out.push(Step::Reset { epoch: Some(top.epoch.clone()), reason: "rolled_back" });
-                self.delivered = top.offset;
-                self.held.clear();
-                self.gap_since = None;
+                self.roll_back_to(top.offset, Some(&top.epoch), out);
                 false
+            }
+            (Some(_), Some(_)) if self.delivered > 0 && !self.recent.is_empty() => {
+                // The top alone cannot tell a rollback that was followed by new publishes:
+                // read from the last message delivered and check that it is still there.
+                self.verify = true;
+                self.gap_since.get_or_insert(now);
+                true
             }
             (Some(top), Some(_)) => self.wants_read(now, top.offset),
         }
+    }
+
+    /// Whether the bus gave `offset`, where this cursor delivered another message, to `id`.
+    fn reused(&self, offset: u64, id: &Id) -> bool {
+        self.recent.iter().any(|&(at, seen)| at == offset && seen != fingerprint(id))
+    }
+
+    /// The bus lost what was delivered after `offset` (and will give those offsets to other
+    /// messages): tell the members, and go on from `offset`.
+    fn roll_back_to(&mut self, offset: u64, epoch: Option<&str>, out: &mut Vec<Step>) {
+        let epoch = epoch.map(str::to_owned).or_else(|| self.epoch.clone());
+        out.push(Step::Reset { epoch, reason: "rolled_back" });
+        self.delivered = offset;
+        self.held.clear();
+        self.recent.clear();
+        self.gap_since = None;
     }
 
     fn wants_read(&mut self, now: Instant, top: u64) -> bool {
@@ -219,10 +273,11 @@ impl Cursor {
         self.gap_since.map(|since| since + wait)
     }
 
-    /// A read is being asked for: after this offset.
+    /// A read is being asked for: after this offset (the one before the last delivered, when
+    /// the read must check that the bus still holds it).
     pub fn start_read(&mut self) -> u64 {
         self.reading = true;
-        self.delivered
+        if self.verify { self.delivered.saturating_sub(1) } else { self.delivered }
     }
 
     /// The read failed: try again later.
@@ -242,6 +297,10 @@ impl Cursor {
 
     fn deliver(&mut self, epoch: String, offset: u64, message: RemoteMessage, out: &mut Vec<Step>) {
         self.delivered = offset;
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((offset, fingerprint(&message.id)));
         if let Some(at) = self.early.iter().position(|id| *id == message.id) {
             self.early.remove(at);
             return;
@@ -273,11 +332,20 @@ impl Cursor {
             None => {
                 self.epoch = None;
                 self.delivered = 0;
+                self.recent.clear();
             }
         }
         self.gap_since = None;
         self.drain(out);
     }
+}
+
+/// A message id in 8 bytes (FNV-1a: stable across processes and runs; ids are unique per
+/// channel, and a collision would only hide one rollback from the quick check).
+fn fingerprint(id: &Id) -> u64 {
+    id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -372,6 +440,70 @@ mod tests {
         out.clear();
         assert!(!cursor.sweep(T, None, &mut out));
         assert_eq!(offsets(&out), ["history_lost"]);
+    }
+
+    fn other(n: u64) -> RemoteMessage {
+        RemoteMessage { id: Id::new(&format!("other{n}")).unwrap(), ..message(n) }
+    }
+
+    #[test]
+    fn an_offset_given_to_another_message_is_a_rollback_never_a_duplicate() {
+        let mut cursor = Cursor::default();
+        let mut out = Vec::new();
+        cursor.start_at(T, None, &mut out);
+        for n in 1..=5 {
+            cursor.offer(T, "e", n, message(n), &mut out);
+        }
+        cursor.offer(T, "e", 5, message(5), &mut out);
+        assert_eq!(offsets(&out), ["1", "2", "3", "4", "5"], "a true copy is a duplicate");
+        out.clear();
+        // The bus failed over to a replica that had only 3: offsets 4 and 5 come again.
+        cursor.offer(T, "e", 4, other(4), &mut out);
+        cursor.offer(T, "e", 5, other(5), &mut out);
+        cursor.offer(T, "e", 6, other(6), &mut out);
+        assert_eq!(offsets(&out), ["rolled_back", "4", "5", "6"]);
+    }
+
+    #[test]
+    fn a_sweep_checks_that_the_last_message_delivered_is_still_there() {
+        let delivered_five = || {
+            let mut cursor = Cursor::default();
+            let mut out = Vec::new();
+            cursor.start_at(T, None, &mut out);
+            for n in 1..=5 {
+                cursor.offer(T, "e", n, message(n), &mut out);
+            }
+            cursor
+        };
+        let wait = std::time::Duration::ZERO;
+        let mut out = Vec::new();
+
+        // All is well: the read starts at the last message delivered and goes on after it.
+        let mut cursor = delivered_five();
+        assert!(cursor.sweep(T, Some(&top("e", 7)), &mut out));
+        assert!(cursor.read_due(wait).is_some());
+        assert_eq!(cursor.start_read(), 4);
+        assert!(!cursor.history(T, history("e", 7, &[5, 6, 7]), 10, &mut out));
+        assert_eq!(offsets(&out), ["6", "7"]);
+        out.clear();
+
+        // Rolled back to 3, then two new messages: the top is back at 5, but 4 and 5 are others.
+        let mut cursor = delivered_five();
+        assert!(cursor.sweep(T, Some(&top("e", 5)), &mut out), "even at the top: check");
+        assert_eq!(cursor.start_read(), 4);
+        let entries = vec![(5, other(5).encode())];
+        let rolled = History { top: Some(top("e", 5)), entries };
+        assert!(!cursor.history(T, rolled, 10, &mut out));
+        cursor.offer(T, "e", 6, other(6), &mut out);
+        assert_eq!(offsets(&out), ["rolled_back", "6"]);
+        out.clear();
+
+        // The entry is gone altogether: the same.
+        let mut cursor = delivered_five();
+        cursor.sweep(T, Some(&top("e", 5)), &mut out);
+        cursor.start_read();
+        assert!(!cursor.history(T, history("e", 5, &[]), 10, &mut out));
+        assert_eq!(offsets(&out), ["rolled_back"]);
     }
 
     #[test]

@@ -147,6 +147,16 @@ impl LocalBus {
         self.logs.remove(channel);
     }
 
+    /// Keeps only what `channel` had up to `offset`, epoch unchanged: a failover to a replica
+    /// that had not received the last writes. The offsets after it will be given again.
+    pub fn roll_back(&mut self, channel: &str, offset: u64) {
+        let Some(log) = self.logs.get_mut(channel) else { return };
+        log.top = log.top.min(offset);
+        log.entries.retain(|(at, _)| *at <= offset);
+        log.keys.retain(|_, at| *at <= offset);
+        log.key_order.retain(|key| log.keys.contains_key(key));
+    }
+
     /// Forgets everything but the subscriptions: a bus restarted without persistence.
     pub fn lose_everything(&mut self) {
         self.logs.clear();

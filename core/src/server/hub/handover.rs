@@ -49,9 +49,6 @@ pub(super) struct Handover {
     /// they are: replaying up to an unknown point would skip what lies between it and where
     /// the subscription starts.
     waiting: Vec<Channel>,
-    /// Channels where the client is further on than this instance: what this instance
-    /// delivers up to the client's offset is skipped for it.
-    ahead: Vec<(Channel, u64)>,
     /// Per channel being read: where the replay starts, where it must reach, what was read.
     channels: BTreeMap<Channel, Replay>,
     /// Channels that cannot be replayed (epoch changed, history gone).
@@ -63,6 +60,8 @@ pub(super) struct Handover {
 #[derive(Debug)]
 struct Replay {
     epoch: String,
+    /// The client's position: the bus's top must not be behind it.
+    from: u64,
     /// The last offset read so far (the client's position at first).
     after: u64,
     /// Where this instance was when the resume came: the replay reaches at least this far.
@@ -153,7 +152,6 @@ impl Hub {
                 grant,
                 claimed: None,
                 waiting: Vec::new(),
-                ahead: Vec::new(),
                 channels: BTreeMap::new(),
                 invalid: Vec::new(),
                 held: Vec::new(),
@@ -240,13 +238,15 @@ impl Hub {
             .find(|p| p.channel == wire)
             .map(|p| Top { epoch: p.epoch.clone(), offset: p.offset });
         let (from, here) = match (from, here) {
-            // Nothing has happened on the channel here, or this instance is not further on.
+            // Nothing has happened on the channel here.
             (_, None) => return,
-            (Some(from), Some(here)) if from.epoch == here.epoch && from.offset >= here.offset => {
-                handover.ahead.push((channel.clone(), from.offset));
-                return;
+            // The client may be further on than this instance (whose copy of the last messages
+            // is still on its way): the read then only checks that the bus is not behind the
+            // client (rolled back by a failover), and brings what came after the client.
+            (Some(from), Some(here)) if from.epoch == here.epoch => {
+                let offset = here.offset.max(from.offset);
+                (from, Top { offset, ..here })
             }
-            (Some(from), Some(here)) if from.epoch == here.epoch => (from, here),
             // Another epoch, or no idea where the client was: it must refetch.
             _ => {
                 handover.invalid.push(channel.clone());
@@ -255,6 +255,7 @@ impl Hub {
         };
         let replay = Replay {
             epoch: here.epoch,
+            from: from.offset,
             after: from.offset,
             until: here.offset,
             request: None,
@@ -341,7 +342,6 @@ impl Hub {
         }
         if let Some(session) = self.sessions.get_mut(&key) {
             session.floors = reached.iter().map(|(c, o)| (c.clone(), *o)).collect();
-            session.floors.extend(handover.ahead.iter().cloned());
         }
         for (at, frame) in handover.held {
             let replayed = match &at {
@@ -466,8 +466,8 @@ fn take_history(
 ) -> Result<bool, ()> {
     let history = result.as_ref().map_err(|_| ())?;
     let top = history.top.as_ref().ok_or(())?;
-    if top.epoch != replay.epoch {
-        return Err(());
+    if top.epoch != replay.epoch || top.offset < replay.from {
+        return Err(()); // Another epoch, or the bus lost what the client had (a rollback).
     }
     for (offset, entry) in &history.entries {
         if *offset <= replay.after {
