@@ -2,6 +2,7 @@
 //! the deterministic simulator of the core. Shared harness code lives here; the tests are in
 //! `tests/tests/`.
 
+pub mod balancer;
 pub mod redis;
 pub mod server;
 pub mod sim;

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 use switchboard_core::protocol::{ChannelReset, Envelope, SystemMessage, types};
+use switchboard_tests::balancer::Balancer;
 use switchboard_tests::redis::{RedisProcess, eventually};
 use switchboard_tests::server::{Keys, Seen, ServerProcess, TestClient, claims, jwk, sign};
 
@@ -23,13 +24,17 @@ const TYPE: &str = "data.test.message";
 /// A `switchboard` on a free port, sharing `redis`, with the publish API, relaying `data.*`,
 /// the test hooks, and a short linger.
 fn instance(redis: &RedisProcess) -> ServerProcess {
+    instance_at(&redis.url())
+}
+
+/// [`instance`], with Redis at `url`.
+fn instance_at(url: &str) -> ServerProcess {
     let keys = Keys::load();
-    let url = redis.url();
     let args = [
         "--api-key",
         KEY,
         "--redis-url",
-        &url,
+        url,
         "--bus-linger",
         "1s",
         "--relay",
@@ -505,26 +510,9 @@ fn a_backend_publishes_by_calling_the_function_directly() {
     say(&a, "c10", 1, "A");
     alice.expect([1]);
 
-    // What README.md's "Several instances" tells a backend to send.
-    let frame = json!({"id": "backend-1", "version": "1.0", "type": TYPE,
-        "timestamp": "2026-11-29T10:00:00.000Z", "source": "server", "conversationId": "c10",
-        "payload": {"n": 2, "via": "backend"}});
-    let message =
-        json!({"id": "backend-1", "origin": "backend", "except": null, "frame": frame}).to_string();
-    let (meta, stream, key) =
-        (format!("{channel}:m"), format!("{channel}:s"), format!("{channel}:k:backend-1"));
-    let fcall = [
-        "FCALL",
-        "switchboard_publish",
-        "3",
-        &meta,
-        &stream,
-        &key,
-        channel,
-        &message,
-        "1000",
-        "3600",
-    ];
+    let (fcall, message) = backend_call(channel, "c10", 2);
+    let (meta, stream, key) = (&fcall[3], &fcall[4], &fcall[5]);
+    let fcall: Vec<&str> = fcall.iter().map(String::as_str).collect();
     let answer = redis.cli(&fcall);
     assert_eq!(answer.lines().nth(1), Some("2"), "offset 2: {answer}");
     assert_eq!(
@@ -532,7 +520,7 @@ fn a_backend_publishes_by_calling_the_function_directly() {
         answer,
         "a retry is answered as the first call, not placed again"
     );
-    let key_ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
+    let key_ttl: i64 = redis.cli(&["TTL", key]).parse().unwrap();
     assert!((1..=300).contains(&key_ttl), "an idempotency key lives 5 minutes: {key_ttl}");
     say(&a, "c10", 3, "A");
     alice.expect([2, 3]);
@@ -541,11 +529,90 @@ fn a_backend_publishes_by_calling_the_function_directly() {
     assert!(alice.resets.is_empty(), "{alice:?}");
     let offsets: Vec<u64> = alice.got.iter().map(|e| e.position.as_ref().unwrap().offset).collect();
     assert_eq!(offsets, [1, 2, 3]);
-    assert_eq!(alice.got[1].id.as_str(), "backend-1");
-    let read = redis.cli(&["FCALL_RO", "switchboard_read", "2", &meta, &stream, "1", "10"]);
+    assert_eq!(alice.got[1].id.as_str(), "backend-2");
+    let read = redis.cli(&["FCALL_RO", "switchboard_read", "2", meta, stream, "1", "10"]);
     let lines: Vec<&str> = read.lines().collect();
     assert_eq!((lines[1], lines[2]), ("3", "2"), "top 3, then the entry at offset 2: {read}");
     assert_eq!(lines[3], message);
+}
+
+/// What README.md's "Several instances" tells a backend to send to publish message `n` to
+/// `conversation` on `channel` itself: the `FCALL` (id `backend-<n>`), and the message.
+fn backend_call(channel: &str, conversation: &str, n: u64) -> (Vec<String>, String) {
+    let id = format!("backend-{n}");
+    let frame = json!({"id": id, "version": "1.0", "type": TYPE,
+        "timestamp": "2026-11-29T10:00:00.000Z", "source": "server", "conversationId": conversation,
+        "payload": {"n": n, "via": "backend"}});
+    let message =
+        json!({"id": id, "origin": "backend", "except": null, "frame": frame}).to_string();
+    let fcall = [
+        "FCALL",
+        "switchboard_publish",
+        "3",
+        &format!("{channel}:m"),
+        &format!("{channel}:s"),
+        &format!("{channel}:k:{id}"),
+        channel,
+        &message,
+        "1000",
+        "3600",
+    ];
+    (fcall.iter().map(|s| s.to_string()).collect(), message)
+}
+
+/// A Redis failover that lost the last writes: the replica stops replicating before messages 4
+/// and 5 (a replica paused with `SIGSTOP` would not do: the kernel keeps what the master sent,
+/// and the replica reads it when it resumes), the master is killed, the replica becomes the
+/// master, and the address the instances use moves to it (what Sentinel or a virtual IP does). A backend publishes
+/// twice on the promoted replica before the instances are back: offsets 4 and 5 are given
+/// again, the channel's top is where the instances left it, and the epoch is the same. Each
+/// instance must see that the message at its cursor is another one and reset the channel,
+/// never drop the new messages as copies of the old.
+#[test]
+fn a_failover_that_lost_the_last_writes_is_a_reset_never_reused_offsets() {
+    let mut master = RedisProcess::start();
+    let replica = RedisProcess::start();
+    replica.cli(&["REPLICAOF", "127.0.0.1", &master.port.to_string()]);
+    let linked = || replica.cli(&["INFO", "replication"]).contains("master_link_status:up");
+    assert!(eventually(30, linked), "the replica did not link up");
+    let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let vip = Balancer::start(vec![at(master.port)]);
+    let url = format!("redis://{}", vip.addr);
+    let (a, b) = (instance_at(&url), instance_at(&url));
+    let mut alice = join(&a, "alice", "c20");
+    let mut bob = join(&b, "bob", "c20");
+    let channel = "sb:{conversation:c20}";
+    wait_subscribers(&master, channel, 2);
+    wait_healthy(&[&a, &b]);
+    for n in 1..=3 {
+        say(&a, "c20", n, "A");
+    }
+    alice.expect(1..=3);
+    bob.expect(1..=3);
+    assert_eq!(master.cli(&["WAIT", "1", "10000"]), "1", "the replica has 1 to 3");
+
+    replica.cli(&["REPLICAOF", "NO", "ONE"]);
+    for n in 4..=5 {
+        say(&a, "c20", n, "A");
+    }
+    alice.expect(4..=5);
+    bob.expect(4..=5);
+    master.kill();
+    for n in 6..=7 {
+        let (fcall, _) = backend_call(channel, "c20", n);
+        let fcall: Vec<&str> = fcall.iter().map(String::as_str).collect();
+        let answer = replica.cli(&fcall);
+        assert_eq!(answer.lines().nth(1), Some(&*(n - 2).to_string()), "{answer}");
+    }
+    vip.send_to(vec![at(replica.port)]);
+    wait_healthy(&[&a, &b]);
+    say(&a, "c20", 8, "A");
+    for member in [&mut alice, &mut bob] {
+        member.expect([8]);
+        member.check(1..=8);
+        let reasons: Vec<&str> = member.resets.iter().map(|r| r.reason.as_str()).collect();
+        assert!(reasons.contains(&"rolled_back"), "{member:?}");
+    }
 }
 
 /// Resumes `user`'s session (`connection_id`, with the last sequence and position of what it

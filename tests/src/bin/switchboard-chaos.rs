@@ -17,16 +17,15 @@
 //! not acknowledged (its instance died under it) is not expected, and getting it is no fault.
 //! The same seed gives the same schedule of faults (the processes' timing still varies).
 
-use async_net::{TcpListener, TcpStream};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use switchboard_core::client::{ClientConfig, ClientEvent, TokenSource};
 use switchboard_smol::client::NativeClient;
+use switchboard_tests::balancer::Balancer;
 use switchboard_tests::redis::RedisProcess;
 use switchboard_tests::server::{Keys, ServerProcess, claims, jwk, sign};
 
@@ -175,58 +174,14 @@ impl Cluster {
     }
 }
 
-/// The load balancer: each new connection goes to the next live instance (round robin,
-/// skipping those that refuse). `cut` closes the connections it is asked to.
-struct Balancer {
-    addr: SocketAddr,
-    /// The client side of every connection still proxied, by its number.
-    open: Arc<Mutex<BTreeMap<usize, TcpStream>>>,
-}
-
-fn balancer(backends: Arc<Mutex<Vec<SocketAddr>>>) -> Balancer {
-    let listener = smol::block_on(TcpListener::bind("127.0.0.1:0")).expect("a port");
-    let addr = listener.local_addr().unwrap();
-    let open = Arc::new(Mutex::new(BTreeMap::new()));
-    let kept = open.clone();
-    let next = Arc::new(AtomicUsize::new(0));
-    smol::spawn(async move {
-        for number in 0.. {
-            let Ok((client, _)) = listener.accept().await else { return };
-            let (backends, kept, next) = (backends.clone(), kept.clone(), next.clone());
-            smol::spawn(async move {
-                let live = backends.lock().unwrap().clone();
-                for _ in 0..live.len() {
-                    let at = live[next.fetch_add(1, Ordering::Relaxed) % live.len()];
-                    let Ok(server) = TcpStream::connect(at).await else { continue };
-                    kept.lock().unwrap().insert(number, client.clone());
-                    let (mut to_server, mut to_client) = (server.clone(), client.clone());
-                    let up = futures_util::io::copy(client.clone(), &mut to_server);
-                    let down = futures_util::io::copy(server.clone(), &mut to_client);
-                    let _ = smol::future::or(up, down).await;
-                    kept.lock().unwrap().remove(&number);
-                    let _ = client.shutdown(Shutdown::Both);
-                    let _ = server.shutdown(Shutdown::Both);
-                    return;
-                }
-            })
-            .detach();
+/// Cuts `count` of the balancer's open connections, chosen by `rng`.
+fn cut(balancer: &Balancer, rng: &mut Rng, count: usize) {
+    for _ in 0..count {
+        let open = balancer.open();
+        if open.is_empty() {
+            return;
         }
-    })
-    .detach();
-    Balancer { addr, open }
-}
-
-impl Balancer {
-    /// Cuts `count` of the open client connections, chosen by `rng`.
-    fn cut(&self, rng: &mut Rng, count: usize) {
-        let mut open = self.open.lock().unwrap();
-        for _ in 0..count.min(open.len()) {
-            let numbers: Vec<usize> = open.keys().copied().collect();
-            let number = numbers[rng.below(numbers.len() as u64) as usize];
-            if let Some(stream) = open.remove(&number) {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
-        }
+        balancer.cut(open[rng.below(open.len() as u64) as usize]);
     }
 }
 
@@ -275,17 +230,17 @@ fn main() {
         exe.display()
     );
     let keys = Keys::load();
+    let balancer = Balancer::start(Vec::new());
     let mut cluster = Cluster {
         exe,
         jwks: vec![jwk(&keys.primary, "sig")],
         redis: RedisProcess::start(),
         instances: (0..INSTANCES).map(|_| None).collect(),
-        backends: Arc::new(Mutex::new(Vec::new())),
+        backends: balancer.backends.clone(),
     };
     for i in 0..INSTANCES {
         cluster.start_instance(i);
     }
-    let balancer = balancer(cluster.backends.clone());
 
     // The clients, each logging what it gets.
     let logs: Vec<Arc<Mutex<Log>>> = (0..args.clients)
@@ -360,7 +315,7 @@ fn main() {
             let fault = faults[next_fault].1;
             println!("{:>6.1}s  {fault:?}", (now - start).as_secs_f64());
             match fault {
-                Fault::CutSockets(count) => balancer.cut(&mut rng, count),
+                Fault::CutSockets(count) => cut(&balancer, &mut rng, count),
                 Fault::Kill(i) | Fault::Drain(i) => {
                     if let Some(mut server) = cluster.instances[i].take() {
                         cluster.publish_backends();
