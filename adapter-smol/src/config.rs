@@ -168,10 +168,11 @@ pub struct Args {
     #[arg(long, env = "SWITCHBOARD_LOG_JSON")]
     pub log_json: bool,
     /// Share channels with other instances through this Redis, e.g. `redis://127.0.0.1:6379`
-    /// (`redis://:password@host:port/db`). Without it the instance is alone: positions are
-    /// given in process.
-    #[arg(long, env = "SWITCHBOARD_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    /// (`redis://:password@host:port/db`). Repeat it to shard the channels over several
+    /// (every instance must list the same ones in the same order; in the environment, separate
+    /// them with spaces). Without it the instance is alone: positions are given in process.
+    #[arg(long, env = "SWITCHBOARD_REDIS_URL", hide_env_values = true, value_delimiter = ' ')]
+    pub redis_url: Vec<String>,
     /// Prefix of the channels' names and keys on Redis, so that several deployments can share
     /// one [default: sb:].
     #[arg(long, env = "SWITCHBOARD_CHANNEL_PREFIX")]
@@ -243,7 +244,8 @@ pub struct FileConfig {
     pub max_sessions_per_user: Option<usize>,
     pub dev_key: Option<PathBuf>,
     pub static_dir: Option<PathBuf>,
-    pub redis_url: Option<String>,
+    /// One URL, or a list of shards.
+    pub redis_url: Option<RedisUrls>,
     pub channel_prefix: Option<String>,
     pub history_len: Option<usize>,
     pub history_ttl: Option<String>,
@@ -274,10 +276,19 @@ pub struct HttpLimits {
     pub api_max_body: usize,
 }
 
+/// `redis_url` in the file: one Redis, or the shards in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RedisUrls {
+    One(String),
+    Shards(Vec<String>),
+}
+
 /// The Redis the instances share (`--redis-url`).
 #[derive(Clone)]
 pub struct RedisSettings {
-    pub url: String,
+    /// The shards, in order (one for an unsharded bus).
+    pub urls: Vec<String>,
     /// Entries kept per channel's history (approximately: trimmed with `MAXLEN ~`).
     pub history_len: usize,
     /// How long a channel's history outlives its last message.
@@ -392,22 +403,34 @@ impl Settings {
             hub.channel_prefix = prefix;
         }
         hub.bus.linger = duration(args.bus_linger, &file.bus_linger, hub.bus.linger)?;
-        let redis = match args.redis_url.or(file.redis_url).filter(|url| !url.is_empty()) {
-            Some(url) => {
-                crate::redis::check_url(&url).map_err(|e| format!("--redis-url: {e}"))?;
-                let history_len = args.history_len.or(file.history_len).unwrap_or(1000);
-                let history_ttl =
-                    duration(args.history_ttl, &file.history_ttl, Duration::from_secs(3600))?;
-                if history_len == 0 || history_ttl < Duration::from_secs(1) {
-                    return Err(
+        let file_urls = match file.redis_url {
+            Some(RedisUrls::One(url)) => vec![url],
+            Some(RedisUrls::Shards(urls)) => urls,
+            None => Vec::new(),
+        };
+        let mut urls = list(args.redis_url, file_urls);
+        urls.retain(|url| !url.is_empty());
+        let redis = if urls.is_empty() {
+            None
+        } else {
+            for url in &urls {
+                crate::redis::check_url(url).map_err(|e| format!("--redis-url: {e}"))?;
+            }
+            if urls.len() > 64 {
+                return Err("--redis-url: at most 64 shards".into());
+            }
+            let history_len = args.history_len.or(file.history_len).unwrap_or(1000);
+            let history_ttl =
+                duration(args.history_ttl, &file.history_ttl, Duration::from_secs(3600))?;
+            if history_len == 0 || history_ttl < Duration::from_secs(1) {
+                return Err(
                         "--history-len and --history-ttl must be at least 1 and 1s: publishes are retried against the history"
                             .into(),
                     );
-                }
-                hub.bus.shared = true;
-                Some(RedisSettings { url, history_len, history_ttl })
             }
-            None => None,
+            hub.bus.shared = true;
+            hub.bus.shards = urls.len();
+            Some(RedisSettings { urls, history_len, history_ttl })
         };
         hub.connection_rate = match (args.connection_rate, &file.connection_rate) {
             (Some(rate), _) => rate,
@@ -655,6 +678,11 @@ mod tests {
         assert_eq!(shared.hub.channel_prefix, "app:");
         assert!(!format!("{redis:?}").contains("6379"), "the URL (maybe a password) is not logged");
         assert!(dev(&["--redis-url", "http://example.com"]).unwrap_err().contains("--redis-url"));
+        assert_eq!(shared.hub.bus.shards, 1);
+        let sharded = dev(&["--redis-url", "redis://127.0.0.1:1", "--redis-url", "redis://a:2"]);
+        let sharded = sharded.unwrap();
+        assert_eq!(sharded.hub.bus.shards, 2);
+        assert_eq!(sharded.redis.unwrap().urls, ["redis://127.0.0.1:1", "redis://a:2"]);
         assert!(dev(&["--channel-prefix", "a{b"]).unwrap_err().contains("braces"));
         let no_history = dev(&["--redis-url", "redis://127.0.0.1", "--history-len", "0"]);
         assert!(no_history.unwrap_err().contains("--history-len"));

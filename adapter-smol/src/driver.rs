@@ -111,9 +111,9 @@ pub struct Driver {
     pub metrics: Arc<Metrics>,
     /// The event loop, to run the answers that come later.
     pub executor: Rc<smol::LocalExecutor<'static>>,
-    /// The Redis bridge's inbox, when the instances share a bus (its answers come back through
-    /// `loopback` as [`Input::Bus`]).
-    bus: Option<Sender<BusCommand>>,
+    /// The Redis bridges' inboxes, one per shard, when the instances share a bus (their
+    /// answers come back through `loopback` as [`Input::Bus`]).
+    buses: Vec<Sender<BusCommand>>,
     writers: HashMap<SocketId, OutboxSender<Write>>,
     /// Answers decided on the spot, fed to the hub once the outputs at hand are carried out.
     ready: VecDeque<Input>,
@@ -148,15 +148,15 @@ impl Driver {
             authorizer,
             metrics,
             executor,
-            bus: None,
+            buses: Vec::new(),
             writers: HashMap::new(),
             ready: VecDeque::new(),
         }
     }
 
-    /// Hands the hub's bus commands to the Redis bridge (see [`crate::redis`]).
-    pub fn with_bus(mut self, bus: Sender<BusCommand>) -> Self {
-        self.bus = Some(bus);
+    /// Hands the hub's bus commands to the Redis bridges, one per shard (see [`crate::redis`]).
+    pub fn with_buses(mut self, buses: Vec<Sender<BusCommand>>) -> Self {
+        self.buses = buses;
         self
     }
 
@@ -295,13 +295,13 @@ impl Driver {
             // Without a shared bus the hub answers itself and says nothing here. With one, the
             // bridge's queue is bounded and the driver never waits for it: a command that does
             // not fit is answered at once as failed, and the hub's retries stay in charge.
-            Output::Bus(command) => {
-                let Some(bus) = &self.bus else { return false };
+            Output::Bus(shard, command) => {
+                let Some(bus) = self.buses.get(shard) else { return false };
                 if let Err(full) = bus.try_send(command) {
                     let command = full.into_inner();
                     self.metrics.bus_failure(crate::redis::kind(&command));
                     if let Some(event) = crate::redis::refused(command) {
-                        self.ready.push_back(Input::Bus(event));
+                        self.ready.push_back(Input::Bus(shard, event));
                     }
                 }
             }

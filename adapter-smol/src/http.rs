@@ -61,8 +61,9 @@ pub struct App {
     pub dev_jwks: Option<String>,
     /// Served under `/app/`.
     pub static_dir: Option<std::path::PathBuf>,
-    /// The Redis link, when the instances share one (`/healthz` tells when it is down).
-    pub bus: Option<Arc<crate::redis::Status>>,
+    /// The Redis links, one per shard, when the instances share a bus (`/healthz` tells when
+    /// one is down).
+    pub buses: Vec<Arc<crate::redis::Status>>,
     /// `--test-hooks`: `POST /debug/bus/deaf`.
     pub test_hooks: bool,
 }
@@ -191,9 +192,11 @@ impl App {
     /// Always 200 while the process runs (a bus that is down is no reason to restart it: local
     /// traffic is served); the body says `ok`, or `degraded (bus: ...)` with why.
     async fn health(&self) -> Response<Body> {
-        let Some(bus) = &self.bus else { return text(StatusCode::OK, "ok\n") };
-        if !bus.is_up() {
-            return text(StatusCode::OK, format!("degraded (bus: {})\n", bus.problem()));
+        let sharded = self.buses.len() > 1;
+        if let Some((shard, bus)) = self.buses.iter().enumerate().find(|(_, b)| !b.is_up()) {
+            let problem =
+                if sharded { format!("shard {shard}: {}", bus.problem()) } else { bus.problem() };
+            return text(StatusCode::OK, format!("degraded (bus: {problem})\n"));
         }
         match self.stats().await {
             Some((_, stats)) if !stats.healthy => {
@@ -365,13 +368,11 @@ impl App {
         if let Some(refusal) = self.refuse_without_api_key(request) {
             return refusal;
         }
-        match &self.bus {
-            Some(bus) => {
-                bus.deafen();
-                json(StatusCode::OK, serde_json::json!({ "deaf": true }))
-            }
-            None => json(StatusCode::CONFLICT, serde_json::json!({ "error": "no --redis-url" })),
+        if self.buses.is_empty() {
+            return json(StatusCode::CONFLICT, serde_json::json!({ "error": "no --redis-url" }));
         }
+        self.buses.iter().for_each(|bus| bus.deafen());
+        json(StatusCode::OK, serde_json::json!({ "deaf": true }))
     }
 
     /// `POST /api/publish`: the backend's way in.

@@ -205,7 +205,7 @@ impl Default for Metrics {
         registry.register("ping_rtt_milliseconds", "Heartbeat round trips", m.ping_rtt.clone());
         registry.register(
             "bus_up",
-            "Whether the link to the bus between instances is up (always 1 without Redis)",
+            "Shards of the bus between instances whose link is up (always 1 without Redis)",
             m.bus_up.clone(),
         );
         registry.register(
@@ -300,9 +300,18 @@ impl Metrics {
         OpenSocket(self.open_sockets.clone())
     }
 
-    /// Whether the link to the bus is up.
-    pub fn set_bus_up(&self, up: bool) {
-        self.bus_up.set(i64::from(up));
+    /// Without Redis: the bus (in process) is up for good.
+    pub fn set_bus_up(&self) {
+        self.bus_up.set(1);
+    }
+
+    /// A shard's link came up (`true`) or went down (`false`), after being the other way.
+    pub fn bus_shard_up(&self, up: bool) {
+        if up {
+            self.bus_up.inc()
+        } else {
+            self.bus_up.dec()
+        };
     }
 
     /// Counts an overflow of the Redis subscriber's receive queue.

@@ -188,11 +188,11 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         // The bus between instances: Redis through its own thread, or nothing (the hub places
         // its messages itself). Redis need not be up: local traffic is served meanwhile.
-        let bus = match &settings.redis {
-            Some(redis) => Some(crate::redis::start(redis, metrics.clone())?),
+        let buses = match &settings.redis {
+            Some(redis) => crate::redis::start(redis, metrics.clone())?,
             None => {
-                metrics.set_bus_up(true);
-                None
+                metrics.set_bus_up();
+                Vec::new()
             }
         };
         let (commands, inbox) = async_channel::bounded::<Command>(4096);
@@ -223,7 +223,7 @@ impl Server {
             admission: Admission::new(settings.http.clone(), metrics.clone()),
             dev_jwks: dev.as_ref().map(|d| d.jwks().to_string()),
             static_dir: settings.static_dir.clone(),
-            bus: bus.as_ref().map(|bus| bus.status.clone()),
+            buses: buses.iter().map(|bus| bus.status.clone()).collect(),
             test_hooks: settings.test_hooks,
         });
 
@@ -295,13 +295,14 @@ impl Server {
                 .detach();
         }
 
-        // The bridge's events reach the hub through the driver's inbox, in order.
-        if let Some(bus) = &bus {
+        // Each bridge's events reach the hub through the driver's inbox, in order.
+        for (shard, bus) in buses.iter().enumerate() {
             let (events, loopback) = (bus.events.clone(), commands.clone());
             executor
                 .spawn(async move {
                     while let Ok(event) = events.recv().await {
-                        if loopback.send(Command::Input(Input::Bus(event))).await.is_err() {
+                        let input = Input::Bus(shard, event);
+                        if loopback.send(Command::Input(input)).await.is_err() {
                             return;
                         }
                     }
@@ -320,9 +321,7 @@ impl Server {
             metrics,
             executor.clone(),
         );
-        if let Some(bus) = bus {
-            driver = driver.with_bus(bus.commands);
-        }
+        driver = driver.with_buses(buses.into_iter().map(|bus| bus.commands).collect());
         driver.run().await;
         tracing::info!("drained; exiting");
         Ok(())

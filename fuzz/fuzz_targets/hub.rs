@@ -425,7 +425,7 @@ impl World {
             bus: Vec::new(),
         };
         world.drain();
-        world.input(Input::Bus(BusEvent::LinkUp));
+        world.input(Input::Bus(0, BusEvent::LinkUp));
         world
     }
 
@@ -482,6 +482,7 @@ impl World {
                 }
                 Output::Verify { request, .. } => self.pending.push(request),
                 Output::Bus(
+                    _,
                     command @ (BusCommand::Publish { .. }
                     | BusCommand::Subscribe { .. }
                     | BusCommand::Read { .. }
@@ -670,7 +671,7 @@ impl World {
                     }
                 };
                 let channel = channel.clone();
-                self.input(Input::Bus(BusEvent::Message { channel, message }));
+                self.input(Input::Bus(0, BusEvent::Message { channel, message }));
             }
             Op::Answer(ref answer) => {
                 if self.bus.is_empty() {
@@ -715,7 +716,7 @@ impl World {
                     }
                     _ => return,
                 };
-                self.input(Input::Bus(event));
+                self.input(Input::Bus(0, event));
             }
             Op::Link(ref kind) => {
                 let event = match *kind {
@@ -723,7 +724,7 @@ impl World {
                     1 => BusEvent::LinkUp,
                     _ => BusEvent::Lagged,
                 };
-                self.input(Input::Bus(event));
+                self.input(Input::Bus(0, event));
             }
             Op::Send { target } => {
                 match target {

@@ -341,7 +341,7 @@ impl World {
         for node in 0..world.nodes.len() {
             world.drain(node);
             if world.config.bus.shared {
-                world.input(node, Input::Bus(BusEvent::LinkUp));
+                world.input(node, Input::Bus(0, BusEvent::LinkUp));
             }
         }
         world
@@ -596,7 +596,7 @@ impl World {
             }
             Event::Bus { node, event } => {
                 if !self.nodes[node].down {
-                    self.input(node, Input::Bus(event))
+                    self.input(node, Input::Bus(0, event))
                 }
             }
             Event::ClientFrame { peer: Peer::Sim(client), socket, frame } => {
@@ -862,7 +862,7 @@ impl World {
                 let at = self.now;
                 self.schedule(at, Event::Join { node, request: join.request, verdict });
             }
-            Output::Bus(command) => {
+            Output::Bus(_, command) => {
                 self.trace = fnv(self.trace, format!("{command:?}").as_bytes());
                 let at = self.now + Duration::from_millis(self.bus_latency_ms);
                 let events = if self.bus_down {
@@ -1033,7 +1033,7 @@ impl World {
         self.bus_down = true;
         for node in 0..self.nodes.len() {
             if !self.nodes[node].down {
-                self.input(node, Input::Bus(BusEvent::LinkDown));
+                self.input(node, Input::Bus(0, BusEvent::LinkDown));
             }
         }
     }
@@ -1047,7 +1047,7 @@ impl World {
         }
         for node in 0..self.nodes.len() {
             if !self.nodes[node].down {
-                self.input(node, Input::Bus(BusEvent::LinkUp));
+                self.input(node, Input::Bus(0, BusEvent::LinkUp));
             }
         }
     }
@@ -1079,7 +1079,7 @@ impl World {
     pub fn restart(&mut self, node: usize) {
         self.nodes[node].down = false;
         if self.config.bus.shared && !self.bus_down {
-            self.input(node, Input::Bus(BusEvent::LinkUp));
+            self.input(node, Input::Bus(0, BusEvent::LinkUp));
         }
     }
 

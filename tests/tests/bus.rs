@@ -359,12 +359,12 @@ fn a_failover_that_rolled_the_bus_back_is_a_reset_never_reused_offsets() {
     w.settle();
     // Instance 1's connections go down with the old master; the replica, promoted, has only
     // three of the five messages; instance 0 is linked to it first and publishes two more.
-    w.input(1, Input::Bus(BusEvent::LinkDown));
+    w.input(1, Input::Bus(0, BusEvent::LinkDown));
     w.bus.drop_subscriber(1);
     w.bus.roll_back("sb:{conversation:conv}", 3);
     let reused: Vec<u64> = (0..2).map(|_| w.publish(0, "conv", None)).collect();
     w.settle();
-    w.input(1, Input::Bus(BusEvent::LinkUp));
+    w.input(1, Input::Bus(0, BusEvent::LinkUp));
     w.run_for(Duration::from_secs(2));
     let after = w.publish(0, "conv", None);
     w.settle();

@@ -561,10 +561,13 @@ fn remote_messages_from_the_bus_are_checked() {
     config.bus.shared = true;
     let (mut w, _g, c) = connected(config);
     let bus = |channel: &str, message: &'static [u8]| {
-        Input::Bus(BusEvent::Message {
-            channel: channel.into(),
-            message: bytes::Bytes::from_static(message),
-        })
+        Input::Bus(
+            0,
+            BusEvent::Message {
+                channel: channel.into(),
+                message: bytes::Bytes::from_static(message),
+            },
+        )
     };
     w.input(0, bus("sb:{conversation:conv-1}", b"garbage"));
     w.input(

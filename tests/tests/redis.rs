@@ -24,23 +24,17 @@ const TYPE: &str = "data.test.message";
 /// A `switchboard` on a free port, sharing `redis`, with the publish API, relaying `data.*`,
 /// the test hooks, and a short linger.
 fn instance(redis: &RedisProcess) -> ServerProcess {
-    instance_at(&redis.url())
+    instance_at(&[&redis.url()])
 }
 
-/// [`instance`], with Redis at `url`.
-fn instance_at(url: &str) -> ServerProcess {
+/// [`instance`], with Redis at `urls` (the shards, in order).
+fn instance_at(urls: &[&str]) -> ServerProcess {
     let keys = Keys::load();
-    let args = [
-        "--api-key",
-        KEY,
-        "--redis-url",
-        url,
-        "--bus-linger",
-        "1s",
-        "--relay",
-        "data.*",
-        "--test-hooks",
-    ];
+    let mut args =
+        vec!["--api-key", KEY, "--bus-linger", "1s", "--relay", "data.*", "--test-hooks"];
+    for url in urls {
+        args.extend(["--redis-url", url]);
+    }
     ServerProcess::start(EXE, &[jwk(&keys.primary, "sig")], &args)
 }
 
@@ -563,11 +557,11 @@ fn backend_call(channel: &str, conversation: &str, n: u64) -> (Vec<String>, Stri
 /// A Redis failover that lost the last writes: the replica stops replicating before messages 4
 /// and 5 (a replica paused with `SIGSTOP` would not do: the kernel keeps what the master sent,
 /// and the replica reads it when it resumes), the master is killed, the replica becomes the
-/// master, and the address the instances use moves to it (what Sentinel or a virtual IP does). A backend publishes
-/// twice on the promoted replica before the instances are back: offsets 4 and 5 are given
-/// again, the channel's top is where the instances left it, and the epoch is the same. Each
-/// instance must see that the message at its cursor is another one and reset the channel,
-/// never drop the new messages as copies of the old.
+/// master, and the address the instances use moves to it (what Sentinel or a virtual IP
+/// does). A backend publishes twice on the promoted replica before the instances are back:
+/// offsets 4 and 5 are given again, the channel's top is where the instances left it, and the
+/// epoch is the same. Each instance must see that the message at its cursor is another one and
+/// reset the channel, never drop the new messages as copies of the old.
 #[test]
 fn a_failover_that_lost_the_last_writes_is_a_reset_never_reused_offsets() {
     let mut master = RedisProcess::start();
@@ -578,7 +572,7 @@ fn a_failover_that_lost_the_last_writes_is_a_reset_never_reused_offsets() {
     let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let vip = Balancer::start(vec![at(master.port)]);
     let url = format!("redis://{}", vip.addr);
-    let (a, b) = (instance_at(&url), instance_at(&url));
+    let (a, b) = (instance_at(&[&url]), instance_at(&[&url]));
     let mut alice = join(&a, "alice", "c20");
     let mut bob = join(&b, "bob", "c20");
     let channel = "sb:{conversation:c20}";
@@ -724,4 +718,101 @@ fn a_killed_instances_sessions_resume_on_another_without_losing_a_message() {
     say(&b, "c12", 7, "B");
     after.expect([7]);
     assert_eq!(after.numbers(), [4, 5, 6, 7], "{after:?}");
+}
+
+/// Two shards: each conversation's keys and pub/sub live on the shard the jump hash names (and
+/// only there), fan-out and resume-anywhere work across them, and a shard that dies degrades
+/// its own channels only: the other shard's members hear of nothing.
+#[test]
+fn channels_are_sharded_over_two_redis_and_one_shard_failing_touches_only_its_own() {
+    use switchboard_core::server::shard_of;
+    let mut shards = [RedisProcess::start(), RedisProcess::start()];
+    let urls = [shards[0].url(), shards[1].url()];
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let (a, b) = (instance_at(&urls), instance_at(&urls));
+    // Two conversations on each shard.
+    let mut on: [Vec<String>; 2] = Default::default();
+    for i in 0.. {
+        let conversation = format!("s{i}");
+        let shard = shard_of(&format!("conversation:{conversation}"), 2);
+        if on[shard].len() < 2 {
+            on[shard].push(conversation);
+        }
+        if on.iter().all(|c| c.len() == 2) {
+            break;
+        }
+    }
+    let conversations: Vec<(usize, String)> =
+        on.iter().enumerate().flat_map(|(s, cs)| cs.iter().map(move |c| (s, c.clone()))).collect();
+    let mut members: Vec<(usize, Member, Member)> = conversations
+        .iter()
+        .map(|(shard, c)| {
+            (*shard, join(&a, &format!("alice-{c}"), c), join(&b, &format!("bob-{c}"), c))
+        })
+        .collect();
+    for (shard, c) in &conversations {
+        let channel = format!("sb:{{conversation:{c}}}");
+        wait_subscribers(&shards[*shard], &channel, 2);
+        assert_eq!(shards[1 - shard].numsub(&channel), 0, "{channel} only on shard {shard}");
+    }
+    wait_healthy(&[&a, &b]);
+    for (i, (_, c)) in conversations.iter().enumerate() {
+        say(&a, c, 1, "A");
+        say(&b, c, 2, "B");
+        let channel = format!("sb:{{conversation:{c}}}");
+        let (shard, other) = (&shards[conversations[i].0], &shards[1 - conversations[i].0]);
+        assert_eq!(shard.cli(&["HGET", &format!("{channel}:m"), "top"]), "2", "{c}'s history");
+        assert_eq!(other.cli(&["EXISTS", &format!("{channel}:m")]), "0", "{c} is not on the other");
+    }
+    for (_, alice, bob) in &mut members {
+        alice.expect(1..=2);
+        bob.expect(1..=2);
+    }
+
+    // A session resumes on the other instance: its record is on the shard of its key.
+    let (_, c) = &conversations[0];
+    let (id, mut carol) = connection_id_of(&a, "carol", c);
+    say(&a, c, 3, "A");
+    carol.expect([3]);
+    for (_, alice, bob) in &mut members[..1] {
+        alice.expect([3]);
+        bob.expect([3]);
+    }
+    let sequence = carol.got.last().unwrap().sequence.unwrap();
+    carol.client.cut();
+    say(&b, c, 4, "B");
+    let (resumed, mut again) = resume_on(&b, "carol", &carol.got, &id);
+    check_resumed(&resumed, &mut again, sequence, &[4]);
+    let session_shard = shard_of(&format!("session:{id}"), 2);
+    let key = format!("sb:{{session:{id}}}");
+    assert_eq!(shards[session_shard].cli(&["EXISTS", &key]), "1", "the record on its shard");
+    assert_eq!(shards[1 - session_shard].cli(&["EXISTS", &key]), "0");
+
+    // Shard 1 dies: its channels degrade, shard 0's go on without a word.
+    shards[1].kill();
+    assert!(eventually(30, || health(&a).contains("shard 1")), "{}", health(&a));
+    for (shard, c) in &conversations {
+        if *shard == 0 {
+            say(&a, c, 10, "A");
+        }
+    }
+    for (shard, alice, bob) in &mut members {
+        if *shard == 0 {
+            alice.expect([10]);
+            bob.expect([10]);
+        }
+    }
+    shards[1].restart();
+    wait_healthy(&[&a, &b]);
+    for (_, c) in &conversations {
+        say(&b, c, 11, "B");
+    }
+    for (shard, alice, bob) in &mut members {
+        for member in [alice, bob] {
+            member.expect([11]);
+            if *shard == 0 {
+                assert!(member.resets.is_empty(), "shard 0 was never touched: {member:?}");
+            }
+        }
+    }
 }

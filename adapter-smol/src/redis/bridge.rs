@@ -80,8 +80,9 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    pub fn new(settings: &RedisSettings) -> Result<Self, String> {
-        let mut config = fred::types::config::Config::from_url(&settings.url)
+    /// The bridge to the Redis at `url` (one shard).
+    pub fn new(url: &str, settings: &RedisSettings) -> Result<Self, String> {
+        let mut config = fred::types::config::Config::from_url(url)
             .map_err(|e| format!("--redis-url: {}", e.details()))?;
         config.fail_fast = false;
         let mut builder = Builder::from_config(config);
@@ -249,7 +250,6 @@ impl Bridge {
         };
         bridge.subscriber = bridge.new_subscriber()?;
         bridge.status.set_up(false, &bridge.problem);
-        bridge.metrics.set_bus_up(false);
         Ok(bridge)
     }
 
@@ -577,7 +577,7 @@ impl Bridge {
         }
         self.reported_up = up;
         self.status.set_up(up, if up { "" } else { &self.problem });
-        self.metrics.set_bus_up(up);
+        self.metrics.bus_shard_up(up);
         if up {
             tracing::info!(target: "switchboard::bus", "Redis link up");
             self.tell(self.sent, BusEvent::LinkUp).await;

@@ -60,7 +60,7 @@ const EVENT_QUEUE: usize = 65_536;
 /// The functions: one atomic publish, one consistent read.
 pub(crate) const FUNCTIONS: &str = include_str!("functions.lua");
 
-/// The running bridge, as the smol side holds it.
+/// One shard's running bridge, as the smol side holds it.
 #[derive(Debug)]
 pub struct Bus {
     /// Where the driver puts the hub's commands (never waiting: see [`refused`]).
@@ -122,19 +122,23 @@ pub fn check_url(url: &str) -> Result<(), String> {
     fred::types::config::Config::from_url(url).map(|_| ()).map_err(|e| e.details().to_string())
 }
 
-/// Starts the bridge's thread. Redis need not be up: the bridge keeps trying, and the hub
-/// serves local traffic meanwhile.
-pub fn start(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Bus, String> {
-    let (commands, inbox) = async_channel::bounded(COMMAND_QUEUE);
-    let (outbox, events) = async_channel::bounded(EVENT_QUEUE);
-    let status = Arc::new(Status::default());
-    let config = bridge::Config::new(settings)?;
-    let shared = status.clone();
-    std::thread::Builder::new()
-        .name("switchboard-redis".into())
-        .spawn(move || bridge::run(config, inbox, outbox, shared, metrics))
-        .map_err(|e| format!("cannot start the Redis thread: {e}"))?;
-    Ok(Bus { commands, events, status })
+/// Starts one bridge thread per shard (each `--redis-url`), in order. Redis need not be up:
+/// each bridge keeps trying, and the hub serves local traffic meanwhile.
+pub fn start(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Vec<Bus>, String> {
+    let mut buses = Vec::new();
+    for (shard, url) in settings.urls.iter().enumerate() {
+        let (commands, inbox) = async_channel::bounded(COMMAND_QUEUE);
+        let (outbox, events) = async_channel::bounded(EVENT_QUEUE);
+        let status = Arc::new(Status::default());
+        let config = bridge::Config::new(url, settings)?;
+        let (shared, metrics) = (status.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name(format!("switchboard-redis-{shard}"))
+            .spawn(move || bridge::run(config, inbox, outbox, shared, metrics))
+            .map_err(|e| format!("cannot start the Redis thread: {e}"))?;
+        buses.push(Bus { commands, events, status });
+    }
+    Ok(buses)
 }
 
 /// The answer to a command the bridge could not take (its queue is full, or it is gone): a

@@ -93,6 +93,10 @@ pub struct BusConfig {
     /// The channels go through a bus shared with other instances (Redis), which the adapter
     /// connects to; `false` (the default): this instance alone, positions given in process.
     pub shared: bool,
+    /// How many buses the channels are spread over (Redis shards; 1). Each channel and each
+    /// session record lives on one, by [`shard_of`](crate::server::bus::shard_of); the adapter
+    /// carries each shard's commands to its own bus.
+    pub shards: usize,
     /// How long a gap in a channel may wait for the missing messages to arrive by themselves
     /// before the history is read (100 ms).
     pub gap_wait: Duration,
@@ -125,6 +129,7 @@ impl Default for BusConfig {
     fn default() -> Self {
         BusConfig {
             shared: false,
+            shards: 1,
             gap_wait: Duration::from_millis(100),
             publish_budget: Duration::from_millis(250),
             retry_min: Duration::from_millis(100),
@@ -223,6 +228,15 @@ impl HubConfig {
         }
         if self.max_frame_bytes == 0 {
             return fail("max_frame_bytes must be at least 1".into());
+        }
+        if self.bus.shards == 0
+            || self.bus.shards > 1024
+            || (!self.bus.shared && self.bus.shards > 1)
+        {
+            return fail(
+                "bus shards must be between 1 and 1024, and more than 1 only with a shared bus"
+                    .into(),
+            );
         }
         let zero_rate = |r: &RateLimit| r.capacity == 0 || r.per.is_zero();
         if zero_rate(&self.connection_rate) || zero_rate(&self.system_rate) {

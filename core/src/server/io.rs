@@ -249,8 +249,9 @@ pub enum Input {
     AuthVerdict { request: VerifyId, verdict: Result<Principal, AuthFailure> },
     /// The answer to an [`Output::Authorize`].
     JoinVerdict { request: JoinId, verdict: Result<JoinGrant, JoinRefusal> },
-    /// What the bus between instances said (see `server::bus`).
-    Bus(BusEvent),
+    /// What the bus between instances said: shard (an index into the buses, 0 with one) and
+    /// event (see `server::bus`).
+    Bus(usize, BusEvent),
     /// A deadline from [`super::Hub::poll_timeout`] passed (or may have).
     Timeout,
     /// Begin graceful shutdown.
@@ -287,7 +288,7 @@ impl fmt::Debug for Input {
                 .field("request", request)
                 .field("verdict", verdict)
                 .finish(),
-            Input::Bus(event) => f.debug_tuple("Bus").field(event).finish(),
+            Input::Bus(shard, event) => f.debug_tuple("Bus").field(shard).field(event).finish(),
             Input::Timeout => f.write_str("Timeout"),
             Input::Shutdown => f.write_str("Shutdown"),
         }
@@ -306,8 +307,9 @@ pub enum Output {
     /// Decide whether this user may join this conversation, and answer with
     /// [`Input::JoinVerdict`].
     Authorize(Box<JoinRequest>),
-    /// Ask this of the bus between instances, and feed its answer as [`Input::Bus`].
-    Bus(BusCommand),
+    /// Ask this of shard `.0`'s bus between instances, and feed its answer as [`Input::Bus`]
+    /// with the same shard.
+    Bus(usize, BusCommand),
     /// Something for the application or for metrics.
     Event(HubEvent),
 }
@@ -367,11 +369,12 @@ pub enum HubEvent {
 
 #[cfg(test)]
 mod tests {
-    /// Outputs are queued by the thousand in a broadcast: keep them small.
+    /// Outputs are queued by the thousand in a broadcast: keep them small (the largest is a
+    /// bus publish with its shard).
     #[test]
     fn outputs_stay_small() {
         assert!(
-            std::mem::size_of::<super::Output>() <= 96,
+            std::mem::size_of::<super::Output>() <= 104,
             "{}",
             std::mem::size_of::<super::Output>()
         );

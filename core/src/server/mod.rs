@@ -69,6 +69,7 @@ mod timers;
 
 pub use bus::{
     BusCommand, BusError, BusEvent, Channel, History, LocalBus, RemoteMessage, SessionRecord, Top,
+    shard_of,
 };
 pub use config::{BusConfig, HubConfig, InvalidConfig, RateLimit};
 pub use hub::{ConnectionInfo, Hub, HubStats};

@@ -340,12 +340,10 @@ impl Cursor {
     }
 }
 
-/// A message id in 8 bytes (FNV-1a: stable across processes and runs; ids are unique per
-/// channel, and a collision would only hide one rollback from the quick check).
+/// A message id in 8 bytes (ids are unique per channel; a collision would only hide one
+/// rollback from the quick check).
 fn fingerprint(id: &Id) -> u64 {
-    id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
+    super::fnv1a(id.as_str().as_bytes())
 }
 
 #[cfg(test)]

@@ -119,13 +119,24 @@ pub(crate) struct Link {
     /// Loss markers published so far (for their ids).
     markers: u64,
     next_id: u64,
+    /// This link's request numbers are `next_id * step + shard`: `(shard, step)`.
+    id_step: (u64, u64),
     commands: VecDeque<BusCommand>,
     deliveries: VecDeque<Delivery>,
     steps: Vec<Step>,
 }
 
 impl Link {
-    pub fn new(config: BusConfig, prefix: &str, origin: Id, seed: u64) -> Self {
+    /// The link to shard `shard` of `shards` (request numbers are unique across the shards'
+    /// links: the hub matches answers by them).
+    pub fn new(
+        config: BusConfig,
+        prefix: &str,
+        origin: Id,
+        seed: u64,
+        shard: usize,
+        shards: usize,
+    ) -> Self {
         let local = (!config.shared).then(|| LocalBus::new(seed, 0));
         let probe = Probe {
             channel: format!("{prefix}{{instance:{origin}}}"),
@@ -160,6 +171,7 @@ impl Link {
             probe,
             markers: 0,
             next_id: 1,
+            id_step: (shard as u64, shards.max(1) as u64),
             commands: VecDeque::new(),
             deliveries: VecDeque::new(),
             steps: Vec::new(),
@@ -851,8 +863,7 @@ impl Link {
         }
         let after = state.cursor.start_read();
         let name = state.name.clone();
-        let request = self.next_id;
-        self.next_id += 1;
+        let request = self.next_id();
         let deadline = now + self.config.subscribe_timeout;
         self.reads.insert(request, (channel.clone(), deadline));
         self.commands.push_back(BusCommand::Read {
@@ -897,7 +908,8 @@ impl Link {
     }
 
     fn next_id(&mut self) -> u64 {
-        let id = self.next_id;
+        let (shard, step) = self.id_step;
+        let id = self.next_id * step + shard;
         self.next_id += 1;
         id
     }
@@ -911,7 +923,7 @@ mod tests {
 
     fn link() -> Link {
         let config = BusConfig { shared: true, ..BusConfig::default() };
-        Link::new(config, "sb:", Id::new("me").unwrap(), 7)
+        Link::new(config, "sb:", Id::new("me").unwrap(), 7, 0, 1)
     }
 
     fn conversation() -> Channel {

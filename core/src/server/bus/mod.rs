@@ -27,14 +27,25 @@
 mod cursor;
 mod link;
 mod local;
+mod shards;
 
-pub(crate) use link::{Delivery, Link};
+pub(crate) use link::Delivery;
 pub use local::LocalBus;
+pub(crate) use shards::Links;
+pub use shards::shard_of;
 
 use crate::protocol::json;
 use crate::protocol::{Id, SharedFrame};
 use bytes::Bytes;
 use std::fmt;
+
+/// The 64-bit FNV-1a hash of `bytes`: stable across processes, runs and languages (the shard
+/// of a channel is computed from it, by backends too).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 /// A channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -174,8 +174,8 @@ impl Hub {
         // Channels this session needs that are not subscribed yet.
         let mut needed = vec![Channel::User(user_id.clone())];
         needed.extend(conversation_id.iter().cloned().map(Channel::Conversation));
-        let new = needed.iter().filter(|c| !self.link.has(c)).count();
-        if self.link.subscriptions() + new > self.config.max_subscriptions {
+        let new = needed.iter().filter(|c| !self.links.has(c)).count();
+        if self.links.subscriptions() + new > self.config.max_subscriptions {
             let channel = needed.pop().unwrap_or(Channel::Broadcast);
             self.outputs.push_back(Output::Event(HubEvent::SubscriptionLimit { channel }));
             self.close(now, key, CloseCode::SERVER_BUSY, "max_subscriptions");

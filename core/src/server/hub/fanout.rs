@@ -105,7 +105,7 @@ impl Hub {
             lost: 0,
             frame,
         };
-        self.link.publish(now, channel, message);
+        self.links.publish(now, channel, message);
         self.drain_link(now);
         Ok(recipients)
     }
@@ -124,10 +124,10 @@ impl Hub {
     /// Carries out what the bus link decided: its commands go out, its deliveries to the
     /// channels' local members.
     pub(super) fn drain_link(&mut self, now: Instant) {
-        while let Some(command) = self.link.poll_command() {
-            self.outputs.push_back(Output::Bus(command));
+        while let Some((shard, command)) = self.links.poll_command() {
+            self.outputs.push_back(Output::Bus(shard, command));
         }
-        while let Some(delivery) = self.link.poll_delivery() {
+        while let Some(delivery) = self.links.poll_delivery() {
             match delivery {
                 Delivery::Message { channel, frame, except, offset } => {
                     let recipients = self.recipients(&channel, except.as_ref());
@@ -156,8 +156,8 @@ impl Hub {
         }
         if !self.waiting_replays.is_empty() {
             self.plan_waiting_replays(now);
-            while let Some(command) = self.link.poll_command() {
-                self.outputs.push_back(Output::Bus(command));
+            while let Some((shard, command)) = self.links.poll_command() {
+                self.outputs.push_back(Output::Bus(shard, command));
             }
         }
     }
@@ -344,12 +344,12 @@ impl Hub {
 
     /// A local member needs `channel` (its first one arrived).
     pub(super) fn subscribe(&mut self, now: Instant, channel: Channel) {
-        self.link.want(now, channel);
+        self.links.want(now, channel);
         self.drain_link(now);
     }
 
     /// The last local member of `channel` left.
     pub(super) fn unsubscribe(&mut self, now: Instant, channel: Channel) {
-        self.link.release(now, &channel);
+        self.links.release(now, &channel);
     }
 }

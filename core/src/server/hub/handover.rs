@@ -93,7 +93,7 @@ impl Hub {
             .channels_of(key)
             .into_iter()
             .filter_map(|channel| {
-                let top = self.link.position(&channel)?;
+                let top = self.links.position(&channel)?;
                 Some(Position { channel: channel.wire(), epoch: top.epoch, offset: top.offset })
             })
             .collect();
@@ -107,7 +107,7 @@ impl Hub {
             joined,
         };
         let connection_id = session.connection_id.clone();
-        self.link.save_session(&connection_id, record, ttl);
+        self.links.save_session(&connection_id, record, ttl);
     }
 
     /// A session became active: its record goes on the bus.
@@ -144,7 +144,7 @@ impl Hub {
         grant: JoinGrant,
     ) {
         let Some(connection_id) = resume.connection_id.clone() else { return };
-        let Some(request) = self.link.claim_session(now, &connection_id) else { return };
+        let Some(request) = self.links.claim_session(now, &connection_id) else { return };
         self.claims.insert(request, key);
         if let Some(session) = self.sessions.get_mut(&key) {
             session.handover = Some(Box::new(Handover {
@@ -220,8 +220,8 @@ impl Hub {
     /// Where the replay of `channel` starts and ends for session `key`, and the first read.
     fn plan_replay(&mut self, now: Instant, key: Key, channel: &Channel, record: &SessionRecord) {
         let wire = channel.wire();
-        let here = self.link.position(channel);
-        let subscribed = self.link.is_subscribed(channel);
+        let here = self.links.position(channel);
+        let subscribed = self.links.is_subscribed(channel);
         let Some(handover) = self.sessions.get_mut(&key).and_then(|s| s.handover.as_mut()) else {
             return;
         };
@@ -274,7 +274,7 @@ impl Hub {
             },
             None => return,
         };
-        let Some(request) = self.link.read_history(now, channel, after) else { return };
+        let Some(request) = self.links.read_history(now, channel, after) else { return };
         self.history_waiters.entry(request).or_default().push((key, channel.clone()));
         if let Some(replay) = self
             .sessions
@@ -293,7 +293,7 @@ impl Hub {
         request: u64,
         result: Result<History, BusError>,
     ) {
-        let limit = self.link.read_limit();
+        let limit = self.links.read_limit();
         for (key, channel) in self.history_waiters.remove(&request).unwrap_or_default() {
             let more = {
                 let Some(session) = self.sessions.get_mut(&key) else { continue };
@@ -391,7 +391,7 @@ impl Hub {
             let expired = now.saturating_since(since) >= SUBSCRIPTION_WAIT;
             let mut unsubscribed = Vec::new();
             for channel in waiting {
-                if self.link.is_subscribed(&channel) {
+                if self.links.is_subscribed(&channel) {
                     self.plan_replay(now, key, &channel, &record);
                 } else {
                     unsubscribed.push(channel);

@@ -187,7 +187,7 @@ impl Hub {
         // clients come back through another instance; one claimed elsewhere is not ours.)
         if member && !self.shutting_down && reason != "resumed_elsewhere" {
             let connection_id = session.connection_id.clone();
-            self.link.drop_session(&connection_id);
+            self.links.drop_session(&connection_id);
         }
         let Some(session) = self.sessions.get(&key) else { return };
         let event = HubEvent::ConnectionClosed {

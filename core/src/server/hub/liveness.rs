@@ -13,7 +13,7 @@ use crate::time::Instant;
 
 impl Hub {
     pub(super) fn handle_timeout(&mut self, now: Instant) {
-        self.link.handle_timeout(now);
+        self.links.handle_timeout(now);
         self.drain_link(now);
         while let Some((at, key, kind)) = self.timers.pop_due(now) {
             let Some(session) = self.sessions.get_mut(&key) else { continue };

@@ -24,7 +24,7 @@ mod routing;
 mod session;
 mod shutdown;
 
-use super::bus::{Channel, Link};
+use super::bus::{Channel, Links};
 use super::config::{HubConfig, InvalidConfig};
 use super::io::{HubEvent, Input, Output, SocketId};
 use super::members::Members;
@@ -94,7 +94,7 @@ pub struct Hub {
     by_user: Map<String, Members>,
     by_conversation: Map<Id, Members>,
     /// The channels between instances: subscriptions, cursors, own publishes.
-    link: Link,
+    links: Links,
     /// Session claims asked of the bus, by request: the session that resumes.
     claims: Map<u64, Key>,
     /// History reads for resuming sessions, by request: who waits on each (one read serves
@@ -130,12 +130,7 @@ impl Hub {
         config.validate()?;
         let mut rng = Rng::new(seed);
         let instance_id = Id::ulid(u64::try_from(unix_ms).unwrap_or(0), rng.next_u128());
-        let link = Link::new(
-            config.bus.clone(),
-            &config.channel_prefix,
-            instance_id.clone(),
-            rng.next_u64(),
-        );
+        let links = Links::new(&config.bus, &config.channel_prefix, &instance_id, rng.next_u64());
         let mut hub = Hub {
             config,
             router: Router::default(),
@@ -146,7 +141,7 @@ impl Hub {
             by_connection_id: map(&mut rng),
             by_user: map(&mut rng),
             by_conversation: map(&mut rng),
-            link,
+            links,
             claims: map(&mut rng),
             history_waiters: map(&mut rng),
             waiting_replays: BTreeSet::new(),
@@ -208,8 +203,8 @@ impl Hub {
             Input::JoinVerdict { request, verdict } => {
                 self.handle_join_verdict(now, request, verdict)
             }
-            Input::Bus(event) => {
-                self.link.handle_event(now, event);
+            Input::Bus(shard, event) => {
+                self.links.handle_event(now, shard, event);
                 self.drain_link(now);
             }
             Input::Timeout => self.handle_timeout(now),
@@ -228,7 +223,7 @@ impl Hub {
         let session = self
             .timers
             .next(|at, key, kind| sessions.get(&key).is_some_and(|s| s.deadline(kind) == Some(at)));
-        match (session, self.link.poll_timeout()) {
+        match (session, self.links.poll_timeout()) {
             (Some((at, kind)), Some(bus)) if at <= bus => Some((at, kind)),
             (_, Some(bus)) => Some((bus, TimerKind::Bus)),
             (session, None) => session,
@@ -239,12 +234,12 @@ impl Hub {
     /// subscription confirmed and the link up. When it does not, local delivery goes on and
     /// the instance reports itself degraded.
     pub fn bus_healthy(&self) -> bool {
-        self.link.is_healthy()
+        self.links.is_healthy()
     }
 
     /// Own publishes the bus has not answered yet.
     pub fn bus_pending(&self) -> usize {
-        self.link.pending_publishes()
+        self.links.pending_publishes()
     }
 
     /// A snapshot of one connection.
@@ -291,7 +286,7 @@ impl Hub {
             sessions: self.sessions.len(),
             users: self.by_user.len(),
             conversations: self.by_conversation.len(),
-            subscriptions: self.link.subscriptions(),
+            subscriptions: self.links.subscriptions(),
             outbound_bytes: self.sessions.values().map(|s| s.outbound_bytes).sum(),
             timers: self.timers.len(),
         }

@@ -37,7 +37,7 @@ impl Hub {
             }
         }
         self.timers.clear();
-        self.link.shut_down(now);
+        self.links.shut_down(now);
         self.check_drained();
     }
 
