@@ -816,3 +816,95 @@ fn channels_are_sharded_over_two_redis_and_one_shard_failing_touches_only_its_ow
         }
     }
 }
+
+/// What one native client saw: the test messages' `n` in order, gaps, and whether it resumed.
+#[derive(Debug, Default)]
+struct NativeLog {
+    got: Vec<u64>,
+    gaps: usize,
+    resumed: usize,
+    connected: usize,
+}
+
+/// A graceful drain (SIGTERM) behind a load balancer: the drained instance tells its clients
+/// it is going away, they come back through the balancer to the other instance, resume their
+/// sessions there (taken over from Redis), and get every message published meanwhile exactly
+/// once, in order, without a gap.
+#[test]
+fn a_drained_instances_clients_resume_on_the_other_with_nothing_lost() {
+    use switchboard_core::client::{ClientConfig, ClientEvent, TokenSource};
+    use switchboard_smol::client::NativeClient;
+    let redis = RedisProcess::start();
+    let (mut a, b) = (instance(&redis), instance(&redis));
+    let balancer = Balancer::start(vec![a.addr, b.addr]);
+    let keys = Keys::load();
+    let clients: Vec<(NativeClient, std::sync::Arc<std::sync::Mutex<NativeLog>>)> = (0..16)
+        .map(|i| {
+            let mut config = ClientConfig::new(format!("ws://{}/ws", balancer.addr));
+            config.token = TokenSource::Static(sign(&keys.primary, &claims(&format!("d{i}"))));
+            config.conversation_id = Some("drain".to_owned());
+            let client = NativeClient::start(config);
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(NativeLog::default()));
+            let (events, log) = (client.events().clone(), seen.clone());
+            smol::spawn(async move {
+                while let Ok((_, event)) = events.recv().await {
+                    let mut log = log.lock().unwrap();
+                    match event {
+                        ClientEvent::Connected { resumed, .. } => {
+                            log.connected += 1;
+                            log.resumed += usize::from(resumed);
+                        }
+                        ClientEvent::Message { message, .. } => {
+                            let frame: Value = serde_json::from_slice(&message.frame).unwrap();
+                            log.got.extend(frame["payload"]["n"].as_u64());
+                        }
+                        ClientEvent::Gap { .. } => log.gaps += 1,
+                        _ => {}
+                    }
+                }
+            })
+            .detach();
+            (client, seen)
+        })
+        .collect();
+    let all_connected = || clients.iter().all(|(_, s)| s.lock().unwrap().connected == 1);
+    assert!(eventually(30, all_connected), "every client connects");
+    wait_subscribers(&redis, "sb:{conversation:drain}", 2);
+    wait_healthy(&[&a, &b]);
+
+    let mut n = 0;
+    for _ in 0..20 {
+        n += 1;
+        say(&b, "drain", n, "B");
+    }
+    // The balancer stops sending new connections to A (its readiness went), and A drains
+    // while messages keep coming.
+    balancer.send_to(vec![b.addr]);
+    let published: Vec<u64> = std::thread::scope(|scope| {
+        let publisher = scope.spawn(|| {
+            for n in 21..=120 {
+                say(&b, "drain", n, "B");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (21..=120).collect()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let status = a.terminate();
+        assert!(status.success(), "a drained instance exits cleanly: {status:?}");
+        publisher.join().unwrap()
+    });
+    let every: Vec<u64> = (1..=20).chain(published).collect();
+    let all_got = || clients.iter().all(|(_, s)| s.lock().unwrap().got.len() >= every.len());
+    eventually(30, all_got);
+    let mut moved = 0;
+    for (i, (_, seen)) in clients.iter().enumerate() {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.got, every, "client {i}: every message once, in order: {seen:?}");
+        assert_eq!(seen.gaps, 0, "client {i}: no gap: {seen:?}");
+        if seen.connected > 1 {
+            assert_eq!(seen.resumed, seen.connected - 1, "client {i} resumed: {seen:?}");
+            moved += 1;
+        }
+    }
+    assert!(moved > 0, "some clients were on the drained instance");
+}
