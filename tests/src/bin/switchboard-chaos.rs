@@ -1,13 +1,15 @@
-//! The chaos run: three `switchboard` processes sharing one real `redis-server`, a few hundred
-//! native clients behind a small TCP load balancer, a publisher at a steady rate, and a seeded
-//! schedule of faults (socket cuts, instance SIGKILL and restart, SIGTERM drains, Redis paused,
-//! Redis's subscriber connections killed, Redis killed and restarted empty). At the end it
-//! prints what was published and what every client got, and exits non-zero if any client lost
-//! a message without being told (a gap) or got one twice.
+//! The chaos run: three `switchboard` processes sharing one real `redis-server` (or channels
+//! sharded over several, `--shards N`), a few hundred native clients behind a small TCP load
+//! balancer, a publisher at a steady rate, and a seeded schedule of faults (socket cuts,
+//! instance SIGKILL and restart, SIGTERM drains, a Redis paused, its subscriber connections
+//! killed, or killed and restarted empty). At the end it prints what was published and what
+//! every client got, and exits non-zero if any client lost a message without being told (a
+//! gap) or got one twice.
 //!
 //! ```sh
 //! cargo run --release -p switchboard-tests --bin switchboard-chaos -- --seconds 60
 //! cargo run --release -p switchboard-tests --bin switchboard-chaos -- --seed 7 --seconds 300 --clients 300
+//! cargo run --release -p switchboard-tests --bin switchboard-chaos -- --shards 2
 //! ```
 //!
 //! The oracle, per client: every message published (acknowledged by the publish API) to its
@@ -42,6 +44,8 @@ struct Args {
     conversations: usize,
     /// Publishes per second, over all conversations.
     rate: u64,
+    /// Redis processes the channels are sharded over.
+    shards: usize,
 }
 
 fn args() -> Args {
@@ -53,6 +57,7 @@ fn args() -> Args {
         clients: 240,
         conversations: 24,
         rate: 40,
+        shards: 1,
     };
     let mut words = std::env::args().skip(1);
     while let Some(flag) = words.next() {
@@ -64,6 +69,7 @@ fn args() -> Args {
             "--clients" => args.clients = value as usize,
             "--conversations" => args.conversations = value.max(1) as usize,
             "--rate" => args.rate = value.max(1),
+            "--shards" => args.shards = value.clamp(1, 8) as usize,
             _ => usage(&flag),
         }
     }
@@ -72,7 +78,7 @@ fn args() -> Args {
 
 fn usage(flag: &str) -> ! {
     eprintln!(
-        "switchboard-chaos: bad argument {flag:?}\nusage: switchboard-chaos [--seed N] [--seconds N] [--clients N] [--conversations N] [--rate N]"
+        "switchboard-chaos: bad argument {flag:?}\nusage: switchboard-chaos [--seed N] [--seconds N] [--clients N] [--conversations N] [--rate N] [--shards N]"
     );
     std::process::exit(2)
 }
@@ -103,16 +109,16 @@ enum Fault {
     Kill(usize),
     /// SIGTERM an instance (a graceful drain); it is started again after a while.
     Drain(usize),
-    /// SIGSTOP Redis for this many ms, then SIGCONT.
-    PauseRedis(u64),
-    /// `CLIENT KILL TYPE pubsub`: every instance's subscriber connection is cut.
-    KillSubscribers,
-    /// SIGKILL Redis and start it again empty.
-    RestartRedis,
+    /// SIGSTOP a Redis shard for this many ms, then SIGCONT.
+    PauseRedis(usize, u64),
+    /// `CLIENT KILL TYPE pubsub` on a shard: every instance's subscriber connection is cut.
+    KillSubscribers(usize),
+    /// SIGKILL a Redis shard and start it again empty.
+    RestartRedis(usize),
 }
 
 /// The schedule: a fault every 2 to 5 s, from the seed.
-fn schedule(seed: u64, seconds: u64) -> Vec<(Duration, Fault)> {
+fn schedule(seed: u64, seconds: u64, shards: usize) -> Vec<(Duration, Fault)> {
     let mut rng = Rng(seed);
     let mut at = Duration::from_secs(3);
     let mut faults = Vec::new();
@@ -121,9 +127,12 @@ fn schedule(seed: u64, seconds: u64) -> Vec<(Duration, Fault)> {
             0..=34 => Fault::CutSockets(1 + rng.below(20) as usize),
             35..=49 => Fault::Kill(rng.below(INSTANCES as u64) as usize),
             50..=64 => Fault::Drain(rng.below(INSTANCES as u64) as usize),
-            65..=79 => Fault::PauseRedis(200 + rng.below(1_500)),
-            80..=92 => Fault::KillSubscribers,
-            _ => Fault::RestartRedis,
+            65..=79 => {
+                let shard = rng.below(shards as u64) as usize;
+                Fault::PauseRedis(shard, 200 + rng.below(1_500))
+            }
+            80..=92 => Fault::KillSubscribers(rng.below(shards as u64) as usize),
+            _ => Fault::RestartRedis(rng.below(shards as u64) as usize),
         };
         faults.push((at, fault));
         at += Duration::from_millis(2_000 + rng.below(3_000));
@@ -150,15 +159,19 @@ struct Log {
 struct Cluster {
     exe: PathBuf,
     jwks: Vec<Value>,
-    redis: RedisProcess,
+    /// The shards, in order.
+    redis: Vec<RedisProcess>,
     instances: Vec<Option<ServerProcess>>,
     backends: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 impl Cluster {
     fn start_instance(&mut self, i: usize) {
-        let url = self.redis.url();
-        let args = ["--api-key", KEY, "--redis-url", &url, "--bus-linger", "2s"];
+        let urls: Vec<String> = self.redis.iter().map(RedisProcess::url).collect();
+        let mut args = vec!["--api-key", KEY, "--bus-linger", "2s"];
+        for url in &urls {
+            args.extend(["--redis-url", url]);
+        }
         let exe = self.exe.to_str().expect("a UTF-8 path");
         self.instances[i] = Some(ServerProcess::start(exe, &self.jwks, &args));
         self.publish_backends();
@@ -234,7 +247,7 @@ fn main() {
     let mut cluster = Cluster {
         exe,
         jwks: vec![jwk(&keys.primary, "sig")],
-        redis: RedisProcess::start(),
+        redis: (0..args.shards).map(|_| RedisProcess::start()).collect(),
         instances: (0..INSTANCES).map(|_| None).collect(),
         backends: balancer.backends.clone(),
     };
@@ -297,12 +310,12 @@ fn main() {
     println!("{} clients connected across {} conversations", args.clients, args.conversations);
 
     // The publisher and the faults, on this thread.
-    let faults = schedule(args.seed, args.seconds);
+    let faults = schedule(args.seed, args.seconds, args.shards);
     let mut rng = Rng(args.seed ^ 0x5eed);
     let mut published: Vec<(u64, usize, Instant)> = Vec::new();
     let mut unacknowledged = 0u64;
     let mut restarts: Vec<(Instant, usize)> = Vec::new();
-    let mut paused_until: Option<Instant> = None;
+    let mut paused: Option<(usize, Instant)> = None;
     let start = Instant::now();
     println!("(faults are timed from {:.3}s of the clients' logs)", (start - origin).as_secs_f64());
     let interval = Duration::from_micros(1_000_000 / args.rate);
@@ -326,25 +339,29 @@ fn main() {
                         restarts.push((now + Duration::from_secs(3), i));
                     }
                 }
-                Fault::PauseRedis(ms) if paused_until.is_none() => {
-                    cluster.redis.pause();
-                    paused_until = Some(now + Duration::from_millis(ms));
+                Fault::PauseRedis(shard, ms) if paused.is_none() => {
+                    cluster.redis[shard].pause();
+                    paused = Some((shard, now + Duration::from_millis(ms)));
                 }
-                Fault::PauseRedis(_) => {}
-                Fault::KillSubscribers if paused_until.is_none() => {
-                    let _ = cluster.redis.try_cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+                Fault::PauseRedis(..) => {}
+                Fault::KillSubscribers(shard) if paused.is_none_or(|(p, _)| p != shard) => {
+                    let _ = cluster.redis[shard].try_cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
                 }
-                Fault::KillSubscribers => {}
-                Fault::RestartRedis => {
-                    paused_until = None;
-                    cluster.redis.restart();
+                Fault::KillSubscribers(_) => {}
+                Fault::RestartRedis(shard) => {
+                    if paused.is_some_and(|(p, _)| p == shard) {
+                        paused = None;
+                    }
+                    cluster.redis[shard].restart();
                 }
             }
             next_fault += 1;
         }
-        if paused_until.is_some_and(|until| until <= now) {
-            cluster.redis.resume();
-            paused_until = None;
+        if let Some((shard, until)) = paused
+            && until <= now
+        {
+            cluster.redis[shard].resume();
+            paused = None;
         }
         restarts.retain(|&(at, i)| {
             if at <= now {
@@ -366,8 +383,8 @@ fn main() {
             std::thread::sleep(wait);
         }
     }
-    if paused_until.is_some() {
-        cluster.redis.resume();
+    if let Some((shard, _)) = paused {
+        cluster.redis[shard].resume();
     }
     for (_, i) in restarts {
         cluster.start_instance(i);
