@@ -248,6 +248,22 @@ impl ServerProcess {
         let _ = self.child.wait();
     }
 
+    /// Stops the process (SIGSTOP): its sockets stay open, nothing is read or answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes it after [`ServerProcess::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Sends SIGTERM and waits for the process to end.
     pub fn terminate(&mut self) -> ExitStatus {
         Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();

@@ -908,3 +908,49 @@ fn a_drained_instances_clients_resume_on_the_other_with_nothing_lost() {
     }
     assert!(moved > 0, "some clients were on the drained instance");
 }
+
+/// A subscriber too slow for Redis's `client-output-buffer-limit pubsub` (set tiny here) is cut
+/// by Redis: instance A is stopped (`SIGSTOP`) while a flood is published to a conversation it
+/// subscribes, until Redis drops A's subscriber connection. Messages of another conversation
+/// published meanwhile were on that connection; once A runs again it must notice, subscribe
+/// everything again and sweep, and its member of the quiet conversation gets them all, once.
+#[test]
+fn a_subscriber_cut_for_its_output_buffer_is_resubscribed_and_loses_nothing() {
+    let redis = RedisProcess::start();
+    redis.cli(&["CONFIG", "SET", "client-output-buffer-limit", "pubsub 256kb 0 0"]);
+    let (a, b) = (instance(&redis), instance(&redis));
+    let mut alice = join(&a, "alice", "calm");
+    let mut bob = join(&b, "bob", "calm");
+    let fiona = join(&a, "fiona", "flood"); // never reads: she only keeps A subscribed
+    let flood = "sb:{conversation:flood}";
+    wait_subscribers(&redis, "sb:{conversation:calm}", 2);
+    wait_subscribers(&redis, flood, 1);
+    wait_healthy(&[&a, &b]);
+    say(&b, "calm", 1, "B");
+    alice.expect([1]);
+
+    a.pause();
+    let big = "x".repeat(64 << 10);
+    let mut flooded = 0;
+    while redis.numsub(flood) > 0 {
+        assert!(flooded < 2_000, "Redis never cut the stopped subscriber");
+        let body = json!({"conversationId": "flood",
+            "message": {"type": TYPE, "payload": {"n": flooded, "pad": big}}});
+        let (status, answer) = publish(&b, body);
+        assert_eq!(status, 200, "{answer}");
+        flooded += 1;
+    }
+    for n in 2..=4 {
+        say(&b, "calm", n, "B");
+    }
+    a.resume();
+
+    alice.expect(2..=4);
+    bob.expect(1..=4);
+    alice.check(1..=4);
+    assert_eq!(alice.numbers(), [1, 2, 3, 4], "{alice:?}");
+    assert!(alice.resets.is_empty(), "the history covered it all: {alice:?}");
+    wait_subscribers(&redis, flood, 1);
+    wait_healthy(&[&a]);
+    drop(fiona);
+}
