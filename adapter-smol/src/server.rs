@@ -20,6 +20,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use switchboard_core::protocol::TypePattern;
 use switchboard_core::server::{Hub, Input, Rejection, Router};
 
+/// The issuer of dev tokens (`--dev`).
+pub const DEV_ISSUER: &str = "https://switchboard.dev.invalid/realms/dev";
+
 /// Something that registers handlers or middleware on the hub's router.
 type RouterSetup = Box<dyn FnOnce(&mut Router)>;
 
@@ -107,7 +110,9 @@ impl Server {
 
         let mut issuers = settings.issuers.clone();
         let dev = if settings.dev {
-            let issuer = format!("http://{addr}/realms/dev");
+            // One issuer for every dev instance on the machine (not one per address): they
+            // share the key too, so a client resumes on any of them with the token it has.
+            let issuer = DEV_ISSUER.to_owned();
             issuers.push(issuer.clone());
             let dev_key = settings.dev_key.clone();
             Some(smol::unblock(move || DevIssuer::load_or_create(&dev_key, issuer)).await?)

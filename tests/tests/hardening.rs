@@ -519,20 +519,22 @@ fn invented_key_ids_hold_up_no_one() {
 
 // ----- 7. Smaller defects -----
 
+/// A dev token keeps working after a restart, and on another dev instance on the same machine
+/// (README's two instances sharing a Redis: a client resumes on either with the token it has).
 #[test]
-fn the_dev_key_survives_a_restart() {
+fn the_dev_key_survives_a_restart_and_is_shared_by_dev_instances() {
     let dir = std::env::temp_dir().join(format!("switchboard-dev-key-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("dev-key.pem");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
-    let start = || {
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let listen = free().to_string();
+    let start = |listen: &str| {
         let mut command = std::process::Command::new(EXE);
-        command.args(["--dev", "--listen", &listen]).env("SWITCHBOARD_DEV_KEY", &key);
+        command.args(["--dev", "--listen", listen]).env("SWITCHBOARD_DEV_KEY", &key);
         ServerProcess::start_command(command)
     };
-    let mut first = start();
+    let mut first = start(&listen);
     let deadline = Instant::now() + Duration::from_secs(10);
     let token = loop {
         let token = first
@@ -545,16 +547,13 @@ fn the_dev_key_survives_a_restart() {
             None => panic!("no dev token printed"),
         }
     };
-    established(&mut TestClient::connect(
-        first.addr,
-        &format!("token={token}&conversation_id=demo"),
-    ));
+    let query = format!("token={token}&conversation_id=demo");
+    established(&mut TestClient::connect(first.addr, &query));
     first.terminate();
-    let second = start();
-    established(&mut TestClient::connect(
-        second.addr,
-        &format!("token={token}&conversation_id=demo"),
-    ));
+    let second = start(&listen);
+    established(&mut TestClient::connect(second.addr, &query));
+    let other = start(&free().to_string());
+    established(&mut TestClient::connect(other.addr, &query));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
