@@ -117,9 +117,11 @@ impl Server {
             Command::new(binary)
         };
         command.args(["--listen", "127.0.0.1:0", "--api-key", "load"]);
-        // Every connection comes from 127.0.0.1 and every publish from the generator: the
-        // per-address and publish caps are not what is measured.
+        // Every connection comes from 127.0.0.1, every publish from the generator, and (unless
+        // `--distinct-tokens`) every connection is the dev user: the per-address, per-user and
+        // publish caps are not what is measured.
         command.args(["--max-sockets-per-ip", "0", "--api-rate", "100000000/1s"]);
+        command.args(["--max-sessions-per-user", "100000000"]);
         command.args(extra);
         match trust {
             Some((jwks_file, issuer)) => {
@@ -601,7 +603,16 @@ fn main() {
     );
 
     let shared = args.redis.then(|| {
-        measure_redis(&args, &binary, trust, &tokens, &server, &receivers, &delivered, &mut publishers)
+        measure_redis(
+            &args,
+            &binary,
+            trust,
+            &tokens,
+            &server,
+            &receivers,
+            &delivered,
+            &mut publishers,
+        )
     });
 
     println!();
@@ -675,8 +686,8 @@ fn main() {
             "redis": shared.as_ref().map(|r| serde_json::json!({
                 "fan_out_1x1000_split": fan(&r.split),
                 "redis_cpu_seconds": r.redis_cpu_seconds,
-                "one_in_flight_alone": fan(&r.alone),
-                "one_in_flight_through_redis": fan(&r.hop),
+                "one_in_flight_1x1000": [fan(&r.hop_1000.0), fan(&r.hop_1000.1)],
+                "one_in_flight_1x10": [fan(&r.hop_10.0), fan(&r.hop_10.1)],
                 "function_publishes_per_second": r.function.publishes as f64 / r.function.seconds,
                 "history_bytes_per_message": r.function.history_bytes_per_message,
             })),
@@ -701,9 +712,10 @@ struct Shared {
     /// One conversation of 1 000, 500 members on each of two instances, published through one.
     split: FanOut,
     redis_cpu_seconds: f64,
-    /// One publish in flight to the 1 000: the single instance, then the two through Redis.
-    alone: FanOut,
-    hop: FanOut,
+    /// One publish in flight, to the 1 000 and to a conversation of 10 (where delivery costs
+    /// little and the hop shows): `(alone, through Redis)`.
+    hop_1000: (FanOut, FanOut),
+    hop_10: (FanOut, FanOut),
     function: redis::FunctionBench,
 }
 
@@ -729,15 +741,17 @@ impl Shared {
         );
         let ms = |us: u64| us as f64 / 1000.0;
         let delta = |a: u64, b: u64| (b as f64 - a as f64) / 1000.0;
-        println!(
-            "| one publish in flight, 1 × 1 000: p50 / p99 alone, through Redis, the hop adds | {:.2} / {:.2} ms, {:.2} / {:.2} ms, {:+.2} / {:+.2} ms |",
-            ms(self.alone.p50_us),
-            ms(self.alone.p99_us),
-            ms(self.hop.p50_us),
-            ms(self.hop.p99_us),
-            delta(self.alone.p50_us, self.hop.p50_us),
-            delta(self.alone.p99_us, self.hop.p99_us)
-        );
+        for (name, (alone, hop)) in [("1 × 10", &self.hop_10), ("1 × 1 000", &self.hop_1000)] {
+            println!(
+                "| one publish in flight, {name}: p50 / p99 alone; through Redis; the hop adds | {:.2} / {:.2} ms; {:.2} / {:.2} ms; {:+.2} / {:+.2} ms |",
+                ms(alone.p50_us),
+                ms(alone.p99_us),
+                ms(hop.p50_us),
+                ms(hop.p99_us),
+                delta(alone.p50_us, hop.p50_us),
+                delta(alone.p99_us, hop.p99_us)
+            );
+        }
         let b = &self.function;
         println!(
             "| publish function alone (64 in flight, 300-byte messages, fresh keys) | {} in {:.2} s = {:.0}/s |",
@@ -766,10 +780,23 @@ fn measure_redis(
     publishers: &mut [Publisher],
 ) -> Shared {
     let members = 1000.min(args.connections);
-    eprintln!("one publish in flight to the 1 000, one instance ...");
+    eprintln!("one publish in flight, one instance ...");
     let big = ["big".to_owned()];
-    let alone =
-        fan_out(&[server], &receivers[..members], delivered, &big, LATENCY_MESSAGES, &mut publishers[..1], 1000);
+    let alone_1000 = fan_out(
+        &[server],
+        &receivers[..members],
+        delivered,
+        &big,
+        LATENCY_MESSAGES,
+        &mut publishers[..1],
+        1000,
+    );
+    // The members of `small-0` (connections 1 000, 1 100, ...).
+    let small: Vec<Arc<Receiver>> =
+        receivers.iter().skip(1000).step_by(100).take(10).cloned().collect();
+    let small_0 = ["small-0".to_owned()];
+    let alone_10 =
+        fan_out(&[server], &small, delivered, &small_0, LATENCY_MESSAGES, &mut publishers[..1], 10);
 
     let redis = redis::RedisServer::start();
     let url = redis.url();
@@ -778,14 +805,17 @@ fn measure_redis(
         Server::start(binary, trust, &["--redis-url", &url], false),
     ];
     let shared_delivered = Arc::new(AtomicU64::new(0));
+    // 1 000 members of `big` and 10 of `small-0`, alternately on each instance.
     let shared_receivers: Vec<Arc<Receiver>> =
-        (0..1000).map(|_| Arc::new(Receiver { latencies: Default::default() })).collect();
-    eprintln!("connecting 1 000 across the two instances ...");
+        (0..1010).map(|_| Arc::new(Receiver { latencies: Default::default() })).collect();
+    eprintln!("connecting 1 010 across the two instances ...");
     let semaphore = Arc::new(smol::lock::Semaphore::new(args.concurrency));
-    let tasks: Vec<_> = (0..1000)
+    let tasks: Vec<_> = (0..1010)
         .map(|i| {
             let addr = pair[i % 2].addr.clone();
-            let query = format!("token={}&conversation_id=big", tokens[i % tokens.len()]);
+            let conversation = if i < 1000 { "big" } else { "small-0" };
+            let query =
+                format!("token={}&conversation_id={conversation}", tokens[i % tokens.len()]);
             let (received, delivered, semaphore) =
                 (shared_receivers[i].clone(), shared_delivered.clone(), semaphore.clone());
             smol::spawn(async move {
@@ -813,7 +843,7 @@ fn measure_redis(
     let redis_cpu = cpu_seconds(redis.pid());
     let split = fan_out(
         &both,
-        &shared_receivers,
+        &shared_receivers[..1000],
         &shared_delivered,
         &big,
         args.big_messages,
@@ -821,17 +851,27 @@ fn measure_redis(
         1000,
     );
     let redis_cpu_seconds = cpu_seconds(redis.pid()) - redis_cpu;
-    eprintln!("one publish in flight to the 1 000, through Redis ...");
-    let hop = fan_out(
+    eprintln!("one publish in flight, through Redis ...");
+    let hop_1000 = fan_out(
         &both,
-        &shared_receivers,
+        &shared_receivers[..1000],
         &shared_delivered,
         &big,
         LATENCY_MESSAGES,
         &mut shared_publishers[..1],
         1000,
     );
+    let hop_10 = fan_out(
+        &both,
+        &shared_receivers[1000..],
+        &shared_delivered,
+        &small_0,
+        LATENCY_MESSAGES,
+        &mut shared_publishers[..1],
+        10,
+    );
     eprintln!("the publish function alone ...");
     let function = redis::bench_function(redis.port, 100_000, 64, 300);
-    Shared { split, redis_cpu_seconds, alone, hop, function }
+    let (hop_1000, hop_10) = ((alone_1000, hop_1000), (alone_10, hop_10));
+    Shared { split, redis_cpu_seconds, hop_1000, hop_10, function }
 }
