@@ -49,6 +49,8 @@ impl RedisProcess {
         let port = self.port.to_string();
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port, "--save", "", "--appendonly", "no"])
+            // `DEBUG SLEEP` stands for a Redis that stops answering.
+            .args(["--enable-debug-command", "local"])
             .args(["--dir", std::env::temp_dir().to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -409,6 +409,43 @@ fn a_paused_redis_blocks_nothing_and_everything_converges() {
     }
 }
 
+/// Redis stops answering without a signal: `CLIENT PAUSE` (every client's commands wait) and
+/// `DEBUG SLEEP` (the server itself blocks). Nothing on the instances waits for it, and once it
+/// answers again everything converges, nothing lost.
+#[test]
+fn client_pause_and_debug_sleep_block_nothing_and_everything_converges() {
+    let redis = RedisProcess::start();
+    let (a, b) = (instance(&redis), instance(&redis));
+    let mut alice = join(&a, "alice", "c17");
+    let mut bob = join(&b, "bob", "c17");
+    wait_subscribers(&redis, "sb:{conversation:c17}", 2);
+    wait_healthy(&[&a, &b]);
+    let mut n = 0;
+    let stalls: [&[&str]; 2] = [&["CLIENT", "PAUSE", "3000", "ALL"], &["DEBUG", "SLEEP", "3"]];
+    for stall in stalls {
+        std::thread::scope(|scope| {
+            let stalled = scope.spawn(|| redis.cli(stall));
+            std::thread::sleep(Duration::from_millis(200));
+            // Meanwhile the publish API answers and local members get their messages.
+            for (server, member, via) in [(&a, &mut alice, "A"), (&b, &mut bob, "B")] {
+                n += 1;
+                say(server, "c17", n, via);
+                member.expect([n]);
+            }
+            assert_eq!(stalled.join().unwrap(), "OK", "{stall:?}");
+        });
+        wait_healthy(&[&a, &b]);
+        n += 1;
+        say(&a, "c17", n, "A");
+    }
+    for member in [&mut alice, &mut bob] {
+        member.expect(1..=n);
+        member.check(1..=n);
+        assert_eq!(member.numbers().len(), n as usize, "all once: {member:?}");
+        assert!(member.resets_other_than(&["bus_degraded"]).is_empty(), "{member:?}");
+    }
+}
+
 #[test]
 fn subscribers_cut_by_redis_are_resubscribed_and_lose_nothing() {
     let redis = RedisProcess::start();
