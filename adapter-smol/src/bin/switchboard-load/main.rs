@@ -47,6 +47,12 @@ struct Args {
     /// Messages published to the 1 000-member conversation.
     #[arg(long, default_value_t = 400)]
     big_messages: usize,
+    /// Broadcasts per second to the 1 000 in the fixed-rate (open-loop) phase.
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    /// How long the fixed-rate phase publishes, in seconds.
+    #[arg(long, default_value_t = 10)]
+    rate_seconds: u64,
     /// Messages published over the 100 conversations of 10.
     #[arg(long, default_value_t = 40_000)]
     small_messages: usize,
@@ -193,7 +199,17 @@ fn cpu_seconds(pid: u32) -> f64 {
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
         + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ticks as f64 / 100.0
+    ticks as f64 / clock_ticks()
+}
+
+/// The kernel's clock ticks per second (`/proc/<pid>/stat` counts CPU time in them).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        text.ok().and_then(|t| t.parse().ok()).filter(|&t: &f64| t > 0.0).unwrap_or(100.0)
+    })
 }
 
 impl Drop for Server {
@@ -203,9 +219,51 @@ impl Drop for Server {
     }
 }
 
-/// A connection's receive side: counts messages and keeps their latencies.
+/// The measurement under way: a message of another phase arriving (late) counts in none.
+static PHASE: AtomicU64 = AtomicU64::new(0);
+/// Messages that arrived after their phase ended.
+static LATE: AtomicU64 = AtomicU64::new(0);
+
+/// A connection's receive side in the current phase: the latency of each message, which ones
+/// it got (by number), and how many it got twice.
+#[derive(Default)]
 struct Receiver {
     latencies: std::sync::Mutex<Vec<u64>>,
+    seen: std::sync::Mutex<std::collections::HashSet<u64>>,
+    duplicates: AtomicU64,
+}
+
+impl Receiver {
+    /// A new phase: forget the last one.
+    fn clear(&self) {
+        self.latencies.lock().unwrap().clear();
+        self.seen.lock().unwrap().clear();
+        self.duplicates.store(0, Ordering::Relaxed);
+    }
+
+    /// A test message (`{"p":phase,"n":number,"t":µs}`) arrived; whether it is a new one of
+    /// this phase.
+    fn take(&self, text: &str) -> bool {
+        let field = |key: &str| {
+            let rest = text.split(key).nth(1)?;
+            rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok()
+        };
+        let (Some(phase), Some(n), Some(sent)) =
+            (field("\"p\":"), field("\"n\":"), field("\"t\":"))
+        else {
+            return false;
+        };
+        if phase != PHASE.load(Ordering::Relaxed) {
+            LATE.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if !self.seen.lock().unwrap().insert(n) {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.latencies.lock().unwrap().push(micros().saturating_sub(sent));
+        true
+    }
 }
 
 /// TCP, the upgrade, and the server's `established`.
@@ -258,8 +316,7 @@ async fn open(
                 let _ = ws.send(Message::Text(pong.into())).await;
                 continue;
             }
-            if let Some(sent) = text.split("\"t\":").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|t| t.parse::<u64>().ok()) {
-                received.latencies.lock().unwrap().push(micros().saturating_sub(sent));
+            if received.take(&text) {
                 delivered.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -280,10 +337,11 @@ impl Publisher {
         Publisher { stream }
     }
 
-    fn publish(&mut self, conversation: &str) {
+    /// Publishes message `n` of `phase`, stamped `t` (µs: when it is sent, or when it was
+    /// scheduled to be).
+    fn publish(&mut self, conversation: &str, phase: u64, n: usize, t: u64) {
         let body = format!(
-            r#"{{"conversationId":"{conversation}","message":{{"type":"data.load.tick","payload":{{"t":{}}}}}}}"#,
-            micros()
+            r#"{{"conversationId":"{conversation}","message":{{"type":"data.load.tick","payload":{{"p":{phase},"n":{n},"t":{t}}}}}}}"#
         );
         let request = format!(
             "POST /api/publish HTTP/1.1\r\nHost: load\r\nAuthorization: Bearer load\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -310,16 +368,47 @@ impl Publisher {
     }
 }
 
+/// What one phase measured.
 struct FanOut {
+    /// Deliveries there should have been, deliveries made (each message once per member),
+    /// and the difference both ways.
+    expected: u64,
     deliveries: u64,
+    missing: u64,
+    duplicated: u64,
     seconds: f64,
     cpu_seconds: f64,
     p50_us: u64,
     p99_us: u64,
+    p999_us: u64,
 }
 
-/// Publishes `messages` to `conversations` through `publishers` and waits for the deliveries;
-/// CPU is that of `servers` (the instances) together.
+impl FanOut {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"expected": self.expected, "deliveries": self.deliveries,
+            "missing": self.missing, "duplicated": self.duplicated, "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds, "p50_us": self.p50_us, "p99_us": self.p99_us,
+            "p999_us": self.p999_us})
+    }
+
+    fn lossless(&self) -> bool {
+        self.missing == 0 && self.duplicated == 0
+    }
+}
+
+/// How a phase publishes: as fast as the publishers go (`Closed`: each waits for its answer
+/// before the next), or on a fixed schedule of so many per second (`Open`: latency is measured
+/// from each message's scheduled time, so a stall shows instead of being skipped).
+#[derive(Clone, Copy)]
+enum Pace {
+    Closed,
+    Open { per_second: u64 },
+}
+
+/// One phase: publishes `messages` to `conversations` through `publishers` and waits for the
+/// deliveries (`expected_each` per message); CPU is that of `servers` (the instances)
+/// together. Messages of an earlier phase arriving now count in neither.
+#[allow(clippy::too_many_arguments)]
 fn fan_out(
     servers: &[&Server],
     receivers: &[Arc<Receiver>],
@@ -328,15 +417,18 @@ fn fan_out(
     messages: usize,
     publishers: &mut [Publisher],
     expected_each: u64,
+    pace: Pace,
 ) -> FanOut {
+    let phase = PHASE.fetch_add(1, Ordering::Relaxed) + 1;
     for r in receivers {
-        r.latencies.lock().unwrap().clear();
+        r.clear();
     }
     delivered.store(0, Ordering::Relaxed);
     let expected = messages as u64 * expected_each;
     let cpu = || servers.iter().map(|s| s.cpu_seconds()).sum::<f64>();
     let cpu0 = cpu();
     let started = Instant::now();
+    let origin = micros() + 100_000;
     let published = AtomicU64::new(0);
     let count = publishers.len();
     std::thread::scope(|scope| {
@@ -344,7 +436,17 @@ fn fan_out(
             let published = &published;
             scope.spawn(move || {
                 for i in (p..messages).step_by(count) {
-                    publisher.publish(&conversations[i % conversations.len()]);
+                    let at = match pace {
+                        Pace::Closed => micros(),
+                        Pace::Open { per_second } => {
+                            let at = origin + i as u64 * 1_000_000 / per_second.max(1);
+                            if let Some(wait) = at.checked_sub(micros()) {
+                                std::thread::sleep(Duration::from_micros(wait));
+                            }
+                            at
+                        }
+                    };
+                    publisher.publish(&conversations[i % conversations.len()], phase, i, at);
                     let done = published.fetch_add(1, Ordering::Relaxed) + 1;
                     if done % 1000 == 0 {
                         let so_far = delivered.load(Ordering::Relaxed);
@@ -360,19 +462,24 @@ fn fan_out(
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = cpu() - cpu0;
-    eprintln!(
-        "\r  published {messages}, delivered {} of {expected}          ",
-        delivered.load(Ordering::Relaxed)
-    );
+    // A copy would come right behind the first.
+    std::thread::sleep(Duration::from_millis(200));
+    let deliveries = delivered.load(Ordering::Relaxed);
+    let duplicated = receivers.iter().map(|r| r.duplicates.load(Ordering::Relaxed)).sum();
+    eprintln!("\r  published {messages}, delivered {deliveries} of {expected}          ");
     let mut all: Vec<u64> =
         receivers.iter().flat_map(|r| r.latencies.lock().unwrap().clone()).collect();
     all.sort_unstable();
     FanOut {
-        deliveries: delivered.load(Ordering::Relaxed),
+        expected,
+        deliveries,
+        missing: expected.saturating_sub(deliveries),
+        duplicated,
         seconds,
         cpu_seconds,
         p50_us: percentile(&all, 0.5),
         p99_us: percentile(&all, 0.99),
+        p999_us: percentile(&all, 0.999),
     }
 }
 
@@ -429,7 +536,7 @@ fn worker(args: &Args, addr: &str) {
         .map_while(Result::ok)
         .take_while(|line| !line.is_empty())
         .collect();
-    let received = Arc::new(Receiver { latencies: Default::default() });
+    let received = Arc::new(Receiver::default());
     let delivered = Arc::new(AtomicU64::new(0));
     let semaphore = Arc::new(smol::lock::Semaphore::new(args.concurrency));
     let tasks: Vec<_> = tokens
@@ -498,9 +605,8 @@ fn main() {
     let mut publishers: Vec<Publisher> =
         (0..args.publishers.max(1)).map(|_| Publisher::connect(&server.addr)).collect();
     let delivered = Arc::new(AtomicU64::new(0));
-    let receivers: Vec<Arc<Receiver>> = (0..args.connections)
-        .map(|_| Arc::new(Receiver { latencies: Default::default() }))
-        .collect();
+    let receivers: Vec<Arc<Receiver>> =
+        (0..args.connections).map(|_| Arc::new(Receiver::default())).collect();
     // Connections 0..1000: one conversation of 1 000; 1000..2000: 100 conversations of 10;
     // the rest: a conversation each (idle).
     let conversation_of = |i: usize| match i {
@@ -589,6 +695,21 @@ fn main() {
         args.big_messages,
         &mut publishers,
         1000,
+        Pace::Closed,
+    );
+    eprintln!(
+        "a fixed {} broadcasts/s to the 1 000 for {} s (open loop) ...",
+        args.rate, args.rate_seconds
+    );
+    let fixed = fan_out(
+        &[&server],
+        &receivers[..1000.min(args.connections)],
+        &delivered,
+        &["big".to_owned()],
+        (args.rate * args.rate_seconds) as usize,
+        &mut publishers,
+        1000,
+        Pace::Open { per_second: args.rate },
     );
     eprintln!("fan-out to 100 conversations of 10 ...");
     let small_names: Vec<String> = (0..100).map(|i| format!("small-{i}")).collect();
@@ -600,7 +721,11 @@ fn main() {
         args.small_messages,
         &mut publishers,
         10,
+        Pace::Closed,
     );
+
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_after = server.rss_kib();
 
     let shared = args.redis.then(|| {
         measure_redis(
@@ -637,7 +762,18 @@ fn main() {
         args.baseline, args.connections, rss_empty, rss_baseline, rss_full
     );
     println!("| idle memory per connection (RSS slope) | {:.2} KiB |", per_connection_kib);
-    for (name, f) in [("1 conversation × 1 000", &big), ("100 conversations × 10", &small)] {
+    println!("| server RSS after the fan-outs | {rss_after} KiB |");
+    let fixed_name = format!("fixed {}/s × 1 000 (open loop)", args.rate);
+    let phases = [
+        ("1 conversation × 1 000", &big),
+        (fixed_name.as_str(), &fixed),
+        ("100 conversations × 10", &small),
+    ];
+    for (name, f) in phases {
+        println!(
+            "| fan-out {name}: delivered of expected (missing, duplicated) | {} of {} ({}, {}) |",
+            f.deliveries, f.expected, f.missing, f.duplicated
+        );
         println!(
             "| fan-out {name}: deliveries | {} in {:.2} s = {:.0}/s |",
             f.deliveries,
@@ -650,11 +786,16 @@ fn main() {
             f.cpu_seconds
         );
         println!(
-            "| fan-out {name}: end-to-end p50 / p99 | {:.2} ms / {:.2} ms |",
+            "| fan-out {name}: end-to-end p50 / p99 / p999 | {:.2} ms / {:.2} ms / {:.2} ms |",
             f.p50_us as f64 / 1000.0,
-            f.p99_us as f64 / 1000.0
+            f.p99_us as f64 / 1000.0,
+            f.p999_us as f64 / 1000.0
         );
     }
+    println!(
+        "| late deliveries (of an earlier phase, counted in none) | {} |",
+        LATE.load(Ordering::Relaxed)
+    );
     println!("| processes holding connections | {processes} |");
     println!("| publish requests in flight | {} |", args.publishers);
     println!(
@@ -670,16 +811,20 @@ fn main() {
         None => println!("| with Redis | not measured (`--redis`) |"),
     }
     if let Some(path) = &args.json {
-        let fan = |f: &FanOut| serde_json::json!({"deliveries": f.deliveries, "seconds": f.seconds, "cpu_seconds": f.cpu_seconds, "p50_us": f.p50_us, "p99_us": f.p99_us});
+        let fan = FanOut::json;
         let report = serde_json::json!({
             "connections": latencies.len(),
             "connect_p50_us": percentile(&latencies, 0.5),
             "connect_p99_us": percentile(&latencies, 0.99),
             "connects_per_second": connects_per_second,
-            "rss_kib": {"empty": rss_empty, "baseline": rss_baseline, "full": rss_full},
+            "rss_kib": {"empty": rss_empty, "baseline": rss_baseline, "full": rss_full,
+                "after_fan_out": rss_after},
             "idle_kib_per_connection": per_connection_kib,
             "fan_out_1x1000": fan(&big),
             "fan_out_100x10": fan(&small),
+            "fixed_rate_1x1000": fan(&fixed),
+            "fixed_rate_per_second": args.rate,
+            "late_deliveries": LATE.load(Ordering::Relaxed),
             "publishers": args.publishers,
             "processes": processes,
             "distinct_tokens": args.distinct_tokens,
@@ -702,6 +847,14 @@ fn main() {
         drop(child.stdin.take());
         let _ = child.wait();
     }
+    let mut all = vec![&big, &fixed, &small];
+    if let Some(r) = &shared {
+        all.extend([&r.split, &r.hop_1000.0, &r.hop_1000.1, &r.hop_10.0, &r.hop_10.1]);
+    }
+    if !all.iter().all(|f| f.lossless()) {
+        eprintln!("FAILED: a phase lost or duplicated deliveries (see the table)");
+        std::process::exit(1);
+    }
 }
 
 /// Messages published one at a time to measure latency rather than throughput.
@@ -721,6 +874,13 @@ struct Shared {
 
 impl Shared {
     fn print(&self) {
+        let phases =
+            [&self.split, &self.hop_1000.0, &self.hop_1000.1, &self.hop_10.0, &self.hop_10.1];
+        let (missing, duplicated) =
+            phases.iter().fold((0, 0), |(m, d), f| (m + f.missing, d + f.duplicated));
+        println!(
+            "| with Redis, every phase: missing / duplicated deliveries | {missing} / {duplicated} |"
+        );
         let f = &self.split;
         println!(
             "| with Redis, 1 × 1 000 split over two instances: deliveries | {} in {:.2} s = {:.0}/s |",
@@ -790,13 +950,22 @@ fn measure_redis(
         LATENCY_MESSAGES,
         &mut publishers[..1],
         1000,
+        Pace::Closed,
     );
     // The members of `small-0` (connections 1 000, 1 100, ...).
     let small: Vec<Arc<Receiver>> =
         receivers.iter().skip(1000).step_by(100).take(10).cloned().collect();
     let small_0 = ["small-0".to_owned()];
-    let alone_10 =
-        fan_out(&[server], &small, delivered, &small_0, LATENCY_MESSAGES, &mut publishers[..1], 10);
+    let alone_10 = fan_out(
+        &[server],
+        &small,
+        delivered,
+        &small_0,
+        LATENCY_MESSAGES,
+        &mut publishers[..1],
+        10,
+        Pace::Closed,
+    );
 
     let redis = redis::RedisServer::start();
     let url = redis.url();
@@ -807,7 +976,7 @@ fn measure_redis(
     let shared_delivered = Arc::new(AtomicU64::new(0));
     // 1 000 members of `big` and 10 of `small-0`, alternately on each instance.
     let shared_receivers: Vec<Arc<Receiver>> =
-        (0..1010).map(|_| Arc::new(Receiver { latencies: Default::default() })).collect();
+        (0..1010).map(|_| Arc::new(Receiver::default())).collect();
     eprintln!("connecting 1 010 across the two instances ...");
     let semaphore = Arc::new(smol::lock::Semaphore::new(args.concurrency));
     let tasks: Vec<_> = (0..1010)
@@ -849,6 +1018,7 @@ fn measure_redis(
         args.big_messages,
         &mut shared_publishers,
         1000,
+        Pace::Closed,
     );
     let redis_cpu_seconds = cpu_seconds(redis.pid()) - redis_cpu;
     eprintln!("one publish in flight, through Redis ...");
@@ -860,6 +1030,7 @@ fn measure_redis(
         LATENCY_MESSAGES,
         &mut shared_publishers[..1],
         1000,
+        Pace::Closed,
     );
     let hop_10 = fan_out(
         &both,
@@ -869,6 +1040,7 @@ fn measure_redis(
         LATENCY_MESSAGES,
         &mut shared_publishers[..1],
         10,
+        Pace::Closed,
     );
     eprintln!("the publish function alone ...");
     let function = redis::bench_function(redis.port, 100_000, 64, 300);
