@@ -90,12 +90,15 @@ export async function startServer({ args = [] } = {}) {
     },
     /** A token for another user, signed with the server's dev key. */
     mintToken(user, { expiresIn = 3600 } = {}) {
-      return mintToken(this.keyPath, `http://127.0.0.1:${port}/realms/dev`, user, expiresIn);
+      return mintToken(this.keyPath, DEV_ISSUER, user, expiresIn);
     },
   };
   await server.start();
   return server;
 }
+
+/** The issuer of the dev server's tokens (one for every dev instance). */
+export const DEV_ISSUER = 'https://switchboard.dev.invalid/realms/dev';
 
 /** A Keycloak-shaped RS256 token, as the dev server makes them. */
 export function mintToken(keyPath, issuer, user, expiresIn) {
