@@ -23,9 +23,9 @@ use switchboard_core::protocol::{
     CloseCode, Envelope, Id, MessageType, Payload, SharedFrame, Source, Timestamp, TypePattern,
 };
 use switchboard_core::server::{
-    AuthFailure, BusCommand, BusConfig, BusError, BusEvent, History, Hub, HubConfig, HubEvent,
-    Input, JoinGrant, JoinId, JoinRefusal, OpenRequest, Outgoing, Output, Principal, RateLimit,
-    Rejection, RemoteMessage, Route, SocketId, Top, VerifyId,
+    AuthFailure, BusCommand, BusConfig, BusError, BusEvent, Channel, History, Hub, HubConfig,
+    HubEvent, Input, JoinGrant, JoinId, JoinRefusal, OpenRequest, Outgoing, Output, Principal,
+    RateLimit, Rejection, RemoteMessage, Route, SocketId, Top, VerifyId, shard_of,
 };
 use switchboard_core::time::Instant;
 
@@ -161,7 +161,7 @@ enum Op {
         body: RemoteBody,
     },
     Answer(BusAnswer),
-    /// 0: the link went down, 1: up, 2: the receive queue lagged.
+    /// On shard `kind / 3`: 0 the link went down, 1 up, 2 the receive queue lagged (`kind % 3`).
     Link(u8),
     Send {
         target: AppTarget,
@@ -271,7 +271,7 @@ impl<'a> Arbitrary<'a> for Op {
                 epoch: u.int_in_range(0..=2)?,
                 offset: u.int_in_range(0..=12)?,
             }),
-            218..=219 => Op::Link(u.int_in_range(0..=2)?),
+            218..=219 => Op::Link(u.int_in_range(0..=5)?),
             220..=241 => Op::Send {
                 target: match u.int_in_range(0..=5)? {
                     0..=2 => AppTarget::Conversation {
@@ -337,6 +337,9 @@ fn config() -> HubConfig {
         shutdown_spread: Duration::from_secs(1),
         bus: BusConfig {
             shared: true,
+            // Two shards answered by one fake bus (their channels are apart anyway): the
+            // hub's routing of commands and events by shard is under test too.
+            shards: 2,
             gap_wait: Duration::from_millis(50),
             publish_budget: Duration::from_millis(100),
             retry_min: Duration::from_millis(50),
@@ -405,8 +408,8 @@ struct World {
     unwritten: HashMap<SocketId, VecDeque<usize>>,
     /// Connection ids the hub announced.
     connections: Vec<Id>,
-    /// Bus commands that want an answer, oldest first.
-    bus: Vec<BusCommand>,
+    /// Bus commands that want an answer, oldest first, with their shard.
+    bus: Vec<(usize, BusCommand)>,
 }
 
 impl World {
@@ -426,6 +429,7 @@ impl World {
         };
         world.drain();
         world.input(Input::Bus(0, BusEvent::LinkUp));
+        world.input(Input::Bus(1, BusEvent::LinkUp));
         world
     }
 
@@ -482,12 +486,12 @@ impl World {
                 }
                 Output::Verify { request, .. } => self.pending.push(request),
                 Output::Bus(
-                    _,
+                    shard,
                     command @ (BusCommand::Publish { .. }
                     | BusCommand::Subscribe { .. }
                     | BusCommand::Read { .. }
                     | BusCommand::Probe { .. }),
-                ) => self.bus.push(command),
+                ) => self.bus.push((shard, command)),
                 Output::Authorize(join) => self.joins.push(join.request),
                 Output::Event(HubEvent::IllegalTransition { connection_id, from, to }) => {
                     panic!("illegal transition {from:?} → {to:?} of {connection_id:?}")
@@ -671,13 +675,14 @@ impl World {
                     }
                 };
                 let channel = channel.clone();
-                self.input(Input::Bus(0, BusEvent::Message { channel, message }));
+                let shard = Channel::parse(&channel, "sb:").map_or(0, |c| shard_of(&c.wire(), 2));
+                self.input(Input::Bus(shard, BusEvent::Message { channel, message }));
             }
             Op::Answer(ref answer) => {
                 if self.bus.is_empty() {
                     return;
                 }
-                let command = self.bus.remove(usize::from(answer.which) % self.bus.len());
+                let (shard, command) = self.bus.remove(usize::from(answer.which) % self.bus.len());
                 let fail = || BusError("down".into());
                 let top = Top {
                     epoch: EPOCHS[usize::from(answer.epoch)].into(),
@@ -716,15 +721,15 @@ impl World {
                     }
                     _ => return,
                 };
-                self.input(Input::Bus(0, event));
+                self.input(Input::Bus(shard, event));
             }
             Op::Link(ref kind) => {
-                let event = match *kind {
+                let event = match *kind % 3 {
                     0 => BusEvent::LinkDown,
                     1 => BusEvent::LinkUp,
                     _ => BusEvent::Lagged,
                 };
-                self.input(Input::Bus(0, event));
+                self.input(Input::Bus(usize::from(*kind) / 3 % 2, event));
             }
             Op::Send { target } => {
                 match target {
