@@ -209,6 +209,20 @@ impl Member {
     }
 }
 
+/// Two instances sharing `redis`, with alice on the first and bob on the second in
+/// `conversation`, both subscribed and healthy.
+fn two_members(
+    redis: &RedisProcess,
+    conversation: &str,
+) -> (ServerProcess, ServerProcess, Member, Member) {
+    let (a, b) = (instance(redis), instance(redis));
+    let alice = join(&a, "alice", conversation);
+    let bob = join(&b, "bob", conversation);
+    wait_subscribers(redis, &format!("sb:{{conversation:{conversation}}}"), 2);
+    wait_healthy(&[&a, &b]);
+    (a, b, alice, bob)
+}
+
 /// Waits until `channel` has `count` subscribers on Redis.
 fn wait_subscribers(redis: &RedisProcess, channel: &str, count: u64) {
     assert!(
@@ -374,11 +388,7 @@ fn redis_killed_and_restarted_empty_loses_nothing_silently() {
 #[test]
 fn a_paused_redis_blocks_nothing_and_everything_converges() {
     let redis = RedisProcess::start();
-    let (a, b) = (instance(&redis), instance(&redis));
-    let mut alice = join(&a, "alice", "c7");
-    let mut bob = join(&b, "bob", "c7");
-    wait_subscribers(&redis, "sb:{conversation:c7}", 2);
-    wait_healthy(&[&a, &b]);
+    let (a, b, mut alice, mut bob) = two_members(&redis, "c7");
     say(&a, "c7", 1, "A");
     say(&b, "c7", 2, "B");
     alice.expect([1, 2]);
@@ -415,11 +425,7 @@ fn a_paused_redis_blocks_nothing_and_everything_converges() {
 #[test]
 fn client_pause_and_debug_sleep_block_nothing_and_everything_converges() {
     let redis = RedisProcess::start();
-    let (a, b) = (instance(&redis), instance(&redis));
-    let mut alice = join(&a, "alice", "c17");
-    let mut bob = join(&b, "bob", "c17");
-    wait_subscribers(&redis, "sb:{conversation:c17}", 2);
-    wait_healthy(&[&a, &b]);
+    let (a, b, mut alice, mut bob) = two_members(&redis, "c17");
     let mut n = 0;
     let stalls: [&[&str]; 2] = [&["CLIENT", "PAUSE", "3000", "ALL"], &["DEBUG", "SLEEP", "3"]];
     for stall in stalls {
@@ -449,11 +455,7 @@ fn client_pause_and_debug_sleep_block_nothing_and_everything_converges() {
 #[test]
 fn subscribers_cut_by_redis_are_resubscribed_and_lose_nothing() {
     let redis = RedisProcess::start();
-    let (a, b) = (instance(&redis), instance(&redis));
-    let mut alice = join(&a, "alice", "c8");
-    let mut bob = join(&b, "bob", "c8");
-    wait_subscribers(&redis, "sb:{conversation:c8}", 2);
-    wait_healthy(&[&a, &b]);
+    let (a, b, mut alice, mut bob) = two_members(&redis, "c8");
     say(&a, "c8", 1, "A");
     say(&b, "c8", 2, "B");
     alice.expect([1, 2]);
@@ -482,11 +484,7 @@ fn subscribers_cut_by_redis_are_resubscribed_and_lose_nothing() {
 #[test]
 fn a_deaf_subscriber_is_found_by_the_probe_and_renewed_and_loses_nothing() {
     let redis = RedisProcess::start();
-    let (a, b) = (instance(&redis), instance(&redis));
-    let mut alice = join(&a, "alice", "c9");
-    let mut bob = join(&b, "bob", "c9");
-    wait_subscribers(&redis, "sb:{conversation:c9}", 2);
-    wait_healthy(&[&a, &b]);
+    let (a, b, mut alice, mut bob) = two_members(&redis, "c9");
     say(&b, "c9", 1, "B");
     alice.expect([1]);
     bob.expect([1]);

@@ -394,6 +394,32 @@ impl FanOut {
     fn lossless(&self) -> bool {
         self.missing == 0 && self.duplicated == 0
     }
+
+    /// The table's rows for this phase (`cpu_note` follows the CPU seconds).
+    fn print(&self, name: &str, cpu_note: &str) {
+        println!(
+            "| {name}: delivered of expected (missing, duplicated) | {} of {} ({}, {}) |",
+            self.deliveries, self.expected, self.missing, self.duplicated
+        );
+        println!(
+            "| {name}: deliveries | {} in {:.2} s = {:.0}/s |",
+            self.deliveries,
+            self.seconds,
+            self.deliveries as f64 / self.seconds
+        );
+        println!(
+            "| {name}: per server CPU-second | {:.0} ({:.2} CPU-s{cpu_note}) |",
+            self.deliveries as f64 / self.cpu_seconds.max(0.01),
+            self.cpu_seconds
+        );
+        let ms = |us: u64| us as f64 / 1000.0;
+        println!(
+            "| {name}: end-to-end p50 / p99 / p999 | {:.2} ms / {:.2} ms / {:.2} ms |",
+            ms(self.p50_us),
+            ms(self.p99_us),
+            ms(self.p999_us)
+        );
+    }
 }
 
 /// How a phase publishes: as fast as the publishers go (`Closed`: each waits for its answer
@@ -770,27 +796,7 @@ fn main() {
         ("100 conversations × 10", &small),
     ];
     for (name, f) in phases {
-        println!(
-            "| fan-out {name}: delivered of expected (missing, duplicated) | {} of {} ({}, {}) |",
-            f.deliveries, f.expected, f.missing, f.duplicated
-        );
-        println!(
-            "| fan-out {name}: deliveries | {} in {:.2} s = {:.0}/s |",
-            f.deliveries,
-            f.seconds,
-            f.deliveries as f64 / f.seconds
-        );
-        println!(
-            "| fan-out {name}: per server CPU-second | {:.0} ({:.2} CPU-s) |",
-            f.deliveries as f64 / f.cpu_seconds.max(0.01),
-            f.cpu_seconds
-        );
-        println!(
-            "| fan-out {name}: end-to-end p50 / p99 / p999 | {:.2} ms / {:.2} ms / {:.2} ms |",
-            f.p50_us as f64 / 1000.0,
-            f.p99_us as f64 / 1000.0,
-            f.p999_us as f64 / 1000.0
-        );
+        f.print(&format!("fan-out {name}"), "");
     }
     println!(
         "| late deliveries (of an earlier phase, counted in none) | {} |",
@@ -881,24 +887,8 @@ impl Shared {
         println!(
             "| with Redis, every phase: missing / duplicated deliveries | {missing} / {duplicated} |"
         );
-        let f = &self.split;
-        println!(
-            "| with Redis, 1 × 1 000 split over two instances: deliveries | {} in {:.2} s = {:.0}/s |",
-            f.deliveries,
-            f.seconds,
-            f.deliveries as f64 / f.seconds
-        );
-        println!(
-            "| with Redis, 1 × 1 000 split: per server CPU-second (both instances) | {:.0} ({:.2} CPU-s; Redis {:.2} CPU-s) |",
-            f.deliveries as f64 / f.cpu_seconds.max(0.01),
-            f.cpu_seconds,
-            self.redis_cpu_seconds
-        );
-        println!(
-            "| with Redis, 1 × 1 000 split: end-to-end p50 / p99 | {:.2} ms / {:.2} ms |",
-            f.p50_us as f64 / 1000.0,
-            f.p99_us as f64 / 1000.0
-        );
+        let redis_cpu = format!("; Redis {:.2} CPU-s", self.redis_cpu_seconds);
+        self.split.print("with Redis, 1 × 1 000 split over two instances", &redis_cpu);
         let ms = |us: u64| us as f64 / 1000.0;
         let delta = |a: u64, b: u64| (b as f64 - a as f64) / 1000.0;
         for (name, (alone, hop)) in [("1 × 10", &self.hop_10), ("1 × 1 000", &self.hop_1000)] {
