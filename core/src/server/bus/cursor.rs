@@ -99,7 +99,7 @@ impl Cursor {
                 self.epoch = Some(epoch.to_owned());
                 self.delivered = offset.saturating_sub(1);
                 self.held.clear();
-                self.recent.clear();
+                self.forget_recent();
                 self.gap_since = None;
             }
             Some(_) => {}
@@ -148,7 +148,7 @@ impl Cursor {
             out.push(Step::Reset { epoch: Some(top.epoch.clone()), reason: "epoch_changed" });
             self.epoch = Some(top.epoch.clone());
             self.delivered = top.offset;
-            self.recent.clear();
+            self.forget_recent();
             self.held.retain(|_, (epoch, _)| *epoch == top.epoch);
             self.held.retain(|offset, _| *offset > top.offset);
             self.gap_since = None;
@@ -209,7 +209,7 @@ impl Cursor {
                 }
                 self.epoch = None;
                 self.delivered = 0;
-                self.recent.clear();
+                self.forget_recent();
                 self.held.clear();
                 self.gap_since = None;
                 false
@@ -222,7 +222,7 @@ impl Cursor {
                 out.push(Step::Reset { epoch: Some(top.epoch.clone()), reason: "epoch_changed" });
                 self.epoch = Some(top.epoch.clone());
                 self.delivered = top.offset;
-                self.recent.clear();
+                self.forget_recent();
                 self.held.clear();
                 self.gap_since = None;
                 false
@@ -254,9 +254,16 @@ impl Cursor {
         out.push(Step::Reset { epoch, reason: "rolled_back" });
         self.delivered = offset;
         self.held.clear();
-        self.recent.clear();
+        self.forget_recent();
         self.gap_since = None;
+    }
+
+    /// What was delivered so far can no longer be checked against the bus (the channel
+    /// started over, or was reset): forget it, and any check of it.
+    fn forget_recent(&mut self) {
+        self.recent.clear();
         self.verify = None;
+        self.checking = None;
     }
 
     fn wants_read(&mut self, now: Instant, top: u64) -> bool {
@@ -295,12 +302,14 @@ impl Cursor {
         self.delivered
     }
 
-    /// The read failed: try again later (the check too, if it was one).
+    /// The read failed (or could not be asked for): try again later, the check too if one
+    /// was due.
     pub fn read_failed(&mut self, now: Instant) {
         self.reading = false;
-        if self.checking.take().is_some() {
+        if self.checking.take().is_some() || self.verify.is_some() {
             self.verify = Some(now);
-        } else {
+        }
+        if self.gap_since.is_some() || self.verify.is_none() {
             self.gap_since = Some(now);
         }
     }
@@ -351,7 +360,7 @@ impl Cursor {
             None => {
                 self.epoch = None;
                 self.delivered = 0;
-                self.recent.clear();
+                self.forget_recent();
             }
         }
         self.gap_since = None;
@@ -545,6 +554,24 @@ mod tests {
         assert_eq!(cursor.start_read(), 6, "and reads from the last delivery");
         assert!(!cursor.history(T, history("e", 7, &[7]), 10, &mut out));
         assert_eq!(offsets(&out), ["5", "6", "7"], "no reset, nothing twice");
+    }
+
+    /// A check that cannot be made now (the link is down) waits `wait` before it is due again,
+    /// like a gap's read: it must not be due at once, over and over.
+    #[test]
+    fn a_check_that_could_not_be_made_waits_before_it_is_due_again() {
+        let mut cursor = Cursor::default();
+        let mut out = Vec::new();
+        cursor.start_at(T, None, &mut out);
+        cursor.offer(T, "e", 1, message(1), &mut out);
+        assert!(cursor.sweep(T, Some(&top("e", 1)), &mut out));
+        let wait = std::time::Duration::from_millis(100);
+        let later = T + std::time::Duration::from_secs(5);
+        cursor.read_failed(later);
+        assert_eq!(cursor.read_due(wait), Some(later + wait));
+        cursor.start_read();
+        cursor.read_failed(later + wait);
+        assert_eq!(cursor.read_due(wait), Some(later + wait + wait), "the check is kept");
     }
 
     #[test]
