@@ -50,17 +50,25 @@ impl Links {
         Links { links, next_delivery: 0 }
     }
 
+    /// The shard `name` (made only when there are several) lives on.
+    fn shard(&self, name: impl FnOnce() -> String) -> usize {
+        match self.links.len() {
+            1 => 0,
+            shards => shard_of(&name(), shards),
+        }
+    }
+
     fn of(&mut self, channel: &Channel) -> &mut Link {
-        let shard = shard_of(&channel.wire(), self.links.len());
+        let shard = self.shard(|| channel.wire());
         &mut self.links[shard]
     }
 
     fn of_ref(&self, channel: &Channel) -> &Link {
-        &self.links[shard_of(&channel.wire(), self.links.len())]
+        &self.links[self.shard(|| channel.wire())]
     }
 
     fn of_session(&mut self, connection_id: &Id) -> &mut Link {
-        let shard = shard_of(&format!("session:{connection_id}"), self.links.len());
+        let shard = self.shard(|| format!("session:{connection_id}"));
         &mut self.links[shard]
     }
 
