@@ -40,16 +40,25 @@ pub(super) struct Cursor {
     reading: bool,
     /// Delivered before their position was known (the bus was unreachable).
     early: VecDeque<Id>,
-    /// The last [`RECENT`] deliveries, as `(offset, fingerprint of the message id)`, oldest
-    /// first; the last is at `delivered`.
+    /// The last [`RECENT`] deliveries, as `(offset, fingerprint of the message id)`, in the
+    /// order delivered.
     recent: VecDeque<(u64, u64)>,
-    /// Since when a check that the bus still holds the last message delivered is wanted (see
-    /// [`Cursor::sweep`]): the next read starts at it rather than after it.
-    verify: Option<Instant>,
-    /// The read under way checks this: `(offset, fingerprint)` of the message delivered there.
-    /// Only a read asked for after the check was wanted can judge it: an older read may
-    /// predate the message.
-    checking: Option<(u64, u64)>,
+    /// A delivery to confirm with the bus (see [`Cursor::sweep`]).
+    check: Option<Check>,
+}
+
+/// The last message delivered when the link was renewed, to be found again in the history: if
+/// it is not there, the bus rolled back (and may have given its offset to another message).
+/// It is fixed when the check is wanted, not when its read goes out: whatever is delivered in
+/// between may already come from the rolled-back bus.
+#[derive(Debug, Clone, Copy)]
+struct Check {
+    offset: u64,
+    fingerprint: u64,
+    /// Since when the check is wanted (a read is due `gap_wait` after).
+    since: Instant,
+    /// A read that includes it is out: its answer judges.
+    asked: bool,
 }
 
 impl Cursor {
@@ -136,7 +145,7 @@ impl Cursor {
         out: &mut Vec<Step>,
     ) -> bool {
         self.reading = false;
-        let checking = self.checking.take();
+        let check = self.check.take_if(|check| check.asked);
         let Some(top) = history.top else {
             // The channel has no history at all any more.
             if self.delivered > 0 || !self.held.is_empty() {
@@ -155,14 +164,27 @@ impl Cursor {
             self.drain(out);
             return false;
         }
-        if let Some((at, seen)) = checking {
-            let held_there = history.entries.iter().find(|(offset, _)| *offset == at);
-            let same = held_there
+        if let Some(check) = check {
+            let found = history.entries.iter().find(|(offset, _)| *offset == check.offset);
+            let same = found
                 .and_then(|(_, entry)| RemoteMessage::decode(entry))
-                .is_some_and(|(_, message)| fingerprint(&message.id) == seen);
-            if !same {
-                // The message delivered last is not where it was: the bus rolled back (and may
-                // have given its offset to another message since).
+                .is_some_and(|(_, message)| fingerprint(&message.id) == check.fingerprint);
+            let evicted = found.is_none()
+                && top.offset >= check.offset
+                && history.entries.first().is_some_and(|(offset, _)| *offset > check.offset);
+            if !same && !evicted {
+                // The message is not where it was delivered: the bus rolled back. What was
+                // delivered after the read was made is of the bus as it is now: kept.
+                let since_read: Vec<(u64, u64)> =
+                    self.recent.iter().copied().filter(|(at, _)| *at > top.offset).collect();
+                self.roll_back_to(top.offset, None, out);
+                self.recent.extend(since_read);
+                self.drain(out);
+                return false;
+            }
+        }
+        for (offset, entry) in history.entries.iter().filter(|(at, _)| *at <= self.delivered) {
+            if RemoteMessage::decode(entry).is_some_and(|(_, m)| self.reused(*offset, &m.id)) {
                 self.roll_back_to(top.offset, None, out);
                 self.drain(out);
                 return false;
@@ -232,13 +254,19 @@ impl Cursor {
                 self.roll_back_to(top.offset, Some(&top.epoch), out);
                 false
             }
-            (Some(_), Some(_)) if self.delivered > 0 && !self.recent.is_empty() => {
+            (Some(top), Some(_)) => {
                 // The top alone cannot tell a rollback that was followed by new publishes:
                 // read from the last message delivered and check that it is still there.
-                self.verify.get_or_insert(now);
-                true
+                let last = self.recent.iter().rev().find(|(at, _)| *at == self.delivered);
+                match last {
+                    Some(&(offset, fingerprint)) => {
+                        let check = Check { offset, fingerprint, since: now, asked: false };
+                        self.check = Some(check);
+                        true
+                    }
+                    None => self.wants_read(now, top.offset),
+                }
             }
-            (Some(top), Some(_)) => self.wants_read(now, top.offset),
         }
     }
 
@@ -262,8 +290,7 @@ impl Cursor {
     /// started over, or was reset): forget it, and any check of it.
     fn forget_recent(&mut self) {
         self.recent.clear();
-        self.verify = None;
-        self.checking = None;
+        self.check = None;
     }
 
     fn wants_read(&mut self, now: Instant, top: u64) -> bool {
@@ -281,9 +308,10 @@ impl Cursor {
         if self.reading || !self.ready {
             return None;
         }
-        let since = match (self.gap_since, self.verify) {
-            (Some(gap), Some(verify)) => gap.min(verify),
-            (gap, verify) => gap.or(verify)?,
+        let check = self.check.filter(|c| !c.asked).map(|c| c.since);
+        let since = match (self.gap_since, check) {
+            (Some(gap), Some(check)) => gap.min(check),
+            (gap, check) => gap.or(check)?,
         };
         Some(since + wait)
     }
@@ -292,24 +320,24 @@ impl Cursor {
     /// the read must check that the bus still holds it).
     pub fn start_read(&mut self) -> u64 {
         self.reading = true;
-        if self.verify.take().is_some() {
-            let last = self.recent.back().filter(|(at, _)| *at == self.delivered);
-            if let Some(&(at, seen)) = last {
-                self.checking = Some((at, seen));
-                return at - 1;
+        match &mut self.check {
+            Some(check) => {
+                check.asked = true;
+                (check.offset - 1).min(self.delivered)
             }
+            None => self.delivered,
         }
-        self.delivered
     }
 
     /// The read failed (or could not be asked for): try again later, the check too if one
     /// was due.
     pub fn read_failed(&mut self, now: Instant) {
         self.reading = false;
-        if self.checking.take().is_some() || self.verify.is_some() {
-            self.verify = Some(now);
+        if let Some(check) = &mut self.check {
+            check.asked = false;
+            check.since = now;
         }
-        if self.gap_since.is_some() || self.verify.is_none() {
+        if self.gap_since.is_some() || self.check.is_none() {
             self.gap_since = Some(now);
         }
     }
@@ -325,10 +353,14 @@ impl Cursor {
 
     fn deliver(&mut self, epoch: String, offset: u64, message: RemoteMessage, out: &mut Vec<Step>) {
         self.delivered = offset;
+        let delivery = (offset, fingerprint(&message.id));
+        if self.recent.contains(&delivery) {
+            return; // Delivered already, just before a rollback was found.
+        }
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
-        self.recent.push_back((offset, fingerprint(&message.id)));
+        self.recent.push_back(delivery);
         if let Some(at) = self.early.iter().position(|id| *id == message.id) {
             self.early.remove(at);
             return;
@@ -551,9 +583,54 @@ mod tests {
         assert!(!cursor.history(T, history("e", 6, &[6]), 10, &mut out));
         assert_eq!(offsets(&out), ["5", "6", "7"]);
         assert!(cursor.read_due(wait).is_some(), "the check is still wanted");
-        assert_eq!(cursor.start_read(), 6, "and reads from the last delivery");
-        assert!(!cursor.history(T, history("e", 7, &[7]), 10, &mut out));
+        assert_eq!(cursor.start_read(), 4, "and reads from the last delivery at the sweep");
+        assert!(!cursor.history(T, history("e", 7, &[5, 6, 7]), 10, &mut out));
         assert_eq!(offsets(&out), ["5", "6", "7"], "no reset, nothing twice");
+    }
+
+    /// Found in review: what is checked is the last delivery when the link was renewed. A read
+    /// out before the sweep, answered by the rolled-back bus, delivers a message of the new
+    /// history; checking the last delivery when the check's read goes out would then check
+    /// that message and find it.
+    #[test]
+    fn the_check_is_of_the_last_delivery_at_the_sweep() {
+        let mut cursor = Cursor::default();
+        let mut out = Vec::new();
+        cursor.start_at(T, None, &mut out);
+        for n in 1..=5 {
+            cursor.offer(T, "e", n, message(n), &mut out);
+        }
+        cursor.start_read();
+        // Failover: the bus has 1 to 3 and then others at 4, 5 and 6.
+        assert!(cursor.sweep(T, Some(&top("e", 6)), &mut out));
+        let new = |n: u64| (n, other(n).encode());
+        let answer = |entries: Vec<(u64, Bytes)>| History { top: Some(top("e", 6)), entries };
+        assert!(!cursor.history(T, answer(vec![new(6)]), 10, &mut out));
+        assert_eq!(cursor.start_read(), 4);
+        assert!(!cursor.history(T, answer(vec![new(4), new(5), new(6)]), 10, &mut out));
+        cursor.offer(T, "e", 7, other(7), &mut out);
+        assert_eq!(offsets(&out), ["1", "2", "3", "4", "5", "6", "rolled_back", "7"]);
+    }
+
+    /// Found in review: a message of the new history delivered after the check's read was made
+    /// is not delivered again once the rollback is found.
+    #[test]
+    fn what_came_after_the_checks_read_is_not_delivered_again() {
+        let mut cursor = Cursor::default();
+        let mut out = Vec::new();
+        cursor.start_at(T, None, &mut out);
+        for n in 1..=5 {
+            cursor.offer(T, "e", n, message(n), &mut out);
+        }
+        assert!(cursor.sweep(T, Some(&top("e", 5)), &mut out));
+        assert_eq!(cursor.start_read(), 4);
+        cursor.offer(T, "e", 6, other(6), &mut out);
+        cursor.offer(T, "e", 7, other(7), &mut out);
+        let entries = vec![(5, other(5).encode()), (6, other(6).encode())];
+        assert!(!cursor.history(T, History { top: Some(top("e", 6)), entries }, 10, &mut out));
+        cursor.offer(T, "e", 7, other(7), &mut out);
+        cursor.offer(T, "e", 8, other(8), &mut out);
+        assert_eq!(offsets(&out), ["1", "2", "3", "4", "5", "6", "7", "rolled_back", "8"]);
     }
 
     /// A check that cannot be made now (the link is down) waits `wait` before it is due again,
