@@ -67,8 +67,13 @@ impl Links {
         &self.links[self.shard(|| channel.wire())]
     }
 
+    /// The shard a session's record lives on.
+    pub fn shard_of_session(&self, connection_id: &Id) -> usize {
+        self.shard(|| format!("session:{connection_id}"))
+    }
+
     fn of_session(&mut self, connection_id: &Id) -> &mut Link {
-        let shard = self.shard(|| format!("session:{connection_id}"));
+        let shard = self.shard_of_session(connection_id);
         &mut self.links[shard]
     }
 

@@ -121,12 +121,17 @@ impl Hub {
         }
     }
 
-    /// Carries out what the bus link decided: its commands go out, its deliveries to the
-    /// channels' local members.
-    pub(super) fn drain_link(&mut self, now: Instant) {
+    /// The bus links' commands go out now (not at the next round of deliveries).
+    pub(super) fn flush_bus_commands(&mut self) {
         while let Some((shard, command)) = self.links.poll_command() {
             self.outputs.push_back(Output::Bus(shard, command));
         }
+    }
+
+    /// Carries out what the bus link decided: its commands go out, its deliveries to the
+    /// channels' local members.
+    pub(super) fn drain_link(&mut self, now: Instant) {
+        self.flush_bus_commands();
         while let Some(delivery) = self.links.poll_delivery() {
             match delivery {
                 Delivery::Message { channel, frame, except, offset } => {
@@ -156,9 +161,7 @@ impl Hub {
         }
         if !self.waiting_replays.is_empty() {
             self.plan_waiting_replays(now);
-            while let Some((shard, command)) = self.links.poll_command() {
-                self.outputs.push_back(Output::Bus(shard, command));
-            }
+            self.flush_bus_commands();
         }
     }
 

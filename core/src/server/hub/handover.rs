@@ -24,6 +24,7 @@
 use super::Hub;
 use super::session::Key;
 use crate::protocol::{ChannelReset, ConnectionResume, Id, Position, SharedFrame, SystemMessage};
+use crate::server::ConnectionState;
 use crate::server::bus::{BusError, Channel, History, RemoteMessage, SessionRecord, Top};
 use crate::server::io::{HubEvent, JoinGrant, Output};
 use crate::time::Instant;
@@ -108,6 +109,27 @@ impl Hub {
         };
         let connection_id = session.connection_id.clone();
         self.links.save_session(&connection_id, record, ttl);
+        // Out now: until the record is on the bus, the client cannot resume elsewhere.
+        self.flush_bus_commands();
+    }
+
+    /// Shard `shard`'s link came (back) up: the records it keeps of the sessions held here are
+    /// written again. Some were written while it was down (and lost), or it restarted empty.
+    pub(super) fn save_records_on(&mut self, shard: usize) {
+        let resume_window = self.config.resume_window;
+        let records: Vec<(Key, Duration)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.is_member() && s.handover.is_none())
+            .filter(|(_, s)| self.links.shard_of_session(&s.connection_id) == shard)
+            .map(|(&key, s)| match s.state() {
+                ConnectionState::Reconnecting => (key, resume_window),
+                _ => (key, RECORD_TTL_WHILE_OPEN),
+            })
+            .collect();
+        for (key, ttl) in records {
+            self.save_record(key, ttl);
+        }
     }
 
     /// A session became active: its record goes on the bus.

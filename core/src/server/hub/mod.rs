@@ -24,7 +24,7 @@ mod routing;
 mod session;
 mod shutdown;
 
-use super::bus::{Channel, Links};
+use super::bus::{BusEvent, Channel, Links};
 use super::config::{HubConfig, InvalidConfig};
 use super::io::{HubEvent, Input, Output, SocketId};
 use super::members::Members;
@@ -204,7 +204,11 @@ impl Hub {
                 self.handle_join_verdict(now, request, verdict)
             }
             Input::Bus(shard, event) => {
+                let link_up = event == BusEvent::LinkUp;
                 self.links.handle_event(now, shard, event);
+                if link_up && self.config.bus.shared {
+                    self.save_records_on(shard);
+                }
                 self.drain_link(now);
             }
             Input::Timeout => self.handle_timeout(now),
