@@ -859,6 +859,8 @@ struct NativeLog {
     gaps: usize,
     resumed: usize,
     connected: usize,
+    /// Everything else it was told (closes, gaps, errors), for the report of a failure.
+    said: Vec<String>,
 }
 
 /// A graceful drain (SIGTERM) behind a load balancer: the drained instance tells its clients
@@ -888,13 +890,18 @@ fn a_drained_instances_clients_resume_on_the_other_with_nothing_lost() {
                         ClientEvent::Connected { resumed, .. } => {
                             log.connected += 1;
                             log.resumed += usize::from(resumed);
+                            log.said.push(format!("{event:?}"));
                         }
                         ClientEvent::Message { message, .. } => {
                             let frame: Value = serde_json::from_slice(&message.frame).unwrap();
                             log.got.extend(frame["payload"]["n"].as_u64());
                         }
-                        ClientEvent::Gap { .. } => log.gaps += 1,
-                        _ => {}
+                        ClientEvent::Gap { .. } => {
+                            log.gaps += 1;
+                            log.said.push(format!("{event:?}"));
+                        }
+                        ClientEvent::StateChange(_) => {}
+                        _ => log.said.push(format!("{event:?}")),
                     }
                 }
             })
