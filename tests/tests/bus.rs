@@ -344,6 +344,8 @@ fn a_resume_waits_for_its_channels_subscription_before_replaying() {
     assert!(resumed, "the session was taken over: {:?}", w.core[c].events);
     assert_eq!(w.core[c].received(), published, "every message once, in order");
     assert_eq!(w.core[c].gaps, 0, "nothing was lost");
+    // The new socket's own session, which the resume replaced, left no record behind.
+    assert_eq!(w.bus.session_records(), 1);
 }
 
 /// A Redis failover that lost the last writes (the replica was behind) keeps the epoch and
@@ -429,4 +431,6 @@ fn a_session_that_became_active_while_the_bus_was_down_resumes_elsewhere() {
     assert!(resumed, "the session was taken over: {:?}", w.core[c].events);
     assert_eq!(w.core[c].received(), published, "every message once, in order");
     assert_eq!(w.core[c].gaps, 0, "nothing was lost");
+    // The new socket's own session, which the resume replaced, left no record behind.
+    assert_eq!(w.bus.session_records(), 1);
 }

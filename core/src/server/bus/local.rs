@@ -170,6 +170,11 @@ impl LocalBus {
         });
     }
 
+    /// How many session records it keeps.
+    pub fn session_records(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// How many subscribers a channel has.
     pub fn subscribers(&self, channel: &str) -> usize {
         self.subscribers.get(channel).map_or(0, BTreeSet::len)

@@ -459,12 +459,15 @@ impl Hub {
         self.close(now, key, crate::protocol::CloseCode::SESSION_REPLACED, "resumed_elsewhere");
     }
 
-    /// Gives session `key` the connection id `id`.
+    /// Gives session `key` the connection id `id`; the record of the id it had (written when
+    /// it became active) goes, as nobody will resume that one.
     fn rename(&mut self, key: Key, id: Id) {
         let Some(session) = self.sessions.get_mut(&key) else { return };
         let fresh = std::mem::replace(&mut session.connection_id, id.clone());
         self.by_connection_id.remove(&fresh);
         self.by_connection_id.insert(id, key);
+        self.links.drop_session(&fresh);
+        self.flush_bus_commands();
     }
 }
 
