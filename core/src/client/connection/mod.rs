@@ -28,6 +28,10 @@ use crate::protocol::{
 /// Channels whose position a client keeps (it hears a conversation, its user and broadcast;
 /// the rest is room to spare, and a bound).
 const MAX_POSITIONS: usize = 8;
+/// Ids of the last application messages delivered, at most: a message among them is not
+/// delivered again (a resume on another instance replays from the last *position*, and
+/// messages delivered before the bus placed them have none).
+const RECENT_IDS: usize = 256;
 use crate::rng::Rng;
 use crate::time::{Instant, WallClock};
 use bytes::Bytes;
@@ -84,6 +88,8 @@ pub struct Client {
     /// The last position delivered per channel (a handful: the conversation, the user,
     /// broadcast), sent with a resume so that any instance can replay from them.
     positions: Vec<Position>,
+    /// The ids of the last [`RECENT_IDS`] application messages delivered, oldest first.
+    recent_ids: VecDeque<Id>,
     pending_resume: Option<PendingResume>,
     /// The server said (by a refused flow resume) that the next sequence jumps.
     expect_jump: bool,
@@ -144,6 +150,7 @@ impl Client {
             last_sequence: 0,
             last_message_id: None,
             positions: Vec::new(),
+            recent_ids: VecDeque::new(),
             pending_resume: None,
             expect_jump: false,
             heartbeat_interval,
@@ -208,11 +215,6 @@ impl Client {
         } else if self.positions.len() < MAX_POSITIONS {
             self.positions.push(position.clone());
         }
-    }
-
-    /// Forgets a channel's position (it was reset: what follows is another epoch).
-    pub(super) fn forget_position(&mut self, channel: &str) {
-        self.positions.retain(|p| p.channel != channel);
     }
 
     /// Where the client is, for a status display.

@@ -113,9 +113,11 @@ impl Client {
                     }
                 }
             }
+            // The position is kept: it is still the last message the client has. A resume
+            // elsewhere replays what came after it, or (another epoch, history gone) resets
+            // the channel again; without it, the replay would start where the session joined
+            // and bring again everything the client had.
             ServerFrame::ChannelReset { channel } => {
-                self.forget_position(&channel);
-                self.persist(now);
                 self.emit(ClientEvent::Gap { reason: "channel_reset", channel: Some(channel) })
             }
             ServerFrame::Other => {}
@@ -147,6 +149,14 @@ impl Client {
             }
             self.persist(now);
         }
+        if self.recent_ids.contains(&message.id) {
+            tracing::debug!(target: "protocol:client", id = %message.id, "dropping a message delivered before");
+            return;
+        }
+        if self.recent_ids.len() == super::RECENT_IDS {
+            self.recent_ids.pop_front();
+        }
+        self.recent_ids.push_back(message.id.clone());
         let subscribers = self.bus.publish(message.message_type.as_str());
         tracing::trace!(target: "protocol:bus", message_type = %message.message_type, subscribers = subscribers.len(), "delivering");
         self.emit(ClientEvent::Message { message, subscribers });
