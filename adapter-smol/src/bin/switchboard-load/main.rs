@@ -13,6 +13,7 @@
 //! measures the same fan-out across the two, the latency the Redis hop adds, and the publish
 //! function on its own.
 
+mod compare;
 mod redis;
 
 use async_net::TcpStream;
@@ -77,6 +78,13 @@ struct Args {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Measure this server binary too, alternating with `--server` (or the default) over
+    /// `--rounds` rounds, and print each figure's median for both and their ratio.
+    #[arg(long)]
+    compare: Option<std::path::PathBuf>,
+    /// Rounds of `--compare`.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Internal: run as a worker that holds connections to this server address for another
     /// `switchboard-load` (tokens on stdin, one per line, then an empty line; it prints
     /// `latency <µs>` per connection, then `done`, and holds them until stdin closes).
@@ -602,6 +610,9 @@ fn main() {
         .server
         .clone()
         .unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("switchboard"));
+    if let Some(other) = &args.compare {
+        return compare::compare(&binary, other, args.rounds);
+    }
     // With distinct tokens, this process is the identity provider: its key, its JWKS file.
     let issuer = args.distinct_tokens.then(|| {
         let issuer = DevIssuer::generate("https://load.switchboard.invalid/realms/load".into())
