@@ -467,3 +467,34 @@ fn a_channel_reset_then_a_resume_elsewhere_brings_nothing_twice() {
     assert!(received.iter().all(|n| !before.contains(n)), "{received:?}");
     assert_eq!(received[received.len() - 2..], published[published.len() - 2..]);
 }
+
+/// Found by the chaos run with two shards: a channel's Redis restarted empty while the session's
+/// record, on the other shard, survived. The resume elsewhere found the channel without any
+/// position and replayed nothing, without a word: what was published between the client's
+/// last message and the restart was gone. A client with a position in a channel the bus no
+/// longer has is told the channel was reset.
+#[test]
+fn a_channel_lost_with_its_redis_while_the_session_resumed_elsewhere_is_a_reset() {
+    let (mut w, _g) = world(2, HubConfig::default());
+    w.load_balancer = true;
+    let c = w.add_core_client("solo-user", core_config("solo"), 0);
+    w.core_input(c, ClientInput::Connect);
+    w.run_for(Duration::from_secs(2));
+    let before: Vec<u64> = (0..3).map(|_| w.publish(1, "solo", None)).collect();
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.core[c].received(), before);
+    w.crash(0);
+    let lost: Vec<u64> = (0..2).map(|_| w.publish(1, "solo", None)).collect();
+    w.run_for(Duration::from_millis(100));
+    // The channels' Redis restarts empty; the session records (another shard) are kept.
+    w.bus_outage();
+    w.bus_restored(true);
+    w.run_for(Duration::from_secs(30));
+    assert_eq!(w.core[c].node, 1, "the client came back through instance 1");
+    let after: Vec<u64> = (0..2).map(|_| w.publish(1, "solo", None)).collect();
+    w.run_for(Duration::from_secs(2));
+    let received = w.core[c].received();
+    assert!(lost.iter().all(|n| !received.contains(n)), "{received:?}");
+    assert!(w.core[c].gaps >= 1, "the client is told: {:?}", w.core[c].events);
+    assert_eq!(received[received.len() - 2..], after[..]);
+}

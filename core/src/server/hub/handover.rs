@@ -260,8 +260,14 @@ impl Hub {
             .find(|p| p.channel == wire)
             .map(|p| Top { epoch: p.epoch.clone(), offset: p.offset });
         let (from, here) = match (from, here) {
-            // Nothing has happened on the channel here.
-            (_, None) => return,
+            // Nothing has happened on the channel, before or since.
+            (None, None) => return,
+            // The client was somewhere in a channel the bus no longer has (its Redis
+            // restarted empty): what came after is gone.
+            (Some(_), None) => {
+                handover.invalid.push(channel.clone());
+                return;
+            }
             // The client may be further on than this instance (whose copy of the last messages
             // is still on its way): the read then only checks that the bus is not behind the
             // client (rolled back by a failover), and brings what came after the client.
