@@ -498,3 +498,22 @@ fn a_channel_lost_with_its_redis_while_the_session_resumed_elsewhere_is_a_reset(
     assert!(w.core[c].gaps >= 1, "the client is told: {:?}", w.core[c].events);
     assert_eq!(received[received.len() - 2..], after[..]);
 }
+
+/// Found by the chaos run: an instance drained (SIGTERM) right after its publish API
+/// acknowledged a message, and exited before the message reached the bus: acknowledged, and
+/// lost for everyone. The drain is over only once the bus has every publish.
+#[test]
+fn a_drain_waits_for_its_publishes_to_reach_the_bus() {
+    use switchboard_core::server::{HubEvent, Input};
+    let (mut w, _g) = world(2, HubConfig::default());
+    let [_, there] = members(&mut w, 2, "conv")[..] else { unreachable!() };
+    w.bus_latency_ms = 200;
+    let n = w.publish(0, "conv", None);
+    w.input(0, Input::Shutdown);
+    w.run_for(Duration::from_millis(50));
+    assert!(w.nodes[0].hub.bus_pending() > 0, "the publish is on its way");
+    assert!(!w.nodes[0].events.contains(&HubEvent::Drained), "not drained before it arrived");
+    w.settle();
+    assert!(w.nodes[0].events.contains(&HubEvent::Drained));
+    assert_eq!(w.clients[there].numbers(), [n]);
+}

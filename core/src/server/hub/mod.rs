@@ -210,6 +210,7 @@ impl Hub {
                     self.save_records_on(shard);
                 }
                 self.drain_link(now);
+                self.check_drained();
             }
             Input::Timeout => self.handle_timeout(now),
             Input::Shutdown => self.handle_shutdown(now),

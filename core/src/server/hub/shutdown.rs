@@ -41,8 +41,15 @@ impl Hub {
         self.check_drained();
     }
 
+    /// Drained: every socket closed, and every own publish on the bus (the publish API
+    /// acknowledged them; exiting before the bus has them would lose them for everyone). With
+    /// the bus unreachable the drain waits until the adapter's grace period ends it.
     pub(super) fn check_drained(&mut self) {
-        if self.shutting_down && !self.drained && self.sockets.is_empty() && self.closing.is_empty()
+        if self.shutting_down
+            && !self.drained
+            && self.sockets.is_empty()
+            && self.closing.is_empty()
+            && self.links.pending_publishes() == 0
         {
             self.drained = true;
             self.outputs.push_back(Output::Event(HubEvent::Drained));
