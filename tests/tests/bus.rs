@@ -302,6 +302,18 @@ fn a_session_too_old_for_the_history_is_a_gap_for_that_channel_only() {
     }
 }
 
+/// Client `c` resumed its session on another instance and has every one of `published` once,
+/// in order, without a gap; the new socket's own session, which the resume replaced, left no
+/// record on the bus.
+fn assert_taken_over_with_everything(w: &World, c: usize, published: &[u64]) {
+    let resumed =
+        w.core[c].events.iter().any(|e| matches!(e, ClientEvent::Connected { resumed: true, .. }));
+    assert!(resumed, "the session was taken over: {:?}", w.core[c].events);
+    assert_eq!(w.core[c].received(), published, "every message once, in order");
+    assert_eq!(w.core[c].gaps, 0, "nothing was lost");
+    assert_eq!(w.bus.session_records(), 1);
+}
+
 /// Found by the chaos run: the instance a client resumes on failed to subscribe the channel
 /// (Redis paused; the retry is 2 s away), and the claim went through in between. The replay
 /// must wait for the subscription: replaying up to an unknown point skipped everything the
@@ -339,13 +351,7 @@ fn a_resume_waits_for_its_channels_subscription_before_replaying() {
     published.extend((0..2).map(|_| w.publish(1, "solo", None)));
     w.run_for(Duration::from_secs(30));
 
-    let resumed =
-        w.core[c].events.iter().any(|e| matches!(e, ClientEvent::Connected { resumed: true, .. }));
-    assert!(resumed, "the session was taken over: {:?}", w.core[c].events);
-    assert_eq!(w.core[c].received(), published, "every message once, in order");
-    assert_eq!(w.core[c].gaps, 0, "nothing was lost");
-    // The new socket's own session, which the resume replaced, left no record behind.
-    assert_eq!(w.bus.session_records(), 1);
+    assert_taken_over_with_everything(&w, c, &published);
 }
 
 /// A Redis failover that lost the last writes (the replica was behind) keeps the epoch and
@@ -426,13 +432,7 @@ fn a_session_that_became_active_while_the_bus_was_down_resumes_elsewhere() {
     published.extend((0..3).map(|_| w.publish(1, "solo", None)));
     w.run_for(Duration::from_secs(30));
     assert_eq!(w.core[c].node, 1, "the client came back through instance 1");
-    let resumed =
-        w.core[c].events.iter().any(|e| matches!(e, ClientEvent::Connected { resumed: true, .. }));
-    assert!(resumed, "the session was taken over: {:?}", w.core[c].events);
-    assert_eq!(w.core[c].received(), published, "every message once, in order");
-    assert_eq!(w.core[c].gaps, 0, "nothing was lost");
-    // The new socket's own session, which the resume replaced, left no record behind.
-    assert_eq!(w.bus.session_records(), 1);
+    assert_taken_over_with_everything(&w, c, &published);
 }
 
 /// Found by the chaos run: a client whose channel was reset (here: the bus was out while its
