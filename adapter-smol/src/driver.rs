@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use switchboard_core::protocol::CloseCode;
 use switchboard_core::server::{
-    AuthFailure, BusCommand, Hub, HubEvent, HubStats, Input, OpenRequest, Outgoing, Output,
+    AuthFailure, BusCommand, Frame, Hub, HubEvent, HubStats, Input, OpenRequest, Outgoing, Output,
     RefusedSend, SocketId, Target,
 };
 use switchboard_core::time::Instant;
@@ -35,11 +35,15 @@ enum Wake {
     Ended,
 }
 
-/// What a socket's writer is told.
+/// What a socket's writer writes.
 #[derive(Debug)]
 pub enum Write {
-    Frame(Bytes),
+    /// A text frame, from the hub.
+    Frame(Frame),
+    /// A close frame, from the hub; the writer writes nothing after it.
     Close(CloseCode, &'static str),
+    /// The answer to a ping the socket's reader got (never from the driver).
+    Pong(Bytes),
 }
 
 /// What reaches the driver.
@@ -117,6 +121,9 @@ pub struct Driver {
     writers: HashMap<SocketId, OutboxSender<Write>>,
     /// Answers decided on the spot, fed to the hub once the outputs at hand are carried out.
     ready: VecDeque<Input>,
+    /// Frames and bytes handed to writers since the metrics were last told (once per drain,
+    /// not once per frame of a fan-out).
+    sent: (u64, u64),
 }
 
 impl std::fmt::Debug for Driver {
@@ -151,6 +158,7 @@ impl Driver {
             buses: Vec::new(),
             writers: HashMap::new(),
             ready: VecDeque::new(),
+            sent: (0, 0),
         }
     }
 
@@ -260,16 +268,22 @@ impl Driver {
             while let Some(output) = self.hub.poll_output() {
                 drained |= self.carry_out(output);
             }
-            let Some(input) = self.ready.pop_front() else { return drained };
+            let Some(input) = self.ready.pop_front() else { break };
             self.hub.handle_input(self.clock.now(), input);
         }
+        if self.sent.0 > 0 {
+            let (frames, bytes) = std::mem::take(&mut self.sent);
+            self.metrics.sent(frames, bytes);
+        }
+        drained
     }
 
     /// Carries out one output; returns whether it was the hub's report that it drained.
     fn carry_out(&mut self, output: Output) -> bool {
         match output {
             Output::Send { socket, frame } => {
-                self.metrics.sent(frame.len());
+                self.sent.0 += 1;
+                self.sent.1 += frame.len() as u64;
                 if let Some(writer) = self.writers.get(&socket) {
                     writer.push(Write::Frame(frame));
                 }

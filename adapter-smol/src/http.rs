@@ -289,17 +289,19 @@ impl App {
                 // (usually nothing), so the buffer is not kept for the socket's whole life.
                 let prefix = Bytes::copy_from_slice(&parts.read_buf);
                 drop(parts.read_buf);
-                let io = Prefixed { prefix, inner: parts.io.into_inner() };
+                let stream = parts.io.into_inner();
+                let reading = ReadSide { prefix, inner: stream.clone() };
                 let _open = app.metrics.socket_opened();
                 let _from_ip = from_ip;
                 let ws =
-                    WebSocketStream::from_raw_socket(io, Role::Server, Some(app.ws_config)).await;
+                    WebSocketStream::from_raw_socket(reading, Role::Server, Some(app.ws_config))
+                        .await;
                 let socket = SocketId(app.next_socket.fetch_add(1, Ordering::Relaxed));
                 let (writer, writes) = crate::outbox::outbox::<Write>();
                 if app.commands.send(Command::Open { socket, writer, request: open }).await.is_ok()
                 {
-                    socket::run(ws, socket, app.commands.clone(), app.written.clone(), writes)
-                        .await;
+                    let (commands, written) = (app.commands.clone(), app.written.clone());
+                    socket::run(ws, stream, socket, commands, written, writes).await;
                 }
             })
             .detach();
@@ -478,13 +480,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The upgraded TCP stream, with whatever hyper had already read in front.
-struct Prefixed {
+/// The upgraded TCP stream as tungstenite reads it: with whatever hyper had already read in
+/// front, and without a write side. What tungstenite would write (its automatic answers to a
+/// ping or a close) is dropped: the socket's writer writes every frame itself (see
+/// [`crate::socket`]), on the same stream.
+struct ReadSide {
     prefix: Bytes,
     inner: TcpStream,
 }
 
-impl AsyncRead for Prefixed {
+impl AsyncRead for ReadSide {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -500,19 +505,19 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl AsyncWrite for ReadSide {
     fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        Poll::Ready(Ok(buf.len()))
     }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_close(cx)
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub(crate) mod driver;
+mod frames;
 mod http;
 pub mod metrics;
 mod outbox;

@@ -329,10 +329,10 @@ impl Metrics {
         self.bus_failures.get_or_create(&KindLabel { kind }).inc();
     }
 
-    /// Counts one frame sent.
-    pub fn sent(&self, bytes: usize) {
-        self.messages_out.inc();
-        self.bytes_out.inc_by(bytes as u64);
+    /// Counts frames sent (handed to sockets' writers).
+    pub fn sent(&self, frames: u64, bytes: u64) {
+        self.messages_out.inc_by(frames);
+        self.bytes_out.inc_by(bytes);
     }
 
     /// The Prometheus text exposition, with the gauges taken from `stats` and `bus`.

@@ -16,7 +16,7 @@ use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 /// The driver's end. Dropping it closes the mailbox: the writer gets what is left, then ends.
 #[derive(Debug)]
@@ -76,21 +76,24 @@ impl<T> Drop for OutboxSender<T> {
 }
 
 impl<T> OutboxReceiver<T> {
-    /// Waits until there is something to take (`true`), or the sender is gone and nothing is
-    /// left (`false`).
-    pub async fn ready(&self) -> bool {
-        poll_fn(|cx| {
-            self.0.waker.register(cx.waker());
-            let state = self.0.lock();
-            if !state.items.is_empty() {
-                Poll::Ready(true)
-            } else if state.closed {
-                Poll::Ready(false)
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
+    /// Whether there is something to take (`true`), or the sender is gone and nothing is left
+    /// (`false`); pending otherwise. A writer that waits on more than the mailbox is woken for
+    /// it by [`Self::wake`].
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        self.0.waker.register(cx.waker());
+        let state = self.0.lock();
+        if !state.items.is_empty() {
+            Poll::Ready(true)
+        } else if state.closed {
+            Poll::Ready(false)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Wakes the writer waiting in [`Self::poll_ready`], for something else it waits on.
+    pub fn wake(&self) {
+        self.0.waker.wake();
     }
 
     /// Waits until the sender is gone (whatever is still waiting).
@@ -125,7 +128,7 @@ mod tests {
             for i in 0..5 {
                 sender.push(i);
             }
-            assert!(receiver.ready().await);
+            assert!(poll_fn(|cx| receiver.poll_ready(cx)).await);
             let mut batch = VecDeque::new();
             receiver.take_all(&mut batch);
             assert_eq!(batch.drain(..).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
@@ -133,10 +136,13 @@ mod tests {
             sender.push(5);
             drop(sender);
             receiver.closed().await;
-            assert!(receiver.ready().await, "what was sent before the close is still taken");
+            assert!(
+                poll_fn(|cx| receiver.poll_ready(cx)).await,
+                "what was sent before the close is still taken"
+            );
             receiver.take_all(&mut batch);
             assert_eq!(batch.drain(..).collect::<Vec<_>>(), [5]);
-            assert!(!receiver.ready().await);
+            assert!(!poll_fn(|cx| receiver.poll_ready(cx)).await);
         });
     }
 
@@ -147,7 +153,7 @@ mod tests {
         let writer = executor.spawn(async move {
             let mut seen = Vec::new();
             let mut batch = VecDeque::new();
-            while receiver.ready().await {
+            while poll_fn(|cx| receiver.poll_ready(cx)).await {
                 receiver.take_all(&mut batch);
                 seen.extend(batch.drain(..));
             }

@@ -213,11 +213,9 @@ impl Server {
             next_socket: AtomicU64::new(1),
             ws_config: WebSocketConfig::default()
                 .read_buffer_size(1024)
-                // Frames queue in tungstenite's buffer until the writer flushes its batch, and
-                // go out in one write() per 8 KiB. tungstenite never shrinks that buffer: a
-                // socket keeps the room of its largest batch, so it is kept small.
-                .write_buffer_size(8 * 1024)
-                .max_write_buffer_size(settings.hub.max_outbound_bytes + 64 * 1024)
+                // tungstenite only reads (the socket's writer writes every frame itself); what
+                // it would write, its automatic replies, is dropped without being buffered.
+                .write_buffer_size(0)
                 // The hub answers oversized frames with a proper error and 1009, up to four
                 // times its limit (plus 64 KiB); tungstenite drops the socket on anything larger,
                 // so no one frame costs more memory than that.

@@ -471,6 +471,7 @@ impl World {
         while let Some(output) = self.hub.poll_output() {
             match output {
                 Output::Send { socket, frame } => {
+                    let frame = frame.to_bytes();
                     assert!(!self.dead.contains(&socket), "Send to closed {socket:?}: {frame:?}");
                     let envelope = Envelope::parse(&frame, usize::MAX).unwrap_or_else(|e| {
                         panic!("the hub sent an invalid frame ({e}): {frame:?}")

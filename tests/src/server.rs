@@ -456,12 +456,35 @@ impl TestClient {
         })
     }
 
-    /// Closes the socket with this close code and waits for the server's answer.
-    pub fn close_with(mut self, code: u16) {
+    /// Closes the socket with this close code and waits for the server's answer; returns the
+    /// code the server answered with.
+    pub fn close_with(mut self, code: u16) -> Option<CloseCode> {
         use async_tungstenite::tungstenite::protocol::CloseFrame;
         let frame = CloseFrame { code: code.into(), reason: "".into() };
         let _ = smol::block_on(self.ws.send(Message::Close(Some(frame))));
-        let _ = self.until_closed();
+        self.until_closed().0
+    }
+
+    /// Sends a WebSocket ping and returns the payload of the next pong (messages before it are
+    /// skipped), within 10 s.
+    pub fn ping(&mut self, payload: &[u8]) -> Vec<u8> {
+        smol::block_on(async {
+            self.ws.send(Message::Ping(payload.to_vec().into())).await.unwrap();
+            let next = async {
+                loop {
+                    match self.ws.next().await {
+                        Some(Ok(Message::Pong(payload))) => return payload.to_vec(),
+                        Some(Ok(_)) => continue,
+                        other => panic!("closed ({other:?}) where a pong was expected"),
+                    }
+                }
+            };
+            let guard = async {
+                smol::Timer::after(Duration::from_secs(10)).await;
+                panic!("no pong within 10 s");
+            };
+            smol::future::or(next, guard).await
+        })
     }
 
     /// Sends raw text.

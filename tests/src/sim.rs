@@ -785,6 +785,7 @@ impl World {
         let config = self.nodes[node].hub.config().clone();
         match output {
             Output::Send { socket, frame } => {
+                let frame = frame.to_bytes();
                 self.trace = fnv(self.trace, &socket.0.to_le_bytes());
                 self.trace = fnv(self.trace, &frame);
                 let n = &mut self.nodes[node];

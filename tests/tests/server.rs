@@ -79,6 +79,23 @@ fn test_full_connection_lifecycle() {
 }
 
 #[test]
+fn websocket_pings_and_closes_are_answered() {
+    let (server, keys) = server(&[]);
+    let token = sign(&keys.primary, &claims("alice"));
+    let mut client = TestClient::connect(server.addr, &format!("token={token}"));
+    established(&mut client);
+    assert_eq!(client.ping(b"are you there"), b"are you there");
+    assert_eq!(client.ping(b""), b"");
+    // The session goes on after the pings.
+    client.send("data.x.y", "{}");
+    assert_eq!(client.close_with(4100), Some(CloseCode(4100)), "the close code is echoed");
+
+    let mut client = TestClient::connect(server.addr, &format!("token={token}"));
+    established(&mut client);
+    assert_eq!(client.close_with(1000), Some(CloseCode::NORMAL));
+}
+
+#[test]
 fn test_connection_with_conversation_id() {
     let (server, keys) = server(&["--api-key", "k3y"]);
     let token = sign(&keys.primary, &claims("alice"));

@@ -3,6 +3,8 @@
 use super::{Envelope, Position};
 use bytes::Bytes;
 
+const SEQUENCE_KEY: &[u8] = b",\"sequence\":";
+
 /// An envelope encoded once, without `sequence`, to be sent to many sessions.
 ///
 /// Each recipient's frame differs only in its `sequence`, which the encoding puts last, so a
@@ -47,20 +49,35 @@ impl SharedFrame {
         self.0.clone()
     }
 
-    /// The frame for a recipient whose sequence for it is `sequence`.
+    /// The frame for a recipient whose sequence for it is `sequence`, as one buffer (an
+    /// adapter that can write several slices at once writes [`Self::body`] and
+    /// [`Self::write_sequence_suffix`] instead, and never copies the body).
     pub fn with_sequence(&self, sequence: u64) -> Bytes {
-        const KEY: &[u8] = b",\"sequence\":";
-        let body = &self.0[..self.0.len().saturating_sub(1)];
-        let digits = sequence.checked_ilog10().unwrap_or(0) as usize + 1;
+        let body = self.body();
         // Exactly the length: a `Vec` whose capacity equals its length becomes a `Bytes`
         // without a second allocation (and drops without an atomic reference count).
-        let mut frame = Vec::with_capacity(body.len() + KEY.len() + digits + 1);
+        let mut frame = Vec::with_capacity(body.len() + Self::sequence_suffix_len(sequence));
         frame.extend_from_slice(body);
-        frame.extend_from_slice(KEY);
-        super::envelope::write_u64(&mut frame, sequence);
-        frame.push(b'}');
+        Self::write_sequence_suffix(sequence, &mut frame);
         debug_assert_eq!(frame.len(), frame.capacity());
         Bytes::from(frame)
+    }
+
+    /// What every recipient's frame starts with: the encoding without its closing `}`.
+    pub fn body(&self) -> &[u8] {
+        &self.0[..self.0.len().saturating_sub(1)]
+    }
+
+    /// Appends what a recipient's frame ends with after [`Self::body`]: `,"sequence":N}`.
+    pub fn write_sequence_suffix(sequence: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(SEQUENCE_KEY);
+        super::envelope::write_u64(out, sequence);
+        out.push(b'}');
+    }
+
+    /// The length of [`Self::write_sequence_suffix`]'s bytes.
+    pub fn sequence_suffix_len(sequence: u64) -> usize {
+        SEQUENCE_KEY.len() + sequence.checked_ilog10().unwrap_or(0) as usize + 2
     }
 
     /// The encoded length without a sequence.

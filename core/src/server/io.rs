@@ -1,7 +1,7 @@
 //! What goes into the hub and what comes out.
 
 use super::bus::{BusCommand, BusEvent, Channel};
-use crate::protocol::{CloseCode, Envelope, Id, Plane};
+use crate::protocol::{CloseCode, Envelope, Id, Plane, SharedFrame};
 use crate::server::state::ConnectionState;
 use bytes::Bytes;
 use std::fmt;
@@ -295,11 +295,49 @@ impl fmt::Debug for Input {
     }
 }
 
+/// A text frame for one socket.
+///
+/// A message for many recipients stays one shared encoding plus each recipient's sequence: an
+/// adapter that writes several slices at once writes [`SharedFrame::body`] from the shared
+/// bytes and only the short suffix from its own, so a fan-out copies no message body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A frame of its own (a system message, an answer).
+    Whole(Bytes),
+    /// A shared message with this recipient's `sequence` spliced in last.
+    Sequenced(SharedFrame, u64),
+}
+
+impl Frame {
+    /// The frame's length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Whole(bytes) => bytes.len(),
+            Frame::Sequenced(shared, sequence) => {
+                shared.body().len() + SharedFrame::sequence_suffix_len(*sequence)
+            }
+        }
+    }
+
+    /// Never true for a frame the hub sends; here for completeness.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame as one buffer (a copy for a sequenced frame).
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            Frame::Whole(bytes) => bytes.clone(),
+            Frame::Sequenced(shared, sequence) => shared.with_sequence(*sequence),
+        }
+    }
+}
+
 /// The outputs, drained with [`super::Hub::poll_output`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Send this text frame.
-    Send { socket: SocketId, frame: Bytes },
+    Send { socket: SocketId, frame: Frame },
     /// Close the socket with this code; the hub sends nothing more to it.
     Close { socket: SocketId, code: CloseCode, reason: &'static str },
     /// Verify these credentials and answer with [`Input::AuthVerdict`].

@@ -74,7 +74,7 @@ pub use bus::{
 pub use config::{BusConfig, HubConfig, InvalidConfig, RateLimit};
 pub use hub::{ConnectionInfo, Hub, HubStats};
 pub use io::{
-    AuthFailure, Credentials, HubEvent, Input, JoinGrant, JoinId, JoinRefusal, JoinRequest,
+    AuthFailure, Credentials, Frame, HubEvent, Input, JoinGrant, JoinId, JoinRefusal, JoinRequest,
     OpenRequest, Output, Principal, RefusedSend, SocketId, VerifyId,
 };
 pub use rate_limit::{RateLimiter, RateVerdict};

@@ -7,7 +7,7 @@ use crate::protocol::ChannelReset;
 use crate::protocol::{CloseCode, Id, SharedFrame, SystemMessage};
 use crate::server::bus::{Channel, Delivery, RemoteMessage};
 use crate::server::config::HubConfig;
-use crate::server::io::{HubEvent, Output, RefusedSend};
+use crate::server::io::{Frame, HubEvent, Output, RefusedSend};
 use crate::server::router::{Outgoing, Target};
 use crate::server::state::ConnectionState;
 use crate::time::Instant;
@@ -38,7 +38,7 @@ fn pump_session(config: &HubConfig, session: &mut Session, outputs: &mut VecDequ
     while session.sent_through + 1 < session.next_sequence {
         let sequence = session.sent_through + 1;
         let Some(frame) = session.replay.get(sequence) else { return Pump::FellBehind };
-        let frame = frame.with_sequence(sequence);
+        let frame = Frame::Sequenced(frame.clone(), sequence);
         if !window_has_room(config, session, frame.len()) {
             break;
         }
@@ -327,7 +327,7 @@ impl Hub {
             self.close(now, key, CloseCode::SLOW_CONSUMER, "slow_consumer");
             return false;
         }
-        send_on(session, socket, frame, 0, &mut self.outputs);
+        send_on(session, socket, Frame::Whole(frame), 0, &mut self.outputs);
         true
     }
 

@@ -8,13 +8,12 @@
 
 use crate::protocol::{ConnectionResume, Id};
 use crate::server::config::HubConfig;
-use crate::server::io::{Output, Principal, SocketId};
+use crate::server::io::{Frame, Output, Principal, SocketId};
 use crate::server::rate_limit::RateLimiter;
 use crate::server::replay::ReplayBuffer;
 use crate::server::state::{ConnectionState, StateMachine};
 use crate::server::timers::TimerKind;
 use crate::time::Instant;
-use bytes::Bytes;
 use std::collections::VecDeque;
 
 /// Internal handle of a session; increasing, never reused.
@@ -139,7 +138,7 @@ pub(super) fn window_has_room(config: &HubConfig, session: &Session, bytes: usiz
 pub(super) fn send_on(
     session: &mut Session,
     socket: SocketId,
-    frame: Bytes,
+    frame: Frame,
     sequence: u64,
     outputs: &mut VecDeque<Output>,
 ) {

@@ -1,0 +1,250 @@
+//! Server frames, written by hand: a batch of frames goes out in as few `writev` calls as the
+//! kernel takes, and a message shared by many sockets is never copied for any of them.
+//!
+//! A server's frames are not masked, so a text frame is a header of 2, 4 or 10 bytes followed
+//! by the text. For a fan-out the text is the shared encoding's body (read in place from the
+//! hub's one copy) and the recipient's `,"sequence":N}`: only the header and that suffix are
+//! written into this socket's scratch buffer, and the kernel gathers the rest. The hub encoded
+//! the text, so it is valid UTF-8 and is not checked again here. Reading stays with tungstenite
+//! (see [`crate::socket`]).
+
+use crate::driver::Write;
+use futures_util::AsyncWrite;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use switchboard_core::protocol::SharedFrame;
+use switchboard_core::server::Frame;
+
+const FIN: u8 = 0x80;
+const TEXT: u8 = 0x1;
+const CLOSE: u8 = 0x8;
+const PONG: u8 = 0xA;
+
+/// Control frames carry at most 125 bytes (RFC 6455, 5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// A socket's buffers for writing: the bytes of its own (headers, suffixes, control frames)
+/// and where the shared bodies go between them. Kept between batches, and given back after a
+/// burst (see [`Scratch::trim`]).
+#[derive(Debug, Default)]
+pub struct Scratch {
+    own: Vec<u8>,
+    /// For each frame with a shared body, in order: how much of `own` comes before it.
+    cuts: Vec<usize>,
+}
+
+impl Scratch {
+    /// Drops buffers grown past `max_bytes` of own bytes, rather than keep a burst's room for
+    /// the socket's whole life.
+    pub fn trim(&mut self, max_bytes: usize) {
+        if self.own.capacity() > max_bytes {
+            *self = Scratch::default();
+        }
+    }
+}
+
+/// Writes `writes` in order, up to and including the first close (nothing follows a close).
+pub async fn write_all<W>(io: &mut W, writes: &[Write], scratch: &mut Scratch) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let writes = match writes.iter().position(|w| matches!(w, Write::Close(..))) {
+        Some(close) => &writes[..=close],
+        None => writes,
+    };
+    let Scratch { own, cuts } = scratch;
+    own.clear();
+    cuts.clear();
+    for write in writes {
+        encode_own_part(write, own, cuts);
+    }
+    let mut slices = Vec::with_capacity(2 * cuts.len() + 1);
+    let mut from = 0;
+    for (&cut, shared) in cuts.iter().zip(writes.iter().filter_map(shared_part)) {
+        if cut > from {
+            slices.push(IoSlice::new(&own[from..cut]));
+        }
+        slices.push(IoSlice::new(shared));
+        from = cut;
+    }
+    if own.len() > from {
+        slices.push(IoSlice::new(&own[from..]));
+    }
+    write_vectored_all(io, &mut slices).await
+}
+
+/// Appends the parts of `write` that are this socket's own: the header, then the suffix of a
+/// sequenced frame or the payload of a control frame. Records in `cuts` where a shared body
+/// goes.
+fn encode_own_part(write: &Write, own: &mut Vec<u8>, cuts: &mut Vec<usize>) {
+    match write {
+        Write::Frame(frame) => {
+            header(TEXT, frame.len(), own);
+            cuts.push(own.len());
+            if let Frame::Sequenced(_, sequence) = frame {
+                SharedFrame::write_sequence_suffix(*sequence, own);
+            }
+        }
+        Write::Pong(payload) => {
+            let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
+            header(PONG, payload.len(), own);
+            own.extend_from_slice(payload);
+        }
+        Write::Close(code, reason) => {
+            let reason = truncated(reason, MAX_CONTROL_PAYLOAD - 2);
+            header(CLOSE, 2 + reason.len(), own);
+            own.extend_from_slice(&code.0.to_be_bytes());
+            own.extend_from_slice(reason.as_bytes());
+        }
+    }
+}
+
+/// The part of `write` read in place from bytes the hub shares.
+fn shared_part(write: &Write) -> Option<&[u8]> {
+    match write {
+        Write::Frame(Frame::Whole(bytes)) => Some(bytes),
+        Write::Frame(Frame::Sequenced(shared, _)) => Some(shared.body()),
+        Write::Pong(_) | Write::Close(..) => None,
+    }
+}
+
+/// A frame header: FIN, the opcode, no mask, the payload length in the shortest form.
+fn header(opcode: u8, len: usize, out: &mut Vec<u8>) {
+    out.push(FIN | opcode);
+    if len < 126 {
+        out.push(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        out.push(126);
+        out.extend_from_slice(&len.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Writes every slice, however few bytes each `writev` takes.
+async fn write_vectored_all<W>(io: &mut W, mut slices: &mut [IoSlice<'_>]) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    while !slices.is_empty() {
+        let written = poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, slices)).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_tungstenite::tungstenite::protocol::{Role, WebSocket};
+    use async_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode as WsCode};
+    use bytes::Bytes;
+    use std::task::{Context, Poll};
+    use switchboard_core::protocol::CloseCode;
+
+    /// A peer that takes at most `max` bytes per call, and says "not now" every other call.
+    struct Trickle {
+        bytes: Vec<u8>,
+        max: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            slices: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.calls += 1;
+            if self.calls % 2 == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let mut room = self.max;
+            for slice in slices {
+                let n = slice.len().min(room);
+                self.bytes.extend_from_slice(&slice[..n]);
+                room -= n;
+            }
+            Poll::Ready(Ok(self.max - room))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn shared(text: &str) -> SharedFrame {
+        SharedFrame::from_encoded(Bytes::from(text.to_owned())).unwrap()
+    }
+
+    /// What a client reads from `bytes`, every message until the stream ends or closes.
+    fn read_as_client(bytes: Vec<u8>) -> Vec<Message> {
+        let mut ws = WebSocket::from_raw_socket(io::Cursor::new(bytes), Role::Client, None);
+        let mut messages = Vec::new();
+        while let Ok(message) = ws.read() {
+            let closed = message.is_close();
+            messages.push(message);
+            if closed {
+                break;
+            }
+        }
+        messages
+    }
+
+    #[test]
+    fn a_batch_reads_back_as_the_same_frames_however_the_kernel_takes_it() {
+        let long = |n: usize| format!(r#"{{"x":"{}"}}"#, "é".repeat(n));
+        let writes = vec![
+            Write::Frame(Frame::Sequenced(shared(r#"{"a":1}"#), 7)),
+            Write::Pong(Bytes::from_static(b"ping-payload")),
+            Write::Frame(Frame::Whole(Bytes::from(long(100)))),
+            Write::Frame(Frame::Sequenced(shared(&long(40_000)), u64::MAX)),
+            Write::Frame(Frame::Sequenced(shared(r#"{"b":2}"#), 0)),
+            Write::Frame(Frame::Whole(Bytes::from(long(30)))),
+            Write::Close(CloseCode(4013), "slow_consumer"),
+            Write::Frame(Frame::Whole(Bytes::from_static(b"{\"after\":\"close\"}"))),
+        ];
+        let expected = vec![
+            Message::text(r#"{"a":1,"sequence":7}"#),
+            Message::Pong(Bytes::from_static(b"ping-payload")),
+            Message::text(long(100)),
+            Message::text(format!(r#"{{"x":"{}","sequence":{}}}"#, "é".repeat(40_000), u64::MAX)),
+            Message::text(r#"{"b":2,"sequence":0}"#),
+            Message::text(long(30)),
+            Message::Close(Some(async_tungstenite::tungstenite::protocol::CloseFrame {
+                code: WsCode::from(4013),
+                reason: "slow_consumer".into(),
+            })),
+        ];
+        for max in [1, 7, 4096, usize::MAX] {
+            let mut peer = Trickle { bytes: Vec::new(), max, calls: 0 };
+            let mut scratch = Scratch::default();
+            smol::block_on(write_all(&mut peer, &writes, &mut scratch)).unwrap();
+            assert_eq!(read_as_client(peer.bytes), expected, "at most {max} bytes per write");
+        }
+    }
+}
