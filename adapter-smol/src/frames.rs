@@ -24,28 +24,11 @@ const PONG: u8 = 0xA;
 /// Control frames carry at most 125 bytes (RFC 6455, 5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
-/// A socket's buffers for writing: the bytes of its own (headers, suffixes, control frames)
-/// and where the shared bodies go between them. Kept between batches, and given back after a
-/// burst (see [`Scratch::trim`]).
-#[derive(Debug, Default)]
-pub struct Scratch {
-    own: Vec<u8>,
-    /// For each frame with a shared body, in order: how much of `own` comes before it.
-    cuts: Vec<usize>,
-}
-
-impl Scratch {
-    /// Drops buffers grown past `max_bytes` of own bytes, rather than keep a burst's room for
-    /// the socket's whole life.
-    pub fn trim(&mut self, max_bytes: usize) {
-        if self.own.capacity() > max_bytes {
-            *self = Scratch::default();
-        }
-    }
-}
-
 /// Writes `writes` in order, up to and including the first close (nothing follows a close).
-pub async fn write_all<W>(io: &mut W, writes: &[Write], scratch: &mut Scratch) -> io::Result<()>
+///
+/// The bytes of this socket's own (headers, suffixes, control frames) go into one buffer made
+/// for the batch and dropped after it: an idle socket keeps no room for writing.
+pub async fn write_all<W>(io: &mut W, writes: &[Write]) -> io::Result<()>
 where
     W: AsyncWrite + Unpin,
 {
@@ -53,11 +36,11 @@ where
         Some(close) => &writes[..=close],
         None => writes,
     };
-    let Scratch { own, cuts } = scratch;
-    own.clear();
-    cuts.clear();
+    let mut own = Vec::with_capacity(16 * writes.len());
+    // For each frame with a shared body, in order: how much of `own` comes before it.
+    let mut cuts = Vec::with_capacity(writes.len());
     for write in writes {
-        encode_own_part(write, own, cuts);
+        encode_own_part(write, &mut own, &mut cuts);
     }
     let mut slices = Vec::with_capacity(2 * cuts.len() + 1);
     let mut from = 0;
@@ -242,8 +225,7 @@ mod tests {
         ];
         for max in [1, 7, 4096, usize::MAX] {
             let mut peer = Trickle { bytes: Vec::new(), max, calls: 0 };
-            let mut scratch = Scratch::default();
-            smol::block_on(write_all(&mut peer, &writes, &mut scratch)).unwrap();
+            smol::block_on(write_all(&mut peer, &writes)).unwrap();
             assert_eq!(read_as_client(peer.bytes), expected, "at most {max} bytes per write");
         }
     }

@@ -50,9 +50,6 @@ pub struct App {
     pub written: async_channel::Sender<switchboard_core::server::Input>,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
-    /// Every task of the server runs on this one thread's executor, with the hub's driver, so
-    /// handing a frame to a socket's writer is a queue push, not a cross-thread wake-up.
-    pub executor: Rc<smol::LocalExecutor<'static>>,
     pub next_socket: AtomicU64,
     pub ws_config: WebSocketConfig,
     pub api_key: Option<String>,
@@ -123,28 +120,123 @@ pub async fn serve(
     pending: Pending,
     from_ip: Option<FromIp>,
 ) {
-    let from_ip = Rc::new(RefCell::new(from_ip));
+    let connection =
+        Rc::new(HttpConnection { from_ip: RefCell::new(from_ip), upgrade: Cell::new(None) });
     let metrics = app.metrics.clone();
     let header_timeout = app.admission.limits().header_timeout;
-    let service = hyper::service::service_fn(move |request| {
-        let (app, from_ip) = (app.clone(), from_ip.clone());
-        async move {
-            Ok::<_, std::convert::Infallible>(app.route(request, peer, listener, from_ip).await)
+    let service = hyper::service::service_fn({
+        let (app, connection) = (app.clone(), connection.clone());
+        move |request| {
+            let (app, connection) = (app.clone(), connection.clone());
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    app.route(request, peer, listener, connection).await,
+                )
+            }
         }
     });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(SmolTimer::new())
-        // Bounds both a request's headers and the idle time before the next request on a
-        // keep-alive connection: a silent or trickling socket is let go.
-        .header_read_timeout(header_timeout)
-        .serve_connection(FuturesIo::new(stream), service)
-        .with_upgrades();
-    match connection.await {
+    // Boxed: the HTTP phase's state is let go of before the socket's, which may last hours.
+    let http = Box::pin(
+        hyper::server::conn::http1::Builder::new()
+            .timer(SmolTimer::new())
+            // Bounds both a request's headers and the idle time before the next request on a
+            // keep-alive connection: a silent or trickling socket is let go.
+            .header_read_timeout(header_timeout)
+            .serve_connection(FuturesIo::new(stream), service)
+            .with_upgrades(),
+    );
+    match http.await {
         Err(error) if error.is_timeout() => metrics.refused_socket("header_timeout"),
         Err(error) => tracing::debug!(%peer, %error, "HTTP connection ended with an error"),
         Ok(()) => {}
     }
     drop(pending);
+    // The WebSocket runs on this same task once hyper has let go of the connection: one task
+    // per socket, whose HTTP state (hyper's buffers, the request) is gone by then.
+    let upgrade = connection.upgrade.take();
+    drop(connection);
+    if let Some(upgrade) = upgrade {
+        upgrade.run(app, peer).await;
+    }
+}
+
+/// What the requests of one HTTP connection hand back to the task that serves it.
+struct HttpConnection {
+    /// The connection's count against its address, taken by an upgrade (a socket keeps it).
+    from_ip: RefCell<Option<FromIp>>,
+    /// The WebSocket upgrade a request answered with 101, to run once hyper is done.
+    upgrade: Cell<Option<Box<Upgrade>>>,
+}
+
+/// An accepted WebSocket upgrade.
+struct Upgrade {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    request: OpenRequest,
+    from_ip: Option<FromIp>,
+}
+
+/// An upgraded socket the driver knows of, ready to run.
+struct Opened {
+    ws: Box<WebSocketStream<ReadSide>>,
+    stream: TcpStream,
+    socket: SocketId,
+    writes: crate::outbox::OutboxReceiver<Write>,
+    /// Counted as open (in the metrics, and against its address) while this lives.
+    counted: (crate::metrics::OpenSocket, Option<FromIp>),
+}
+
+impl Upgrade {
+    /// Runs the socket until it ends.
+    ///
+    /// What a task's future holds across an await, every socket carries for its whole life;
+    /// hence the upgrade comes boxed and is opened in a future of its own, so that its parts
+    /// are gone by the time the socket runs, and what the socket runs with is boxed or small.
+    async fn run(self: Box<Self>, app: Rc<App>, peer: SocketAddr) {
+        let Some(Opened { ws, stream, socket, writes, counted }) = self.open(&app, peer).await
+        else {
+            return;
+        };
+        let (commands, written) = (app.commands.clone(), app.written.clone());
+        drop(app);
+        socket::run(ws, stream, socket, commands, written, writes).await;
+        drop(counted);
+    }
+
+    /// Takes the socket from hyper and tells the driver of it.
+    async fn open(self: Box<Self>, app: &App, peer: SocketAddr) -> Option<Opened> {
+        let Upgrade { on_upgrade, request, from_ip } = *self;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "upgrade failed");
+                return None;
+            }
+        };
+        let Ok(parts) = upgraded.downcast::<FuturesIo<TcpStream>>() else {
+            tracing::error!("upgraded connection of an unexpected type");
+            return None;
+        };
+        // What hyper read past the request is a slice of its 8 KiB read buffer: copy it
+        // (usually nothing), so the buffer is not kept for the socket's whole life.
+        let prefix = Bytes::copy_from_slice(&parts.read_buf);
+        drop(parts.read_buf);
+        let stream = parts.io.into_inner();
+        let reading = ReadSide { prefix, inner: stream.clone() };
+        let counted = (app.metrics.socket_opened(), from_ip);
+        let ws = Box::new(
+            WebSocketStream::from_raw_socket(reading, Role::Server, Some(app.ws_config)).await,
+        );
+        let socket = SocketId(app.next_socket.fetch_add(1, Ordering::Relaxed));
+        let (writer, writes) = crate::outbox::outbox::<Write>();
+        let open = Command::Open { socket, writer, request };
+        socket::send(&app.commands, open).await.then_some(Opened {
+            ws,
+            stream,
+            socket,
+            writes,
+            counted,
+        })
+    }
 }
 
 impl App {
@@ -153,7 +245,7 @@ impl App {
         request: Request<Incoming>,
         peer: SocketAddr,
         listener: Listener,
-        from_ip: Rc<RefCell<Option<FromIp>>>,
+        connection: Rc<HttpConnection>,
     ) -> Response<Body> {
         let path = request.uri().path().to_owned();
         let api = matches!(listener, Listener::Api | Listener::Public { api: true });
@@ -174,7 +266,7 @@ impl App {
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 response
             }
-            (&Method::GET, p) if p == self.path => self.upgrade(request, peer, from_ip),
+            (&Method::GET, p) if p == self.path => self.upgrade(request, peer, &connection),
             (&Method::GET, p) if p.starts_with("/app/") && self.static_dir.is_some() => {
                 self.static_file(p.trim_start_matches("/app/")).await
             }
@@ -218,12 +310,13 @@ impl App {
         response
     }
 
-    /// Answers the upgrade with 101 and hands the socket to the driver once hyper lets go of it.
+    /// Answers the upgrade with 101; the connection's task runs the socket once hyper lets go
+    /// of it ([`Upgrade::run`]).
     fn upgrade(
-        self: Rc<Self>,
+        &self,
         mut request: Request<Incoming>,
         peer: SocketAddr,
-        from_ip: Rc<RefCell<Option<FromIp>>>,
+        connection: &HttpConnection,
     ) -> Response<Body> {
         // Behind a trusted proxy, the socket counts against its client's address.
         if self.admission.trusts(peer.ip()) {
@@ -233,11 +326,11 @@ impl App {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
             match self.admission.admit_forwarded(forwarded) {
-                Ok(counted) => *from_ip.borrow_mut() = counted,
+                Ok(counted) => *connection.from_ip.borrow_mut() = counted,
                 Err(_) => return text(StatusCode::TOO_MANY_REQUESTS, "too many sockets\n"),
             }
         }
-        let from_ip = from_ip.borrow_mut().take();
+        let from_ip = connection.from_ip.borrow_mut().take();
         let headers = request.headers();
         let is_upgrade = headers
             .get(header::UPGRADE)
@@ -274,37 +367,7 @@ impl App {
             peer: Some(peer),
         };
         let on_upgrade = hyper::upgrade::on(&mut request);
-        let app = self.clone();
-        let executor = self.executor.clone();
-        executor
-            .spawn(async move {
-                let upgraded = match on_upgrade.await {
-                    Ok(upgraded) => upgraded,
-                    Err(error) => return tracing::debug!(%peer, %error, "upgrade failed"),
-                };
-                let Ok(parts) = upgraded.downcast::<FuturesIo<TcpStream>>() else {
-                    return tracing::error!("upgraded connection of an unexpected type");
-                };
-                // What hyper read past the request is a slice of its 8 KiB read buffer: copy it
-                // (usually nothing), so the buffer is not kept for the socket's whole life.
-                let prefix = Bytes::copy_from_slice(&parts.read_buf);
-                drop(parts.read_buf);
-                let stream = parts.io.into_inner();
-                let reading = ReadSide { prefix, inner: stream.clone() };
-                let _open = app.metrics.socket_opened();
-                let _from_ip = from_ip;
-                let ws =
-                    WebSocketStream::from_raw_socket(reading, Role::Server, Some(app.ws_config))
-                        .await;
-                let socket = SocketId(app.next_socket.fetch_add(1, Ordering::Relaxed));
-                let (writer, writes) = crate::outbox::outbox::<Write>();
-                if app.commands.send(Command::Open { socket, writer, request: open }).await.is_ok()
-                {
-                    let (commands, written) = (app.commands.clone(), app.written.clone());
-                    socket::run(ws, stream, socket, commands, written, writes).await;
-                }
-            })
-            .detach();
+        connection.upgrade.set(Some(Box::new(Upgrade { on_upgrade, request: open, from_ip })));
 
         let mut response = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
         let accept = derive_accept_key(key.as_bytes());

@@ -23,5 +23,5 @@ mod server;
 mod socket;
 
 pub use config::{Args, Settings};
-pub use server::Server;
+pub use server::{DEV_ISSUER, Server};
 pub use switchboard_core as core;

@@ -4,10 +4,9 @@
 //! Fan-out puts one frame into each of a thousand mailboxes per message, so the mailbox is
 //! on the hottest path there is. A channel pays a queue slot and a notification per frame;
 //! this pays an uncontended lock and a `VecDeque` push, and wakes the writer only when the
-//! mailbox goes from empty to not empty. The writer swaps the whole queue out, so what was
-//! sent while it was busy goes out in its next write, and the two queues' capacities are
-//! reused back and forth (the writer trims its side after a burst). A socket that was never
-//! sent anything holds no queue allocation.
+//! mailbox goes from empty to not empty. The writer takes the whole queue, so what was sent
+//! while it was busy goes out in its next write; the mailbox starts again without room (one
+//! allocation per batch, not per frame), so an idle socket holds no queue allocation.
 //!
 //! Unbounded here; bounded by the hub, which never lets a socket's unflushed frames or bytes
 //! exceed its outbound window (and cuts the socket off with 4013 instead).
@@ -105,15 +104,9 @@ impl<T> OutboxReceiver<T> {
         .await
     }
 
-    /// Moves everything waiting into `batch` (which should be empty: its capacity is handed
-    /// back to the sender's side).
-    pub fn take_all(&self, batch: &mut VecDeque<T>) {
-        let mut state = self.0.lock();
-        if batch.is_empty() {
-            std::mem::swap(&mut state.items, batch);
-        } else {
-            batch.append(&mut state.items);
-        }
+    /// Takes everything waiting (the mailbox keeps no room: an idle socket holds none).
+    pub fn take_all(&self) -> VecDeque<T> {
+        std::mem::take(&mut self.0.lock().items)
     }
 }
 
@@ -129,9 +122,7 @@ mod tests {
                 sender.push(i);
             }
             assert!(poll_fn(|cx| receiver.poll_ready(cx)).await);
-            let mut batch = VecDeque::new();
-            receiver.take_all(&mut batch);
-            assert_eq!(batch.drain(..).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+            assert_eq!(receiver.take_all(), [0, 1, 2, 3, 4]);
 
             sender.push(5);
             drop(sender);
@@ -140,8 +131,7 @@ mod tests {
                 poll_fn(|cx| receiver.poll_ready(cx)).await,
                 "what was sent before the close is still taken"
             );
-            receiver.take_all(&mut batch);
-            assert_eq!(batch.drain(..).collect::<Vec<_>>(), [5]);
+            assert_eq!(receiver.take_all(), [5]);
             assert!(!poll_fn(|cx| receiver.poll_ready(cx)).await);
         });
     }
@@ -152,10 +142,8 @@ mod tests {
         let (sender, receiver) = outbox();
         let writer = executor.spawn(async move {
             let mut seen = Vec::new();
-            let mut batch = VecDeque::new();
             while poll_fn(|cx| receiver.poll_ready(cx)).await {
-                receiver.take_all(&mut batch);
-                seen.extend(batch.drain(..));
+                seen.extend(receiver.take_all());
             }
             seen
         });

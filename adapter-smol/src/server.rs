@@ -209,10 +209,9 @@ impl Server {
             written,
             metrics: metrics.clone(),
             ready: ready.clone(),
-            executor: executor.clone(),
             next_socket: AtomicU64::new(1),
             ws_config: WebSocketConfig::default()
-                .read_buffer_size(1024)
+                .read_buffer_size(512)
                 // tungstenite only reads (the socket's writer writes every frame itself); what
                 // it would write, its automatic replies, is dropped without being buffered.
                 .write_buffer_size(0)

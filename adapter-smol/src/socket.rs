@@ -6,7 +6,7 @@
 //! so that a fan-out's shared message is never copied into a per-socket buffer.
 
 use crate::driver::{Command, Write};
-use crate::frames::{self, Scratch};
+use crate::frames;
 use crate::outbox::OutboxReceiver;
 use async_channel::Sender;
 use async_tungstenite::WebSocketStream;
@@ -24,12 +24,6 @@ use switchboard_core::server::{Input, SocketId};
 /// How long a socket the driver has let go of may take to finish.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Frames a writer's batch queue may keep room for between batches.
-const MAX_IDLE_BATCH: usize = 64;
-
-/// Bytes of headers and suffixes a writer may keep room for between batches.
-const MAX_IDLE_SCRATCH: usize = 1024;
-
 /// What the reader asks the writer to answer. Only the latest ping is answered (RFC 6455
 /// allows it), so a peer that pings without reading cannot grow this.
 #[derive(Debug, Default)]
@@ -39,10 +33,90 @@ struct Replies {
     close: Option<CloseCode>,
 }
 
+/// What the reader made of what it read.
+enum Read {
+    /// For the driver.
+    Input(Input),
+    /// A reply for the writer to send (in `replies`).
+    Reply,
+    /// Nothing to do (a pong).
+    Nothing,
+    /// The socket is done reading.
+    End,
+}
+
+/// Turns what tungstenite read into an input for the driver, or a reply (a ping's pong, the
+/// peer's close echoed), or the end; a close's code is kept in `code` for the end.
+fn read(
+    message: Option<Result<Message, async_tungstenite::tungstenite::Error>>,
+    socket: SocketId,
+    replies: &RefCell<Replies>,
+    code: &mut Option<CloseCode>,
+) -> Read {
+    match message {
+        Some(Ok(Message::Text(text))) => {
+            Read::Input(Input::Text { socket, frame: Bytes::from(text) })
+        }
+        Some(Ok(Message::Binary(_))) => Read::Input(Input::Binary { socket }),
+        Some(Ok(Message::Ping(payload))) => {
+            replies.borrow_mut().pong = Some(payload);
+            Read::Reply
+        }
+        Some(Ok(Message::Close(frame))) => {
+            // Reading goes on until the stream ends, so that the close reply goes out.
+            *code = frame.map(|f| CloseCode(u16::from(f.code)));
+            replies.borrow_mut().close = Some(code.unwrap_or(CloseCode::NORMAL));
+            Read::Reply
+        }
+        Some(Ok(_)) => Read::Nothing,
+        Some(Err(error)) => {
+            tracing::debug!(socket = socket.0, %error, "socket read failed");
+            Read::End
+        }
+        None => Read::End,
+    }
+}
+
+/// One write's worth: everything the driver handed over, the replies first.
+struct Batch {
+    writes: VecDeque<Write>,
+    /// The frames and bytes of the hub's frames in it (for [`Input::Flushed`]).
+    frames: usize,
+    bytes: usize,
+    /// Whether it ends with a close (the writer's last batch).
+    closes: bool,
+}
+
+impl Batch {
+    fn take(outbox: &OutboxReceiver<Write>, replies: &RefCell<Replies>) -> Batch {
+        let mut writes = outbox.take_all();
+        let Replies { pong, close } = std::mem::take(&mut *replies.borrow_mut());
+        // The peer's close is answered before anything else: it reads nothing more.
+        if let Some(code) = close {
+            writes.push_front(Write::Close(code, ""));
+        }
+        if let Some(payload) = pong {
+            writes.push_front(Write::Pong(payload));
+        }
+        let (mut frames, mut bytes, mut closes) = (0, 0, false);
+        for write in &writes {
+            match write {
+                Write::Frame(frame) => (frames, bytes) = (frames + 1, bytes + frame.len()),
+                Write::Close(..) => {
+                    closes = true;
+                    break;
+                }
+                Write::Pong(_) => {}
+            }
+        }
+        Batch { writes, frames, bytes, closes }
+    }
+}
+
 /// Runs a socket until it ends, then reports the end to the driver (once). `ws` reads, `out`
 /// is the same connection's write half.
 pub async fn run<R, W>(
-    mut ws: WebSocketStream<R>,
+    mut ws: Box<WebSocketStream<R>>,
     mut out: W,
     socket: SocketId,
     commands: Sender<Command>,
@@ -55,41 +129,29 @@ pub async fn run<R, W>(
     let reported = Cell::new(false);
     let replies = RefCell::new(Replies::default());
 
+    // Neither loop keeps what it read or took across an await (only the small future that
+    // sends it on): whatever an async block holds across an await, every socket carries.
     let reader = async {
         let mut code = None;
-        while let Some(message) = ws.next().await {
-            let input = match message {
-                Ok(Message::Text(text)) => Input::Text { socket, frame: Bytes::from(text) },
-                Ok(Message::Binary(_)) => Input::Binary { socket },
-                Ok(Message::Ping(payload)) => {
-                    replies.borrow_mut().pong = Some(payload);
+        loop {
+            let sending = match read(ws.next().await, socket, &replies, &mut code) {
+                Read::Input(input) => send(&commands, Command::Input(input)),
+                Read::Reply => {
                     writes.wake();
                     continue;
                 }
-                Ok(Message::Close(frame)) => {
-                    // Keep reading until the stream ends, so the close reply goes out.
-                    code = frame.map(|f| CloseCode(u16::from(f.code)));
-                    replies.borrow_mut().close = Some(code.unwrap_or(CloseCode::NORMAL));
-                    writes.wake();
-                    continue;
-                }
-                Ok(_) => continue,
-                Err(error) => {
-                    tracing::debug!(socket = socket.0, %error, "socket read failed");
-                    break;
-                }
+                Read::Nothing => continue,
+                Read::End => break,
             };
-            if commands.send(Command::Input(input)).await.is_err() {
+            if !sending.await {
                 break;
             }
         }
-        let _ = commands.send(Command::Input(Input::Closed { socket, code })).await;
+        send(&commands, Command::Input(Input::Closed { socket, code })).await;
         reported.set(true);
     };
 
     let writer = async {
-        let mut batch = VecDeque::new();
-        let mut scratch = Scratch::default();
         loop {
             let more = poll_fn(|cx| {
                 let replies = replies.borrow();
@@ -105,38 +167,16 @@ pub async fn run<R, W>(
             // Let the other ready tasks run first (the driver may be handing out more frames),
             // so that one write carries as many frames as are ready.
             smol::future::yield_now().await;
-            writes.take_all(&mut batch);
-            let Replies { pong, close } = std::mem::take(&mut *replies.borrow_mut());
-            // The peer's close is answered before anything else: it reads nothing more.
-            if let Some(code) = close {
-                batch.push_front(Write::Close(code, ""));
-            }
-            if let Some(payload) = pong {
-                batch.push_front(Write::Pong(payload));
-            }
-            let batch_slice = batch.make_contiguous();
-            let end = batch_slice.iter().position(|w| matches!(w, Write::Close(..)));
-            let (frames, bytes) = batch_slice[..end.unwrap_or(batch_slice.len())]
-                .iter()
-                .filter_map(|w| match w {
-                    Write::Frame(frame) => Some(frame.len()),
-                    _ => None,
-                })
-                .fold((0, 0), |(frames, bytes), len| (frames + 1, bytes + len));
-            let result = frames::write_all(&mut out, batch_slice, &mut scratch).await;
-            batch.clear();
-            // After a burst, give the memory back rather than keep it for the socket's life.
-            if batch.capacity() > MAX_IDLE_BATCH {
-                batch = VecDeque::new();
-            }
-            scratch.trim(MAX_IDLE_SCRATCH);
-            if result.is_err() {
+            let mut batch = Batch::take(&writes, &replies);
+            if frames::write_all(&mut out, batch.writes.make_contiguous()).await.is_err() {
                 return;
             }
-            if frames > 0 {
-                let _ = written.send(Input::Flushed { socket, frames, bytes }).await;
+            let Batch { writes, frames, bytes, closes } = batch;
+            drop(writes);
+            if frames > 0 && !send(&written, Input::Flushed { socket, frames, bytes }).await {
+                return;
             }
-            if end.is_some() {
+            if closes {
                 return;
             }
         }
@@ -155,6 +195,26 @@ pub async fn run<R, W>(
     };
     smol::future::or(ended, abandoned).await;
     if !reported.get() {
-        let _ = commands.send(Command::Input(Input::Closed { socket, code: None })).await;
+        send(&commands, Command::Input(Input::Closed { socket, code: None })).await;
+    }
+}
+
+/// Sends `item` to the driver; the future says whether the driver is still there.
+///
+/// The queue is bounded, so a full one is waited on, in a box: a sending future holds the
+/// item until it is taken, and every socket would otherwise carry room for a few items for
+/// its whole life (its reader's, its writer's, its last). The common case, room in the queue,
+/// is decided here, before the future is awaited.
+pub fn send<T>(to: &Sender<T>, item: T) -> impl Future<Output = bool> + '_ {
+    let waiting = match to.try_send(item) {
+        Ok(()) => Ok(true),
+        Err(async_channel::TrySendError::Full(item)) => Err(Box::pin(to.send(item))),
+        Err(async_channel::TrySendError::Closed(_)) => Ok(false),
+    };
+    async move {
+        match waiting {
+            Ok(sent) => sent,
+            Err(sending) => sending.await.is_ok(),
+        }
     }
 }

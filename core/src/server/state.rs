@@ -97,13 +97,10 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// A machine in `Connecting`, keeping the last `history_len` transitions.
+    /// A machine in `Connecting`, keeping the last `history_len` transitions (in room that
+    /// grows with them: most connections make three or four).
     pub fn new(history_len: usize) -> Self {
-        StateMachine {
-            state: ConnectionState::Connecting,
-            history: VecDeque::with_capacity(history_len.min(8)),
-            history_len,
-        }
+        StateMachine { state: ConnectionState::Connecting, history: VecDeque::new(), history_len }
     }
 
     /// The current state.

@@ -89,7 +89,9 @@ pub(crate) struct Link {
     /// In-process bus (no shared one): answers at once.
     local: Option<LocalBus>,
     up: bool,
-    channels: BTreeMap<Channel, ChannelState>,
+    /// Boxed, as the hub's sessions are: a B-tree's free slots would cost every channel (one
+    /// per user at least) a few hundred bytes more.
+    channels: BTreeMap<Channel, Box<ChannelState>>,
     by_name: HashMap<String, Channel>,
     /// Channels to (re)subscribe.
     unconfirmed: BTreeSet<Channel>,
@@ -229,7 +231,7 @@ impl Link {
             self.unconfirmed.insert(channel.clone());
         }
         self.by_name.insert(name, channel.clone());
-        self.channels.insert(channel.clone(), state);
+        self.channels.insert(channel.clone(), Box::new(state));
         self.flush_steps(&channel);
         self.flush_subscriptions(now);
     }

@@ -54,7 +54,7 @@ impl Hub {
         let _ = machine.transition(ConnectionState::Connected, now, "upgraded");
         self.sessions.insert(
             key,
-            Session {
+            Box::new(Session {
                 connection_id: connection_id.clone(),
                 socket: Some(socket),
                 machine,
@@ -80,7 +80,7 @@ impl Hub {
                 handover: None,
                 floors: Vec::new(),
                 pending: true,
-            },
+            }),
         );
         self.sockets.insert(socket, key);
         self.by_connection_id.insert(connection_id, key);

@@ -88,7 +88,9 @@ pub struct Hub {
     rng: Rng,
     wall: WallClock,
     instance_id: Id,
-    sessions: BTreeMap<Key, Session>,
+    /// Boxed: a session is ~700 bytes, and a B-tree's nodes keep a third of their slots free
+    /// on average, which inline would cost every connection a few hundred bytes more.
+    sessions: BTreeMap<Key, Box<Session>>,
     sockets: Map<SocketId, Key>,
     by_connection_id: Map<Id, Key>,
     by_user: Map<String, Members>,
