@@ -4,6 +4,7 @@
 use crate::answer::Answer;
 use crate::auth::Verifier;
 use crate::authorize::Authorizer;
+use crate::frames;
 use crate::metrics::{BusStats, Metrics};
 use crate::outbox::OutboxSender;
 use async_channel::{Receiver, Sender};
@@ -24,6 +25,10 @@ use switchboard_core::time::Instant;
 /// while staying well under the hub's cut-off at half the replay buffer, 512 messages.)
 const COMMANDS_BETWEEN_YIELDS: u32 = 256;
 
+/// Rounds of writing and reporting in one [`Driver::flush`] before the rest is left to the
+/// sockets' writers.
+const FLUSH_ROUNDS: usize = 4;
+
 /// What wakes the driver.
 enum Wake {
     Command(Command),
@@ -36,7 +41,7 @@ enum Wake {
 }
 
 /// What a socket's writer writes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Write {
     /// A text frame, from the hub.
     Frame(Frame),
@@ -44,13 +49,29 @@ pub enum Write {
     Close(CloseCode, &'static str),
     /// The answer to a ping the socket's reader got (never from the driver).
     Pong(Bytes),
+    /// The rest of a frame of `frame_len` bytes (the hub's count) that the driver began to
+    /// write itself and the socket did not take whole.
+    Rest { bytes: Bytes, frame_len: usize },
+}
+
+/// A socket's connection, which the driver writes to itself when it can (see [`Driver::flush`]).
+pub type Stream = Arc<smol::Async<std::net::TcpStream>>;
+
+/// A socket as the driver holds it.
+#[derive(Debug)]
+struct Socket {
+    /// The socket's writer, for what the driver cannot write at once.
+    writer: OutboxSender<Write>,
+    stream: Stream,
+    /// The hub's frames since the last flush, in order (only frames).
+    pending: Vec<Write>,
 }
 
 /// What reaches the driver.
 #[derive(Debug)]
 pub enum Command {
     /// A socket was upgraded: here is its writer, and the request it came with.
-    Open { socket: SocketId, writer: OutboxSender<Write>, request: OpenRequest },
+    Open { socket: SocketId, writer: OutboxSender<Write>, stream: Stream, request: OpenRequest },
     /// An input for the hub.
     Input(Input),
     /// Send a message (the publish API); the reply is the number of local sessions reached,
@@ -118,7 +139,9 @@ pub struct Driver {
     /// The Redis bridges' inboxes, one per shard, when the instances share a bus (their
     /// answers come back through `loopback` as [`Input::Bus`]).
     buses: Vec<Sender<BusCommand>>,
-    writers: HashMap<SocketId, OutboxSender<Write>>,
+    sockets: HashMap<SocketId, Socket>,
+    /// Sockets with pending frames.
+    dirty: Vec<SocketId>,
     /// Answers decided on the spot, fed to the hub once the outputs at hand are carried out.
     ready: VecDeque<Input>,
     /// Frames and bytes handed to writers since the metrics were last told (once per drain,
@@ -128,7 +151,7 @@ pub struct Driver {
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Driver").field("sockets", &self.writers.len()).finish_non_exhaustive()
+        f.debug_struct("Driver").field("sockets", &self.sockets.len()).finish_non_exhaustive()
     }
 }
 
@@ -156,7 +179,8 @@ impl Driver {
             metrics,
             executor,
             buses: Vec::new(),
-            writers: HashMap::new(),
+            sockets: HashMap::new(),
+            dirty: Vec::new(),
             ready: VecDeque::new(),
             sent: (0, 0),
         }
@@ -172,7 +196,22 @@ impl Driver {
     pub async fn run(mut self) {
         self.drain();
         let mut handled = 0u32;
+        // Whether the other tasks ran since the driver last had something to do.
+        let mut yielded = false;
         loop {
+            if !self.dirty.is_empty() && self.commands.is_empty() && self.written.is_empty() {
+                // Nothing else to do: the sockets' frames are written, once the other tasks
+                // ran (a publisher may be handing over more), so that a write carries all
+                // there is.
+                if !yielded {
+                    yielded = true;
+                    smol::future::yield_now().await;
+                    continue;
+                }
+                if self.flush() {
+                    return self.hand_over();
+                }
+            }
             let deadline = self.hub.poll_timeout().map(|(at, _)| at);
             let drained = match self.wake(deadline).await {
                 Wake::Timeout => {
@@ -184,14 +223,61 @@ impl Driver {
                     self.drain()
                 }
                 Wake::Command(command) => self.handle(command),
-                Wake::Ended => return,
+                Wake::Ended => return self.hand_over(),
             };
+            yielded = false;
             if drained {
-                return;
+                return self.hand_over();
             }
             handled += 1;
             if handled % COMMANDS_BETWEEN_YIELDS == 0 {
+                if self.flush() {
+                    return self.hand_over();
+                }
                 smol::future::yield_now().await;
+            }
+        }
+    }
+
+    /// Writes the sockets' pending frames itself, where a socket's writer has nothing to write
+    /// and the socket takes them at once: no task woken, no report to wait for (the hub is
+    /// told they were written right away). The rest goes to the sockets' writers: what a
+    /// socket did not take (its writer waits until it can), and what came after a writer
+    /// began a batch (order). Returns whether the hub reported itself drained.
+    fn flush(&mut self) -> bool {
+        // Each round's reports may let the hub write more (a window that had filled up).
+        for _ in 0..FLUSH_ROUNDS {
+            if self.dirty.is_empty() {
+                return false;
+            }
+            for socket in std::mem::take(&mut self.dirty) {
+                let Some(held) = self.sockets.get_mut(&socket) else { continue };
+                let pending = std::mem::take(&mut held.pending);
+                if !held.writer.is_idle() {
+                    pending.into_iter().for_each(|write| held.writer.push(write));
+                    continue;
+                }
+                let written = frames::write_now(held.stream.get_ref(), &pending).unwrap_or(0);
+                let left = frames::after_written(pending, written);
+                left.rest.into_iter().for_each(|write| held.writer.push(write));
+                if left.frames > 0 {
+                    let (frames, bytes) = (left.frames, left.bytes);
+                    self.ready.push_back(Input::Flushed { socket, frames, bytes });
+                }
+            }
+            if self.drain() {
+                return true;
+            }
+        }
+        self.hand_over();
+        false
+    }
+
+    /// Gives every socket's pending frames to its writer.
+    fn hand_over(&mut self) {
+        for socket in std::mem::take(&mut self.dirty) {
+            if let Some(held) = self.sockets.get_mut(&socket) {
+                std::mem::take(&mut held.pending).into_iter().for_each(|w| held.writer.push(w));
             }
         }
     }
@@ -234,13 +320,13 @@ impl Driver {
     fn handle(&mut self, command: Command) -> bool {
         let now = self.clock.now();
         match command {
-            Command::Open { socket, writer, request } => {
-                self.writers.insert(socket, writer);
+            Command::Open { socket, writer, stream, request } => {
+                self.sockets.insert(socket, Socket { writer, stream, pending: Vec::new() });
                 self.hub.handle_input(now, Input::Opened { socket, request });
             }
             Command::Input(input) => {
                 if let Input::Closed { socket, .. } = &input {
-                    self.writers.remove(socket);
+                    self.sockets.remove(socket);
                 }
                 self.hub.handle_input(now, input);
             }
@@ -284,13 +370,19 @@ impl Driver {
             Output::Send { socket, frame } => {
                 self.sent.0 += 1;
                 self.sent.1 += frame.len() as u64;
-                if let Some(writer) = self.writers.get(&socket) {
-                    writer.push(Write::Frame(frame));
+                if let Some(held) = self.sockets.get_mut(&socket) {
+                    if held.pending.is_empty() {
+                        self.dirty.push(socket);
+                    }
+                    held.pending.push(Write::Frame(frame));
                 }
             }
             Output::Close { socket, code, reason } => {
-                if let Some(writer) = self.writers.remove(&socket) {
-                    writer.push(Write::Close(code, reason));
+                if let Some(held) = self.sockets.remove(&socket) {
+                    for write in held.pending {
+                        held.writer.push(write);
+                    }
+                    held.writer.push(Write::Close(code, reason));
                 }
             }
             Output::Verify { request, socket: _, credentials, origin } => {

@@ -9,9 +9,11 @@
 //! (see [`crate::socket`]).
 
 use crate::driver::Write;
+use bytes::Bytes;
 use futures_util::AsyncWrite;
+use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write as _};
 use std::pin::Pin;
 use switchboard_core::protocol::SharedFrame;
 use switchboard_core::server::Frame;
@@ -25,9 +27,6 @@ const PONG: u8 = 0xA;
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// Writes `writes` in order, up to and including the first close (nothing follows a close).
-///
-/// The bytes of this socket's own (headers, suffixes, control frames) go into one buffer made
-/// for the batch and dropped after it: an idle socket keeps no room for writing.
 pub async fn write_all<W>(io: &mut W, writes: &[Write]) -> io::Result<()>
 where
     W: AsyncWrite + Unpin,
@@ -36,25 +35,115 @@ where
         Some(close) => &writes[..=close],
         None => writes,
     };
-    let mut own = Vec::with_capacity(16 * writes.len());
-    // For each frame with a shared body, in order: how much of `own` comes before it.
-    let mut cuts = Vec::with_capacity(writes.len());
-    for write in writes {
-        encode_own_part(write, &mut own, &mut cuts);
-    }
-    let mut slices = Vec::with_capacity(2 * cuts.len() + 1);
-    let mut from = 0;
-    for (&cut, shared) in cuts.iter().zip(writes.iter().filter_map(shared_part)) {
-        if cut > from {
-            slices.push(IoSlice::new(&own[from..cut]));
+    let batch = Encoded::new(writes);
+    let mut slices = batch.slices();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let written = poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, slices)).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
         }
-        slices.push(IoSlice::new(shared));
-        from = cut;
+        IoSlice::advance_slices(&mut slices, written);
     }
-    if own.len() > from {
-        slices.push(IoSlice::new(&own[from..]));
+    Ok(())
+}
+
+/// Writes as much of `writes` (frames, no close) as the socket takes now, without waiting;
+/// returns how many bytes went out ([`after_written`] says what is left).
+pub fn write_now(socket: &std::net::TcpStream, writes: &[Write]) -> io::Result<usize> {
+    let batch = Encoded::new(writes);
+    let mut slices = batch.slices();
+    let mut slices = &mut slices[..];
+    let mut total = 0;
+    while !slices.is_empty() {
+        match (&mut &*socket).write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => {
+                total += written;
+                IoSlice::advance_slices(&mut slices, written);
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+            // What went out before the error did go out; the writer meets the error next.
+            Err(_) if total > 0 => break,
+            Err(error) => return Err(error),
+        }
     }
-    write_vectored_all(io, &mut slices).await
+    Ok(total)
+}
+
+/// What is left of `writes` (frames only) once their first `written` bytes went out.
+#[derive(Debug, Default)]
+pub struct Left {
+    /// The hub's frames written whole, and their bytes (as the hub counts them).
+    pub frames: usize,
+    pub bytes: usize,
+    /// The rest, in order: the frame begun as [`Write::Rest`], then the others.
+    pub rest: VecDeque<Write>,
+}
+
+/// Splits `writes` (frames only) after their first `written` bytes.
+pub fn after_written(writes: Vec<Write>, mut written: usize) -> Left {
+    let mut left = Left::default();
+    for write in writes {
+        let Write::Frame(frame) = &write else {
+            left.rest.push_back(write);
+            continue;
+        };
+        let len = header_len(frame.len()) + frame.len();
+        if written >= len && left.rest.is_empty() {
+            written -= len;
+            left.frames += 1;
+            left.bytes += frame.len();
+        } else if written > 0 {
+            let one = Encoded::new(std::slice::from_ref(&write));
+            let whole: Vec<u8> =
+                one.slices().iter().flat_map(|slice| slice.iter().copied()).collect();
+            let bytes = Bytes::copy_from_slice(&whole[written..]);
+            left.rest.push_back(Write::Rest { bytes, frame_len: frame.len() });
+            written = 0;
+        } else {
+            left.rest.push_back(write);
+        }
+    }
+    left
+}
+
+/// A batch's own bytes (headers, suffixes, control frames) in one buffer made for it, and
+/// where the shared bodies go between them: an idle socket keeps no room for writing.
+struct Encoded<'a> {
+    writes: &'a [Write],
+    own: Vec<u8>,
+    /// For each write with a shared part, in order: how much of `own` comes before it.
+    cuts: Vec<usize>,
+}
+
+impl<'a> Encoded<'a> {
+    fn new(writes: &'a [Write]) -> Self {
+        let mut own = Vec::with_capacity(16 * writes.len());
+        let mut cuts = Vec::with_capacity(writes.len());
+        for write in writes {
+            encode_own_part(write, &mut own, &mut cuts);
+        }
+        Encoded { writes, own, cuts }
+    }
+
+    /// The batch as slices, in order, for one `writev`.
+    fn slices(&self) -> Vec<IoSlice<'_>> {
+        let mut slices = Vec::with_capacity(2 * self.cuts.len() + 1);
+        let mut from = 0;
+        for (&cut, shared) in self.cuts.iter().zip(self.writes.iter().filter_map(shared_part)) {
+            if cut > from {
+                slices.push(IoSlice::new(&self.own[from..cut]));
+            }
+            slices.push(IoSlice::new(shared));
+            from = cut;
+        }
+        if self.own.len() > from {
+            slices.push(IoSlice::new(&self.own[from..]));
+        }
+        slices
+    }
 }
 
 /// Appends the parts of `write` that are this socket's own: the header, then the suffix of a
@@ -80,6 +169,7 @@ fn encode_own_part(write: &Write, own: &mut Vec<u8>, cuts: &mut Vec<usize>) {
             own.extend_from_slice(&code.0.to_be_bytes());
             own.extend_from_slice(reason.as_bytes());
         }
+        Write::Rest { .. } => cuts.push(own.len()),
     }
 }
 
@@ -88,7 +178,17 @@ fn shared_part(write: &Write) -> Option<&[u8]> {
     match write {
         Write::Frame(Frame::Whole(bytes)) => Some(bytes),
         Write::Frame(Frame::Sequenced(shared, _)) => Some(shared.body()),
+        Write::Rest { bytes, .. } => Some(bytes),
         Write::Pong(_) | Write::Close(..) => None,
+    }
+}
+
+/// The length of a frame header for a payload of `len` bytes.
+fn header_len(len: usize) -> usize {
+    match len {
+        0..126 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
     }
 }
 
@@ -113,21 +213,6 @@ fn truncated(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
-}
-
-/// Writes every slice, however few bytes each `writev` takes.
-async fn write_vectored_all<W>(io: &mut W, mut slices: &mut [IoSlice<'_>]) -> io::Result<()>
-where
-    W: AsyncWrite + Unpin,
-{
-    while !slices.is_empty() {
-        let written = poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, slices)).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut slices, written);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -227,6 +312,45 @@ mod tests {
             let mut peer = Trickle { bytes: Vec::new(), max, calls: 0 };
             smol::block_on(write_all(&mut peer, &writes)).unwrap();
             assert_eq!(read_as_client(peer.bytes), expected, "at most {max} bytes per write");
+        }
+    }
+
+    #[test]
+    fn a_batch_cut_anywhere_goes_on_from_where_it_was_cut() {
+        let writes = vec![
+            Write::Frame(Frame::Sequenced(shared(r#"{"a":1}"#), 7)),
+            Write::Frame(Frame::Whole(Bytes::from(format!(r#"{{"x":"{}"}}"#, "y".repeat(300))))),
+            Write::Frame(Frame::Sequenced(shared(r#"{"b":2}"#), 12)),
+        ];
+        let whole: Vec<u8> =
+            Encoded::new(&writes).slices().iter().flat_map(|s| s.to_vec()).collect();
+        let lens: Vec<usize> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Frame(frame) => frame.len(),
+                _ => unreachable!(),
+            })
+            .collect();
+        for cut in 0..=whole.len() {
+            let mut left = after_written(writes.clone(), cut);
+            let mut rest = Trickle { bytes: Vec::new(), max: usize::MAX, calls: 0 };
+            smol::block_on(write_all(&mut rest, left.rest.make_contiguous())).unwrap();
+            let mut again = whole[..cut].to_vec();
+            again.extend_from_slice(&rest.bytes);
+            assert_eq!(again, whole, "cut at {cut}");
+            let begun: usize = left
+                .rest
+                .iter()
+                .map(|w| match w {
+                    Write::Frame(_) => 0,
+                    Write::Rest { frame_len, .. } => *frame_len,
+                    _ => unreachable!(),
+                })
+                .sum();
+            let whole_frames = lens.iter().take(left.frames).sum::<usize>();
+            assert_eq!(left.bytes, whole_frames, "cut at {cut}");
+            assert_eq!(left.frames + left.rest.len(), 3, "cut at {cut}");
+            assert!(begun == 0 || matches!(left.rest.front(), Some(Write::Rest { .. })));
         }
     }
 }

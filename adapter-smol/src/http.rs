@@ -228,7 +228,7 @@ impl Upgrade {
         );
         let socket = SocketId(app.next_socket.fetch_add(1, Ordering::Relaxed));
         let (writer, writes) = crate::outbox::outbox::<Write>();
-        let open = Command::Open { socket, writer, request };
+        let open = Command::Open { socket, writer, stream: stream.clone().into(), request };
         socket::send(&app.commands, open).await.then_some(Opened {
             ws,
             stream,

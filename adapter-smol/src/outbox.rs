@@ -35,12 +35,14 @@ struct Shared<T> {
 struct State<T> {
     items: VecDeque<T>,
     closed: bool,
+    /// The writer holds a batch it has not finished writing.
+    writing: bool,
 }
 
 /// A new, empty mailbox.
 pub fn outbox<T>() -> (OutboxSender<T>, OutboxReceiver<T>) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { items: VecDeque::new(), closed: false }),
+        state: Mutex::new(State { items: VecDeque::new(), closed: false, writing: false }),
         waker: AtomicWaker::new(),
     });
     (OutboxSender(shared.clone()), OutboxReceiver(shared))
@@ -64,6 +66,15 @@ impl<T> OutboxSender<T> {
         if was_empty {
             self.0.waker.wake();
         }
+    }
+}
+
+impl<T> OutboxSender<T> {
+    /// Whether the writer has nothing waiting and nothing half written: then the sender may
+    /// write to the socket itself, and what it writes comes after everything before it.
+    pub fn is_idle(&self) -> bool {
+        let state = self.0.lock();
+        state.items.is_empty() && !state.writing
     }
 }
 
@@ -104,9 +115,17 @@ impl<T> OutboxReceiver<T> {
         .await
     }
 
-    /// Takes everything waiting (the mailbox keeps no room: an idle socket holds none).
+    /// Takes everything waiting (the mailbox keeps no room: an idle socket holds none); the
+    /// writer is writing until it says [`Self::written`].
     pub fn take_all(&self) -> VecDeque<T> {
-        std::mem::take(&mut self.0.lock().items)
+        let mut state = self.0.lock();
+        state.writing = !state.items.is_empty();
+        std::mem::take(&mut state.items)
+    }
+
+    /// The writer is done with what it took.
+    pub fn written(&self) {
+        self.0.lock().writing = false;
     }
 }
 

@@ -91,17 +91,20 @@ impl Batch {
     fn take(outbox: &OutboxReceiver<Write>, replies: &RefCell<Replies>) -> Batch {
         let mut writes = outbox.take_all();
         let Replies { pong, close } = std::mem::take(&mut *replies.borrow_mut());
-        // The peer's close is answered before anything else: it reads nothing more.
+        // The replies go first (the peer's close is answered before anything else: it reads
+        // nothing more), but after the rest of a frame the driver began: a frame is never cut.
+        let at = usize::from(matches!(writes.front(), Some(Write::Rest { .. })));
         if let Some(code) = close {
-            writes.push_front(Write::Close(code, ""));
+            writes.insert(at, Write::Close(code, ""));
         }
         if let Some(payload) = pong {
-            writes.push_front(Write::Pong(payload));
+            writes.insert(at, Write::Pong(payload));
         }
         let (mut frames, mut bytes, mut closes) = (0, 0, false);
         for write in &writes {
             match write {
                 Write::Frame(frame) => (frames, bytes) = (frames + 1, bytes + frame.len()),
+                Write::Rest { frame_len, .. } => (frames, bytes) = (frames + 1, bytes + frame_len),
                 Write::Close(..) => {
                     closes = true;
                     break;
@@ -168,7 +171,9 @@ pub async fn run<R, W>(
             // so that one write carries as many frames as are ready.
             smol::future::yield_now().await;
             let mut batch = Batch::take(&writes, &replies);
-            if frames::write_all(&mut out, batch.writes.make_contiguous()).await.is_err() {
+            let result = frames::write_all(&mut out, batch.writes.make_contiguous()).await;
+            writes.written();
+            if result.is_err() {
                 return;
             }
             let Batch { writes, frames, bytes, closes } = batch;
