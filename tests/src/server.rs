@@ -434,25 +434,18 @@ impl TestClient {
 
     /// The text of the next message (pings skipped), which must be one.
     pub fn message_text(&mut self) -> String {
-        smol::block_on(async {
-            let next = async {
-                loop {
-                    match self.ws.next().await {
-                        Some(Ok(Message::Text(text))) => {
-                            if !text.contains("\"type\":\"system.ping\"") {
-                                return text.to_string();
-                            }
+        within_10_s("a message", async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        if !text.contains("\"type\":\"system.ping\"") {
+                            return text.to_string();
                         }
-                        Some(Ok(_)) => continue,
-                        other => panic!("closed ({other:?}) where a message was expected"),
                     }
+                    Some(Ok(_)) => continue,
+                    other => panic!("closed ({other:?}) where a message was expected"),
                 }
-            };
-            let guard = async {
-                smol::Timer::after(Duration::from_secs(10)).await;
-                panic!("nothing arrived within 10 s");
-            };
-            smol::future::or(next, guard).await
+            }
         })
     }
 
@@ -468,22 +461,15 @@ impl TestClient {
     /// Sends a WebSocket ping and returns the payload of the next pong (messages before it are
     /// skipped), within 10 s.
     pub fn ping(&mut self, payload: &[u8]) -> Vec<u8> {
-        smol::block_on(async {
+        within_10_s("a pong", async {
             self.ws.send(Message::Ping(payload.to_vec().into())).await.unwrap();
-            let next = async {
-                loop {
-                    match self.ws.next().await {
-                        Some(Ok(Message::Pong(payload))) => return payload.to_vec(),
-                        Some(Ok(_)) => continue,
-                        other => panic!("closed ({other:?}) where a pong was expected"),
-                    }
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Pong(payload))) => return payload.to_vec(),
+                    Some(Ok(_)) => continue,
+                    other => panic!("closed ({other:?}) where a pong was expected"),
                 }
-            };
-            let guard = async {
-                smol::Timer::after(Duration::from_secs(10)).await;
-                panic!("no pong within 10 s");
-            };
-            smol::future::or(next, guard).await
+            }
         })
     }
 
@@ -517,6 +503,14 @@ impl TestClient {
     pub fn cut(self) {
         drop(self);
     }
+}
+
+/// Runs `future` to its end, or panics after 10 s without `what`.
+fn within_10_s<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    smol::block_on(smol::future::or(future, async {
+        smol::Timer::after(Duration::from_secs(10)).await;
+        panic!("no {what} within 10 s");
+    }))
 }
 
 /// A tiny HTTP server for the tests: each request (method, path, body) is answered by a
