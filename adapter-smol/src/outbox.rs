@@ -35,7 +35,7 @@ struct Shared<T> {
 struct State<T> {
     items: VecDeque<T>,
     closed: bool,
-    /// The writer holds a batch it has not finished writing.
+    /// The writer holds a batch it has not finished writing, or has finished for good.
     writing: bool,
 }
 
@@ -70,8 +70,9 @@ impl<T> OutboxSender<T> {
 }
 
 impl<T> OutboxSender<T> {
-    /// Whether the writer has nothing waiting and nothing half written: then the sender may
-    /// write to the socket itself, and what it writes comes after everything before it.
+    /// Whether the writer has nothing waiting, nothing half written and has not finished (a
+    /// close written): then the sender may write to the socket itself, and what it writes
+    /// comes after everything before it.
     pub fn is_idle(&self) -> bool {
         let state = self.0.lock();
         state.items.is_empty() && !state.writing
@@ -123,9 +124,11 @@ impl<T> OutboxReceiver<T> {
         std::mem::take(&mut state.items)
     }
 
-    /// The writer is done with what it took.
-    pub fn written(&self) {
-        self.0.lock().writing = false;
+    /// The writer is done with what it took; if `finished`, it writes nothing more, and the
+    /// sender must not write in its place either (see [`OutboxSender::is_idle`]).
+    pub fn written(&self, finished: bool) {
+        let mut state = self.0.lock();
+        state.writing = finished;
     }
 }
 
@@ -174,5 +177,19 @@ mod tests {
             drop(sender);
             assert_eq!(writer.await, [0, 1, 2]);
         }));
+    }
+
+    #[test]
+    fn the_sender_may_write_itself_only_while_the_writer_is_idle() {
+        let (sender, receiver) = outbox();
+        assert!(sender.is_idle());
+        sender.push(1);
+        assert!(!sender.is_idle(), "something waits for the writer");
+        assert_eq!(receiver.take_all(), [1]);
+        assert!(!sender.is_idle(), "the writer is writing it");
+        receiver.written(false);
+        assert!(sender.is_idle());
+        receiver.written(true);
+        assert!(!sender.is_idle(), "after a close, nobody writes");
     }
 }

@@ -172,7 +172,9 @@ pub async fn run<R, W>(
             smol::future::yield_now().await;
             let mut batch = Batch::take(&writes, &replies);
             let result = frames::write_all(&mut out, batch.writes.make_contiguous()).await;
-            writes.written();
+            // After a close (or on a broken connection) nothing more may be written: not by
+            // this writer, nor by the driver on its behalf.
+            writes.written(batch.closes || result.is_err());
             if result.is_err() {
                 return;
             }
