@@ -10,7 +10,7 @@ use divan::{Bencher, black_box, counter::ItemsCount};
 use std::time::Duration;
 use switchboard_core::protocol::{Id, MessageType, Payload, TypePattern};
 use switchboard_core::server::{
-    Hub, HubConfig, Input, OpenRequest, Outgoing, Output, Principal, RateLimit, SocketId,
+    Hub, HubConfig, Input, JoinGrant, OpenRequest, Outgoing, Output, Principal, RateLimit, SocketId,
 };
 use switchboard_core::time::Instant;
 
@@ -86,12 +86,20 @@ fn hub_with(n: u64, conversation: Option<&str>) -> Hub {
         let verdict = Ok(Principal::user(format!("user-{i}")));
         hub.handle_input(NOW, Input::AuthVerdict { request, verdict });
         let mut established = false;
-        while let Some(output) = hub.poll_output() {
-            match output {
-                Output::Send { socket: s, .. } if s == socket => established = true,
-                Output::Close { .. } => panic!("connection {i} refused: {output:?}"),
-                _ => {}
+        // A join is decided by the authorizer: granted here, as the adapter's would.
+        let mut joins = Vec::new();
+        loop {
+            while let Some(output) = hub.poll_output() {
+                match output {
+                    Output::Send { socket: s, .. } if s == socket => established = true,
+                    Output::Authorize(join) => joins.push(join.request),
+                    Output::Close { .. } => panic!("connection {i} refused: {output:?}"),
+                    _ => {}
+                }
             }
+            let Some(request) = joins.pop() else { break };
+            let verdict = Ok(JoinGrant { write: true });
+            hub.handle_input(NOW, Input::JoinVerdict { request, verdict });
         }
         assert!(established, "connection {i} was not established");
         // `established` was written.
