@@ -254,12 +254,12 @@ impl Driver {
                 let Some(held) = self.sockets.get_mut(&socket) else { continue };
                 let pending = std::mem::take(&mut held.pending);
                 if !held.writer.is_idle() {
-                    pending.into_iter().for_each(|write| held.writer.push(write));
+                    held.writer.push_all(pending);
                     continue;
                 }
                 let written = frames::write_now(held.stream.get_ref(), &pending).unwrap_or(0);
                 let left = frames::after_written(pending, written);
-                left.rest.into_iter().for_each(|write| held.writer.push(write));
+                held.writer.push_all(left.rest);
                 if left.frames > 0 {
                     let (frames, bytes) = (left.frames, left.bytes);
                     self.ready.push_back(Input::Flushed { socket, frames, bytes });
@@ -277,7 +277,7 @@ impl Driver {
     fn hand_over(&mut self) {
         for socket in std::mem::take(&mut self.dirty) {
             if let Some(held) = self.sockets.get_mut(&socket) {
-                std::mem::take(&mut held.pending).into_iter().for_each(|w| held.writer.push(w));
+                held.writer.push_all(std::mem::take(&mut held.pending));
             }
         }
     }
@@ -379,10 +379,8 @@ impl Driver {
             }
             Output::Close { socket, code, reason } => {
                 if let Some(held) = self.sockets.remove(&socket) {
-                    for write in held.pending {
-                        held.writer.push(write);
-                    }
-                    held.writer.push(Write::Close(code, reason));
+                    let close = Write::Close(code, reason);
+                    held.writer.push_all(held.pending.into_iter().chain([close]));
                 }
             }
             Output::Verify { request, socket: _, credentials, origin } => {

@@ -57,14 +57,15 @@ pub fn write_now(socket: &std::net::TcpStream, writes: &[Write]) -> io::Result<u
     let mut total = 0;
     while !slices.is_empty() {
         match (&mut &*socket).write_vectored(slices) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            // What went out did go out: the writer goes on from there (and meets a socket
+            // that takes nothing, or an error, itself).
+            Ok(0) => break,
             Ok(written) => {
                 total += written;
                 IoSlice::advance_slices(&mut slices, written);
             }
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-            // What went out before the error did go out; the writer meets the error next.
             Err(_) if total > 0 => break,
             Err(error) => return Err(error),
         }

@@ -1,10 +1,10 @@
 //! A socket's outgoing mailbox: the driver appends frames, the socket's writer takes all of
 //! them at once.
 //!
-//! Fan-out puts one frame into each of a thousand mailboxes per message, so the mailbox is
-//! on the hottest path there is. A channel pays a queue slot and a notification per frame;
-//! this pays an uncontended lock and a `VecDeque` push, and wakes the writer only when the
-//! mailbox goes from empty to not empty. The writer takes the whole queue, so what was sent
+//! The driver writes most frames itself; what a socket did not take, or what comes while its
+//! writer is busy, is handed over here, all of a socket's frames at once. A channel pays a
+//! queue slot and a notification per frame; this pays one uncontended lock per hand-over, and
+//! wakes the writer only when the mailbox goes from empty to not empty. The writer takes the whole queue, so what was sent
 //! while it was busy goes out in its next write; the mailbox starts again without room (one
 //! allocation per batch, not per frame), so an idle socket holds no queue allocation.
 //!
@@ -56,20 +56,20 @@ impl<T> Shared<T> {
 }
 
 impl<T> OutboxSender<T> {
-    /// Appends `item`, waking the writer if the mailbox was empty.
-    pub fn push(&self, item: T) {
+    /// Appends every one of `items`, in order, under one lock, waking the writer if the mailbox
+    /// was empty.
+    pub fn push_all(&self, items: impl IntoIterator<Item = T>) {
         let was_empty = {
             let mut state = self.0.lock();
-            state.items.push_back(item);
-            state.items.len() == 1
+            let before = state.items.len();
+            state.items.extend(items);
+            before == 0 && !state.items.is_empty()
         };
         if was_empty {
             self.0.waker.wake();
         }
     }
-}
 
-impl<T> OutboxSender<T> {
     /// Whether the writer has nothing waiting, nothing half written and has not finished (a
     /// close written): then the sender may write to the socket itself, and what it writes
     /// comes after everything before it.
@@ -141,12 +141,12 @@ mod tests {
         smol::block_on(async {
             let (sender, receiver) = outbox();
             for i in 0..5 {
-                sender.push(i);
+                sender.push_all([i]);
             }
             assert!(poll_fn(|cx| receiver.poll_ready(cx)).await);
             assert_eq!(receiver.take_all(), [0, 1, 2, 3, 4]);
 
-            sender.push(5);
+            sender.push_all([5]);
             drop(sender);
             receiver.closed().await;
             assert!(
@@ -172,7 +172,7 @@ mod tests {
         smol::block_on(executor.run(async {
             for i in 0..3 {
                 smol::future::yield_now().await;
-                sender.push(i);
+                sender.push_all([i]);
             }
             drop(sender);
             assert_eq!(writer.await, [0, 1, 2]);
@@ -183,7 +183,7 @@ mod tests {
     fn the_sender_may_write_itself_only_while_the_writer_is_idle() {
         let (sender, receiver) = outbox();
         assert!(sender.is_idle());
-        sender.push(1);
+        sender.push_all([1]);
         assert!(!sender.is_idle(), "something waits for the writer");
         assert_eq!(receiver.take_all(), [1]);
         assert!(!sender.is_idle(), "the writer is writing it");
