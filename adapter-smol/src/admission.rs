@@ -9,39 +9,38 @@
 
 use crate::config::HttpLimits;
 use crate::metrics::Metrics;
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// The counters behind the caps.
+/// The counters behind the caps, shared by every thread's listener.
 #[derive(Debug)]
 pub struct Admission {
     limits: HttpLimits,
     metrics: Arc<Metrics>,
-    pending: Cell<usize>,
-    per_ip: RefCell<HashMap<IpAddr, usize>>,
+    pending: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// A connection in its HTTP phase: counted until dropped.
 #[derive(Debug)]
-pub struct Pending(Rc<Admission>);
+pub struct Pending(Arc<Admission>);
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.0.pending.set(self.0.pending.get().saturating_sub(1));
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// A socket counted against its IP address's cap until dropped (it follows the socket through
 /// the upgrade).
 #[derive(Debug)]
-pub struct FromIp(Rc<Admission>, IpAddr);
+pub struct FromIp(Arc<Admission>, IpAddr);
 
 impl Drop for FromIp {
     fn drop(&mut self) {
-        let mut per_ip = self.0.per_ip.borrow_mut();
+        let mut per_ip = self.0.per_ip();
         if let Some(count) = per_ip.get_mut(&self.1) {
             *count -= 1;
             if *count == 0 {
@@ -52,8 +51,19 @@ impl Drop for FromIp {
 }
 
 impl Admission {
-    pub fn new(limits: HttpLimits, metrics: Arc<Metrics>) -> Rc<Self> {
-        Rc::new(Admission { limits, metrics, pending: Cell::new(0), per_ip: RefCell::default() })
+    pub fn new(limits: HttpLimits, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Admission {
+            limits,
+            metrics,
+            pending: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
+        })
+    }
+
+    /// The count per address (a poisoned lock still holds counts that are right: every
+    /// change under it is one statement).
+    fn per_ip(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The limits.
@@ -64,23 +74,28 @@ impl Admission {
     /// Admits a connection from `peer`, or says which cap refuses it (and counts the refusal).
     /// A trusted proxy's connections are not counted by address here (see
     /// [`Admission::admit_forwarded`]).
-    pub fn admit(self: &Rc<Self>, peer: IpAddr) -> Result<(Pending, Option<FromIp>), &'static str> {
-        if self.pending.get() >= self.limits.max_pending_upgrades {
+    pub fn admit(
+        self: &Arc<Self>,
+        peer: IpAddr,
+    ) -> Result<(Pending, Option<FromIp>), &'static str> {
+        // Taken first and given back on refusal: two threads cannot both take the last place.
+        if self.pending.fetch_add(1, Ordering::Relaxed) >= self.limits.max_pending_upgrades {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
             return Err(self.refuse("pending_upgrades"));
         }
+        let pending = Pending(self.clone());
         let from_ip = if self.limits.trust_forwarded_for.contains(&peer) {
             None
         } else {
             Some(self.count_ip(peer)?)
         };
-        self.pending.set(self.pending.get() + 1);
-        Ok((Pending(self.clone()), from_ip))
+        Ok((pending, from_ip))
     }
 
     /// Counts a trusted proxy's request by the client address its `X-Forwarded-For` names
     /// (the rightmost address that is not a trusted proxy).
     pub fn admit_forwarded(
-        self: &Rc<Self>,
+        self: &Arc<Self>,
         forwarded_for: &str,
     ) -> Result<Option<FromIp>, &'static str> {
         let client = forwarded_for
@@ -98,9 +113,9 @@ impl Admission {
         self.limits.trust_forwarded_for.contains(&peer)
     }
 
-    fn count_ip(self: &Rc<Self>, ip: IpAddr) -> Result<FromIp, &'static str> {
+    fn count_ip(self: &Arc<Self>, ip: IpAddr) -> Result<FromIp, &'static str> {
         let cap = self.limits.max_sockets_per_ip;
-        let mut per_ip = self.per_ip.borrow_mut();
+        let mut per_ip = self.per_ip();
         let count = per_ip.entry(ip).or_insert(0);
         if cap > 0 && *count >= cap {
             drop(per_ip);
@@ -121,7 +136,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn admission(max_pending: usize, per_ip: usize, trusted: &[&str]) -> Rc<Admission> {
+    fn admission(max_pending: usize, per_ip: usize, trusted: &[&str]) -> Arc<Admission> {
         let limits = HttpLimits {
             header_timeout: Duration::from_secs(10),
             max_pending_upgrades: max_pending,
@@ -149,8 +164,8 @@ mod tests {
         let (pending, from_ip) = a.admit(ip).unwrap();
         drop(pending);
         let _kept = from_ip;
-        assert_eq!(a.pending.get(), 0);
-        assert_eq!(a.per_ip.borrow().get(&ip), Some(&1));
+        assert_eq!(a.pending.load(Ordering::Relaxed), 0);
+        assert_eq!(a.per_ip().get(&ip), Some(&1));
     }
 
     #[test]

@@ -177,7 +177,12 @@ pub struct Args {
     /// one [default: sb:].
     #[arg(long, env = "SWITCHBOARD_CHANNEL_PREFIX")]
     pub channel_prefix: Option<String>,
-    /// Messages of history kept per channel on Redis (approximately) [default: 1000].
+    /// Hubs, each on its own thread with its own listener on the address (`SO_REUSEPORT`: the
+    /// kernel spreads the connections), joined by a bus in the process (or by Redis with
+    /// `--redis-url`) [default: the number of cores].
+    #[arg(long, env = "SWITCHBOARD_THREADS")]
+    pub threads: Option<usize>,
+    /// Messages of history kept per channel on the bus (approximately, on Redis) [default: 1000].
     #[arg(long, env = "SWITCHBOARD_HISTORY_LEN")]
     pub history_len: Option<usize>,
     /// How long a channel's history is kept after its last message [default: 1h].
@@ -247,6 +252,7 @@ pub struct FileConfig {
     /// One URL, or a list of shards.
     pub redis_url: Option<RedisUrls>,
     pub channel_prefix: Option<String>,
+    pub threads: Option<usize>,
     pub history_len: Option<usize>,
     pub history_ttl: Option<String>,
     pub bus_linger: Option<String>,
@@ -330,6 +336,12 @@ pub struct Settings {
     pub http: HttpLimits,
     /// The shared bus; `None`: this instance alone.
     pub redis: Option<RedisSettings>,
+    /// Hubs, one per thread (`--threads`).
+    pub threads: usize,
+    /// Entries kept per channel's history by the bus in the process (with more than one
+    /// thread and no Redis), and how long after its last message.
+    pub history_len: usize,
+    pub history_ttl: Duration,
     /// `--test-hooks`.
     pub test_hooks: bool,
     pub hub: HubConfig,
@@ -410,6 +422,14 @@ impl Settings {
         };
         let mut urls = list(args.redis_url, file_urls);
         urls.retain(|url| !url.is_empty());
+        let history_len = args.history_len.or(file.history_len).unwrap_or(1000);
+        let history_ttl = duration(args.history_ttl, &file.history_ttl, Duration::from_secs(3600))?;
+        if history_len == 0 || history_ttl < Duration::from_secs(1) {
+            return Err(
+                "--history-len and --history-ttl must be at least 1 and 1s: publishes are retried against the history"
+                    .into(),
+            );
+        }
         let redis = if urls.is_empty() {
             None
         } else {
@@ -419,19 +439,17 @@ impl Settings {
             if urls.len() > 64 {
                 return Err("--redis-url: at most 64 shards".into());
             }
-            let history_len = args.history_len.or(file.history_len).unwrap_or(1000);
-            let history_ttl =
-                duration(args.history_ttl, &file.history_ttl, Duration::from_secs(3600))?;
-            if history_len == 0 || history_ttl < Duration::from_secs(1) {
-                return Err(
-                        "--history-len and --history-ttl must be at least 1 and 1s: publishes are retried against the history"
-                            .into(),
-                    );
-            }
             hub.bus.shared = true;
             hub.bus.shards = urls.len();
             Some(RedisSettings { urls, history_len, history_ttl })
         };
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let threads = args.threads.or(file.threads).unwrap_or(cores);
+        if !(1..=1024).contains(&threads) {
+            return Err(format!("--threads {threads}: between 1 and 1024"));
+        }
+        // More than one hub: they share a bus, Redis or the one in the process.
+        hub.bus.shared |= threads > 1;
         hub.connection_rate = match (args.connection_rate, &file.connection_rate) {
             (Some(rate), _) => rate,
             (None, Some(text)) => parse_rate(text)?,
@@ -579,6 +597,9 @@ impl Settings {
             )?,
             http,
             redis,
+            threads,
+            history_len,
+            history_ttl,
             test_hooks: args.test_hooks || file.test_hooks.unwrap_or(false),
             hub,
         })
@@ -655,9 +676,15 @@ mod tests {
             all.extend_from_slice(args);
             Settings::resolve(Args::parse_from(all))
         };
-        let alone = dev(&[]).unwrap();
-        assert!(alone.redis.is_none() && !alone.hub.bus.shared, "alone by default");
+        let alone = dev(&["--threads", "1"]).unwrap();
+        assert!(alone.redis.is_none() && !alone.hub.bus.shared, "one hub alone: no bus");
         assert_eq!(alone.hub.channel_prefix, "sb:");
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(dev(&[]).unwrap().threads, cores, "a hub per core by default");
+        let threads = dev(&["--threads", "3"]).unwrap();
+        assert!(threads.redis.is_none() && threads.hub.bus.shared, "hubs share the process's bus");
+        assert_eq!((threads.history_len, threads.history_ttl), (1000, Duration::from_secs(3600)));
+        assert!(dev(&["--threads", "0"]).unwrap_err().contains("--threads"));
         let shared = dev(&[
             "--redis-url",
             "redis://127.0.0.1:6379",

@@ -77,6 +77,8 @@ pub enum Command {
     /// Send a message (the publish API); the reply is the number of local sessions reached,
     /// or why the hub refused it.
     Send { target: Target, outgoing: Outgoing, reply: Sender<Result<usize, RefusedSend>> },
+    /// How many of the hub's sessions a message to `target` would reach.
+    Count { target: Target, reply: Sender<usize> },
     /// The hub's counts and its view of the bus, for `/metrics` and `/healthz`.
     Stats { reply: Sender<(HubStats, BusStats)> },
     /// Begin graceful shutdown.
@@ -131,7 +133,7 @@ pub struct Driver {
     pub written: Receiver<Input>,
     /// For answers that come back later (a key fetch, the backend's join verdict).
     pub loopback: Sender<Command>,
-    pub verifier: Rc<Verifier>,
+    pub verifier: Arc<Verifier>,
     pub authorizer: Rc<dyn Authorizer>,
     pub metrics: Arc<Metrics>,
     /// The event loop, to run the answers that come later.
@@ -163,7 +165,7 @@ impl Driver {
         commands: Receiver<Command>,
         written: Receiver<Input>,
         loopback: Sender<Command>,
-        verifier: Rc<Verifier>,
+        verifier: Arc<Verifier>,
         authorizer: Rc<dyn Authorizer>,
         metrics: Arc<Metrics>,
         executor: Rc<smol::LocalExecutor<'static>>,
@@ -333,6 +335,9 @@ impl Driver {
             Command::Send { target, outgoing, reply } => {
                 let delivered = self.hub.send(now, target, outgoing);
                 let _ = reply.try_send(delivered);
+            }
+            Command::Count { target, reply } => {
+                let _ = reply.try_send(self.hub.local_recipients(&target));
             }
             Command::Stats { reply } => {
                 let bus = BusStats {

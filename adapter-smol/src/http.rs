@@ -45,7 +45,10 @@ pub enum Listener {
 #[derive(Debug)]
 pub struct App {
     pub path: String,
+    /// This thread's hub.
     pub commands: async_channel::Sender<Command>,
+    /// Every thread's hub (this one's included), for counts over all of them.
+    pub hubs: Arc<[async_channel::Sender<Command>]>,
     /// Where sockets' writers report what they wrote.
     pub written: async_channel::Sender<switchboard_core::server::Input>,
     pub metrics: Arc<Metrics>,
@@ -53,14 +56,17 @@ pub struct App {
     pub next_socket: AtomicU64,
     pub ws_config: WebSocketConfig,
     pub api_key: Option<String>,
-    pub api_bucket: ApiBucket,
-    pub admission: Rc<Admission>,
+    /// Shared by every thread's hub, as are the caps.
+    pub api_bucket: Arc<ApiBucket>,
+    pub admission: Arc<Admission>,
     pub dev_jwks: Option<String>,
     /// Served under `/app/`.
     pub static_dir: Option<std::path::PathBuf>,
-    /// The Redis links, one per shard, when the instances share a bus (`/healthz` tells when
-    /// one is down).
-    pub buses: Vec<Arc<crate::redis::Status>>,
+    /// The links to the bus, one per shard and hub, hub after hub, when the hubs share one
+    /// (`/healthz` tells when one is down).
+    pub buses: Arc<[Arc<crate::redis::Status>]>,
+    /// Shards of the bus.
+    pub shards: usize,
     /// `--test-hooks`: `POST /debug/bus/deaf`.
     pub test_hooks: bool,
 }
@@ -69,26 +75,28 @@ pub struct App {
 #[derive(Debug)]
 pub struct ApiBucket {
     limit: RateLimit,
-    state: Cell<(f64, Instant)>,
+    state: std::sync::Mutex<(f64, Instant)>,
 }
 
 impl ApiBucket {
     pub fn new(limit: RateLimit) -> Self {
-        ApiBucket { limit, state: Cell::new((f64::from(limit.capacity), Instant::now())) }
+        let full = (f64::from(limit.capacity), Instant::now());
+        ApiBucket { limit, state: std::sync::Mutex::new(full) }
     }
 
     /// Takes a token, or says how long until one is there.
     fn take(&self) -> Result<(), std::time::Duration> {
-        let (tokens, at) = self.state.get();
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tokens, at) = *state;
         let now = Instant::now();
         let capacity = f64::from(self.limit.capacity);
         let rate = capacity / self.limit.per.as_secs_f64().max(1e-9);
         let tokens = (tokens + now.duration_since(at).as_secs_f64() * rate).min(capacity);
         if tokens >= 1.0 {
-            self.state.set((tokens - 1.0, now));
+            *state = (tokens - 1.0, now);
             Ok(())
         } else {
-            self.state.set((tokens, now));
+            *state = (tokens, now);
             Err(std::time::Duration::from_secs_f64((1.0 - tokens) / rate))
         }
     }
@@ -274,20 +282,30 @@ impl App {
         }
     }
 
-    /// The hub's counts and its view of the bus (`None` once it is shutting down).
+    /// Every hub's counts and view of the bus, summed (`None` once they are shutting down).
     async fn stats(&self) -> Option<(HubStats, BusStats)> {
-        let (reply, answer) = async_channel::bounded(1);
-        self.commands.send(Command::Stats { reply }).await.ok()?;
-        answer.recv().await.ok()
+        let mut total = (HubStats::default(), BusStats { pending_publishes: 0, healthy: true });
+        for hub in self.hubs.iter() {
+            let (reply, answer) = async_channel::bounded(1);
+            hub.send(Command::Stats { reply }).await.ok()?;
+            let (stats, bus) = answer.recv().await.ok()?;
+            total.0.add(&stats);
+            total.1.pending_publishes += bus.pending_publishes;
+            total.1.healthy &= bus.healthy;
+        }
+        Some(total)
     }
 
     /// Always 200 while the process runs (a bus that is down is no reason to restart it: local
     /// traffic is served); the body says `ok`, or `degraded (bus: ...)` with why.
     async fn health(&self) -> Response<Body> {
-        let sharded = self.buses.len() > 1;
-        if let Some((shard, bus)) = self.buses.iter().enumerate().find(|(_, b)| !b.is_up()) {
-            let problem =
-                if sharded { format!("shard {shard}: {}", bus.problem()) } else { bus.problem() };
+        let shards = self.shards.max(1);
+        if let Some((link, bus)) = self.buses.iter().enumerate().find(|(_, b)| !b.is_up()) {
+            let problem = if shards > 1 {
+                format!("shard {}: {}", link % shards, bus.problem())
+            } else {
+                bus.problem()
+            };
             return text(StatusCode::OK, format!("degraded (bus: {problem})\n"));
         }
         match self.stats().await {
@@ -468,21 +486,58 @@ impl App {
             Ok(parsed) => parsed,
             Err(message) => return error(StatusCode::BAD_REQUEST, &message),
         };
-        let (reply, answer) = async_channel::bounded(1);
-        if self.commands.send(Command::Send { target, outgoing, reply }).await.is_err() {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-        }
-        match answer.recv().await {
-            Ok(Ok(delivered)) => {
+        match self.send(target, outgoing).await {
+            Some(Ok(delivered)) => {
                 json(StatusCode::OK, serde_json::json!({ "delivered": delivered }))
             }
-            Ok(Err(refused @ RefusedSend::TooLarge { .. })) => {
+            Some(Err(refused @ RefusedSend::TooLarge { .. })) => {
                 error(StatusCode::PAYLOAD_TOO_LARGE, &refused.to_string())
             }
-            Ok(Err(refused)) => error(StatusCode::BAD_REQUEST, &refused.to_string()),
-            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+            Some(Err(refused)) => error(StatusCode::BAD_REQUEST, &refused.to_string()),
+            None => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
         }
     }
+
+    /// Sends a message of the publish API through the hubs; the count is of every hub's
+    /// sessions reached (`None`: shutting down). A message to one connection goes to every hub
+    /// (the connection is on one of them). Anything else goes through the first hub alone,
+    /// whatever thread took the request, so that calls made one after another are placed on
+    /// the bus, and delivered, in the order they were made; the other hubs say how many of
+    /// their members it reaches.
+    async fn send(&self, target: Target, outgoing: Outgoing) -> Option<Result<usize, RefusedSend>> {
+        let (first, others) = self.hubs.split_first()?;
+        let sent = ask(first, |reply| Command::Send {
+            target: target.clone(),
+            outgoing: outgoing.clone(),
+            reply,
+        });
+        let mut delivered = match sent.await? {
+            Ok(delivered) => delivered,
+            Err(refused) => return Some(Err(refused)),
+        };
+        for hub in others {
+            delivered += match &target {
+                Target::Connection(_) => {
+                    let (target, outgoing) = (target.clone(), outgoing.clone());
+                    // Refused by the first hub already if at all.
+                    ask(hub, |reply| Command::Send { target, outgoing, reply }).await?.unwrap_or(0)
+                }
+                _ => ask(hub, |reply| Command::Count { target: target.clone(), reply }).await?,
+            };
+        }
+        Some(Ok(delivered))
+    }
+}
+
+/// Sends a hub the command `make` builds around a reply channel, and waits for the reply
+/// (`None`: the hub is gone).
+async fn ask<T>(
+    hub: &async_channel::Sender<Command>,
+    make: impl FnOnce(async_channel::Sender<T>) -> Command,
+) -> Option<T> {
+    let (reply, answer) = async_channel::bounded(1);
+    hub.send(make(reply)).await.ok()?;
+    answer.recv().await.ok()
 }
 
 #[derive(Deserialize)]

@@ -18,6 +18,7 @@ mod frames;
 mod http;
 pub mod metrics;
 mod outbox;
+mod process_bus;
 pub mod redis;
 mod server;
 mod socket;

@@ -186,7 +186,7 @@ impl ServerProcess {
 
     fn from_command(mut command: Command, dir: PathBuf) -> ServerProcess {
         if command.get_envs().all(|(k, _)| k != "RUST_LOG") {
-            command.env("RUST_LOG", "warn");
+            command.env("RUST_LOG", std::env::var("TEST_SERVER_LOG").unwrap_or("warn".into()));
         }
         let mut child = command
             .stdout(Stdio::piped())

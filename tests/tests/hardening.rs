@@ -154,7 +154,9 @@ fn joining_through_the_backends_callback_with_a_cache_and_fail_closed() {
         }
     });
     let url = format!("http://{}/authorize", stub.addr);
-    let (server, keys) = server(&["--authorize-url", &url, "--relay", "data.chat.*"]);
+    // One hub: each hub keeps its own verdict cache and batches its own requests.
+    let (server, keys) =
+        server(&["--authorize-url", &url, "--relay", "data.chat.*", "--threads", "1"]);
     let alice = token_with(&keys, "alice", |_| {});
     let open = |conversation: &str| {
         TestClient::connect(server.addr, &format!("token={alice}&conversation_id={conversation}"))
@@ -307,7 +309,10 @@ fn silent_and_trickling_sockets_are_closed_and_others_still_connect() {
 
 #[test]
 fn caps_on_sockets_per_ip_and_on_unfinished_upgrades() {
-    let (server, keys) = server(&["--max-sockets-per-ip", "20", "--max-pending-upgrades", "30"]);
+    // One hub: with several, each accepts from its own queue, and the socket refused at the
+    // cap is whichever was accepted last, not necessarily the 21st connected.
+    let args = ["--max-sockets-per-ip", "20", "--max-pending-upgrades", "30", "--threads", "1"];
+    let (server, keys) = server(&args);
     let attacker = Ipv4Addr::new(127, 0, 0, 2);
     let mut held: Vec<std::net::TcpStream> =
         (0..20).map(|_| connect_from(attacker, server.addr)).collect();
@@ -377,9 +382,13 @@ fn a_slow_consumer_cut_off_with_the_defaults_resumes_and_loses_nothing() {
         .collect();
     assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
     let last = seen.iter().filter_map(|e| e.sequence).max().unwrap_or(0);
+    // As this project's clients do, it names the last position it got in the channel: the
+    // resume may reach another hub (or instance), which replays from the channel's history.
+    let position = seen.iter().rev().find_map(|e| e.position.as_ref()).expect("a position");
+    let positions = serde_json::to_string(&[position]).unwrap();
     let mut again = TestClient::connect(server.addr, &query());
     established(&mut again);
-    again.send(types::CONNECTION_RESUME, &format!(r#"{{"conversationId":"slow","lastMessageId":null,"lastItemIndex":0,"clientState":{{"pendingWidgetIds":[]}},"connectionId":"{id}","lastSequence":{last}}}"#));
+    again.send(types::CONNECTION_RESUME, &format!(r#"{{"conversationId":"slow","lastMessageId":null,"lastItemIndex":0,"clientState":{{"pendingWidgetIds":[]}},"connectionId":"{id}","lastSequence":{last},"positions":{positions}}}"#));
     let SystemMessage::ConnectionResumed(resumed) =
         SystemMessage::from_envelope(&again.message()).unwrap()
     else {

@@ -22,7 +22,8 @@ const KEY: &str = "k3y";
 const TYPE: &str = "data.test.message";
 
 /// A `switchboard` on a free port, sharing `redis`, with the publish API, relaying `data.*`,
-/// the test hooks, and a short linger.
+/// the test hooks, and a short linger; one hub (these tests count what one instance does on
+/// the bus).
 fn instance(redis: &RedisProcess) -> ServerProcess {
     instance_at(&[&redis.url()])
 }
@@ -30,8 +31,17 @@ fn instance(redis: &RedisProcess) -> ServerProcess {
 /// [`instance`], with Redis at `urls` (the shards, in order).
 fn instance_at(urls: &[&str]) -> ServerProcess {
     let keys = Keys::load();
-    let mut args =
-        vec!["--api-key", KEY, "--bus-linger", "1s", "--relay", "data.*", "--test-hooks"];
+    let mut args = vec![
+        "--api-key",
+        KEY,
+        "--bus-linger",
+        "1s",
+        "--relay",
+        "data.*",
+        "--test-hooks",
+        "--threads",
+        "1",
+    ];
     for url in urls {
         args.extend(["--redis-url", url]);
     }

@@ -15,8 +15,7 @@ pub use dev::DevIssuer;
 pub use jwt::{MAX_TOKEN_BYTES, Rules};
 pub use keys::{KeySet, KeySource, Keys, RsaKey, parse_jwks};
 use std::collections::{HashMap, HashSet};
-use std::rc::Rc;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use switchboard_core::server::{AuthFailure, Credentials, Principal};
 
@@ -59,7 +58,7 @@ pub struct Verifier {
     keys: KeySet,
     rules: Rules,
     allowed_origins: HashSet<String>,
-    sessions: Box<dyn SessionStore>,
+    sessions: Arc<dyn SessionStore>,
     /// SHA-256 of a verified token → its principal, until the token expires. Bounded: cleared
     /// when full. A key removed from the JWKS stops new tokens at once; tokens it signed that
     /// were already verified live out their (short) lifetime. (Boxed: the table keeps spare
@@ -87,7 +86,7 @@ impl Verifier {
         keys: KeySet,
         rules: Rules,
         allowed_origins: Vec<String>,
-        sessions: Box<dyn SessionStore>,
+        sessions: Arc<dyn SessionStore>,
     ) -> Self {
         Verifier {
             keys,
@@ -101,7 +100,7 @@ impl Verifier {
     /// Checks credentials; `origin` is the upgrade request's `Origin` header. Answers at once
     /// unless the token names a key id not held (then after at most one fetch of the keys).
     pub fn verify(
-        self: &Rc<Self>,
+        self: &Arc<Self>,
         credentials: Credentials,
         origin: Option<String>,
     ) -> Answer<Result<Principal, AuthFailure>> {
@@ -172,7 +171,7 @@ impl Verifier {
 mod tests {
     use super::*;
 
-    fn verifier(dev: &DevIssuer) -> Rc<Verifier> {
+    fn verifier(dev: &DevIssuer) -> Arc<Verifier> {
         let keys = HashMap::from([(dev.kid.clone(), dev.public_key())]);
         let rules = Rules {
             issuers: HashSet::from([dev.issuer.clone()]),
@@ -182,11 +181,11 @@ mod tests {
             leeway: std::time::Duration::from_secs(30),
             grants_claim: None,
         };
-        Rc::new(Verifier::new(
+        Arc::new(Verifier::new(
             KeySet::new(keys, KeySource::Fixed),
             rules,
             vec![],
-            Box::new(MemorySessions::default()),
+            Arc::new(MemorySessions::default()),
         ))
     }
 

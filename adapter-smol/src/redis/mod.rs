@@ -100,7 +100,7 @@ impl Status {
         self.deaf.store(self.subscriber.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
-    fn set_up(&self, up: bool, problem: &str) {
+    pub(crate) fn set_up(&self, up: bool, problem: &str) {
         self.up.store(up, Ordering::Relaxed);
         if let Ok(mut p) = self.problem.lock() {
             problem.clone_into(&mut p);

@@ -1,13 +1,21 @@
 //! The bus in memory: what the Redis function does, for one process.
 //!
 //! A single instance uses it for its positions (no history kept: nobody else could read it);
+//! a server with one hub per thread joins them with one (its own thread carries the commands);
 //! the simulation joins several hubs with one, with history, latency and faults of its own.
+//!
+//! Like Redis, it forgets what outlived its time to live, when told the time ([`LocalBus::
+//! set_time`], [`LocalBus::expire`]): a channel nobody published to or subscribed for the
+//! history's time to live, a session record past its own. A bus never told the time keeps
+//! everything (the simulation's runs are short).
 
 use super::{BusCommand, BusEvent, History, SessionRecord, Top};
 use crate::protocol::Id;
 use crate::rng::Rng;
+use crate::time::Instant;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
 
 /// One channel: its epoch, top, history and recent publish keys.
 #[derive(Debug)]
@@ -17,6 +25,8 @@ struct Log {
     entries: VecDeque<(u64, Bytes)>,
     keys: HashMap<Id, u64>,
     key_order: VecDeque<Id>,
+    /// When it was last published to (its history's time to live counts from there).
+    touched: Instant,
 }
 
 /// The bus in memory. Subscribers are numbered by the caller.
@@ -26,11 +36,14 @@ pub struct LocalBus {
     history_len: usize,
     logs: HashMap<String, Log>,
     subscribers: BTreeMap<String, BTreeSet<usize>>,
-    /// Session records by key (their time-to-live is not kept: the simulation's sessions are
-    /// claimed or dropped long before).
-    sessions: HashMap<String, SessionRecord>,
+    /// Session records by key, with when they expire.
+    sessions: HashMap<String, (SessionRecord, Instant)>,
     /// The channel prefix instance channels are named with (`sb:`).
     prefix: String,
+    /// The time commands are stamped with (see [`LocalBus::set_time`]).
+    now: Instant,
+    /// How long a channel's history outlives its last publish (`None`: for ever).
+    history_ttl: Option<Duration>,
 }
 
 impl LocalBus {
@@ -43,7 +56,36 @@ impl LocalBus {
             subscribers: BTreeMap::new(),
             sessions: HashMap::new(),
             prefix: "sb:".to_owned(),
+            now: Instant::ZERO,
+            history_ttl: None,
         }
+    }
+
+    /// Forgets a channel's history `ttl` after its last publish (once nobody subscribes to it),
+    /// as Redis does with the history keys' time to live.
+    pub fn with_history_ttl(mut self, ttl: Duration) -> Self {
+        self.history_ttl = Some(ttl);
+        self
+    }
+
+    /// The time the commands that follow are stamped with.
+    pub fn set_time(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    /// Forgets what outlived its time to live at the current time: channels without
+    /// subscribers not published to within the history's time to live (a later publish starts
+    /// a new epoch, and a client behind it is told to refetch), and session records past
+    /// theirs.
+    pub fn expire(&mut self) {
+        let now = self.now;
+        if let Some(ttl) = self.history_ttl {
+            let subscribers = &self.subscribers;
+            self.logs.retain(|channel, log| {
+                subscribers.contains_key(channel) || now.saturating_since(log.touched) < ttl
+            });
+        }
+        self.sessions.retain(|_, (_, expires)| *expires > now);
     }
 
     /// Carries out `command` from `subscriber`: the answer for it, and any messages published
@@ -88,14 +130,15 @@ impl LocalBus {
                 self.fan_out(&channel, &Bytes::from(token.to_string()), &mut events)
             }
             BusCommand::RenewSubscriber => {}
-            BusCommand::SaveSession { session, record, .. } => {
-                self.sessions.insert(session, *record);
+            BusCommand::SaveSession { session, record, ttl_ms } => {
+                let expires = self.now + Duration::from_millis(ttl_ms);
+                self.sessions.insert(session, (*record, expires));
             }
             BusCommand::DropSession { session } => {
                 self.sessions.remove(&session);
             }
             BusCommand::ClaimSession { request, session, claimant } => {
-                let record = self.sessions.get_mut(&session).map(|record| {
+                let record = self.sessions.get_mut(&session).map(|(record, _)| {
                     let previous = std::mem::replace(&mut record.owner, claimant.clone());
                     record.generation += 1;
                     (previous, record.clone())
@@ -182,14 +225,17 @@ impl LocalBus {
 
     /// `channel`'s log, started (with a fresh epoch and nothing in it) if it has none.
     fn log(&mut self, channel: &str) -> &mut Log {
-        let rng = &mut self.rng;
-        self.logs.entry(channel.to_owned()).or_insert_with(|| Log {
+        let (rng, now) = (&mut self.rng, self.now);
+        let log = self.logs.entry(channel.to_owned()).or_insert_with(|| Log {
             epoch: epoch(rng),
             top: 0,
             entries: VecDeque::new(),
             keys: HashMap::new(),
             key_order: VecDeque::new(),
-        })
+            touched: now,
+        });
+        log.touched = now;
+        log
     }
 
     /// Appends a message; returns its position and whether it is new (not a retried key).
@@ -290,5 +336,53 @@ mod tests {
         let BusEvent::Published { result: Ok(new), .. } = &again[0].1 else { panic!() };
         assert_eq!(new.offset, 1);
         assert_ne!(new.epoch, top.epoch, "a new epoch after the history was lost");
+    }
+
+    #[test]
+    fn idle_channels_and_old_session_records_expire_and_subscribed_channels_stay() {
+        let mut bus = LocalBus::new(1, 10).with_history_ttl(Duration::from_secs(60));
+        publish(&mut bus, 0, "a");
+        let subscribe =
+            |channel: &str| BusCommand::Subscribe { batch: 1, channels: vec![channel.into()] };
+        bus.execute(
+            0,
+            BusCommand::Publish {
+                channel: "watched".into(),
+                key: Id::new("w").unwrap(),
+                message: Bytes::from_static(br#"{"n":1}"#),
+            },
+        );
+        bus.execute(1, subscribe("watched"));
+        let record = SessionRecord {
+            user_id: "u".into(),
+            conversation_id: None,
+            definition_id: None,
+            can_write: true,
+            owner: Id::new("i-1").unwrap(),
+            generation: 0,
+            joined: Vec::new(),
+        };
+        let save = |session: &str, ttl_ms| BusCommand::SaveSession {
+            session: session.into(),
+            record: Box::new(record.clone()),
+            ttl_ms,
+        };
+        bus.execute(0, save("short", 30_000));
+        bus.execute(0, save("long", 90_000));
+
+        bus.set_time(Instant::from_millis(59_999));
+        bus.expire();
+        assert!(bus.top("c").is_some(), "not idle for the whole time to live yet");
+        assert_eq!(bus.session_records(), 1, "the 30 s record is gone, the 90 s one is kept");
+
+        bus.set_time(Instant::from_millis(60_000));
+        bus.expire();
+        assert_eq!(bus.top("c"), None, "an idle channel without subscribers is forgotten");
+        assert!(bus.top("watched").is_some(), "a subscribed channel is kept");
+        publish(&mut bus, 0, "b");
+        bus.set_time(Instant::from_millis(100_000));
+        bus.expire();
+        assert!(bus.top("c").is_some(), "a publish counts the time to live from there");
+        assert_eq!(bus.session_records(), 0);
     }
 }

@@ -111,6 +111,20 @@ impl Hub {
     }
 
     /// The local sessions a message on `channel` is for.
+    /// How many of this hub's sessions a message to `target` reaches: what [`Hub::send`] counts
+    /// (a server with several hubs sends through one and asks the others this).
+    pub fn local_recipients(&self, target: &Target) -> usize {
+        let (channel, except) = match target {
+            Target::Connection(id) => return usize::from(self.by_connection_id.contains_key(id)),
+            Target::User(user) => (Channel::User(user.clone()), None),
+            Target::Conversation { conversation_id, except } => {
+                (Channel::Conversation(conversation_id.clone()), except.as_ref())
+            }
+            Target::All => (Channel::Broadcast, None),
+        };
+        self.recipients(&channel, except).len()
+    }
+
     fn recipients(&self, channel: &Channel, except: Option<&Id>) -> Vec<Key> {
         match channel {
             Channel::Conversation(id) => self.members_of(id, except),

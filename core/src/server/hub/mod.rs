@@ -80,6 +80,22 @@ pub struct HubStats {
     pub timers: usize,
 }
 
+impl HubStats {
+    /// Adds another hub's counts (a server with one hub per thread reports their sum; a user or
+    /// conversation with members on two hubs counts on each).
+    pub fn add(&mut self, other: &HubStats) {
+        for (state, count) in &other.by_state {
+            *self.by_state.entry(state).or_insert(0) += count;
+        }
+        self.sessions += other.sessions;
+        self.users += other.users;
+        self.conversations += other.conversations;
+        self.subscriptions += other.subscriptions;
+        self.outbound_bytes += other.outbound_bytes;
+        self.timers += other.timers;
+    }
+}
+
 /// The server hub. See the [module docs](super) for the contract.
 #[derive(Debug)]
 pub struct Hub {
