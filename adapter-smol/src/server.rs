@@ -103,7 +103,7 @@ impl Server {
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
     pub fn run(self) -> Result<(), String> {
-        let Server { settings, configure, sessions, authorizer } = self;
+        let Server { settings, configure, sessions, authorizer: custom } = self;
         let threads = settings.threads;
         let listeners = bind(&settings.listen, threads)?;
         let addr = listeners.first().and_then(|l| l.local_addr().ok()).ok_or("no listener")?;
@@ -112,69 +112,8 @@ impl Server {
             None => None,
         };
 
-        let mut issuers = settings.issuers.clone();
-        let dev = if settings.dev {
-            // One issuer for every dev instance on the machine (not one per address): they
-            // share the key too, so a client resumes on any of them with the token it has.
-            let issuer = DEV_ISSUER.to_owned();
-            issuers.push(issuer.clone());
-            Some(DevIssuer::load_or_create(&settings.dev_key, issuer)?)
-        } else {
-            None
-        };
-        let (keys, source) = match (&dev, &settings.jwks_file, &settings.jwks_url) {
-            (Some(dev), _, _) => {
-                (HashMap::from([(dev.kid.clone(), dev.public_key())]), KeySource::Fixed)
-            }
-            (None, Some(path), _) => {
-                let source = KeySource::File(path.clone());
-                (source.load()?, source)
-            }
-            (None, None, Some(url)) => {
-                let source = KeySource::Url(url.clone());
-                // The identity provider may be down at start: keep going and fetch on demand.
-                let keys = source.load().unwrap_or_else(|error| {
-                    tracing::warn!(%error, "could not fetch the signing keys; will retry when a token arrives");
-                    HashMap::new()
-                });
-                (keys, source)
-            }
-            (None, None, None) => {
-                tracing::warn!("no --jwks-file, --jwks-url or --dev: every token will be refused");
-                (HashMap::new(), KeySource::Fixed)
-            }
-        };
-        let grants_claim = match &settings.authorize {
-            Some(Authorize::Claims { claim, .. }) => claim.clone(),
-            _ => None,
-        };
-        let rules = Rules {
-            issuers: issuers.into_iter().collect(),
-            audiences: settings.audiences.iter().cloned().collect(),
-            azps: settings.azps.iter().cloned().collect(),
-            // Dev tokens carry no audience of the operator's choosing.
-            any_audience: settings.any_audience
-                || (settings.dev && settings.audiences.is_empty() && settings.azps.is_empty()),
-            leeway: settings.hub.clock_leeway,
-            grants_claim,
-        };
-        let authorizer: MakeAuthorizer = match (authorizer, &settings.authorize) {
-            (Some(make), _) => make,
-            (None, Some(Authorize::AllowAll)) => {
-                Arc::new(|| Rc::new(AllowAll) as Rc<dyn Authorizer>)
-            }
-            (None, Some(Authorize::Claims { roles, .. })) => {
-                let roles = roles.clone();
-                Arc::new(move || Rc::new(ClaimRule { roles: roles.clone() }) as Rc<dyn Authorizer>)
-            }
-            (None, Some(Authorize::Callback(config))) => {
-                let config = config.clone();
-                Arc::new(move || Rc::new(Callback::new(config.clone())) as Rc<dyn Authorizer>)
-            }
-            (None, None) => {
-                return Err("no authorizer: pass --authorize-url, --authorize-claim/--authorize-role or --authorize allow-all, or give the server one with with_authorizer".into());
-            }
-        };
+        let (verifier, dev) = verifier(&settings, sessions)?;
+        let authorizer = authorizer(&settings, custom)?;
         // The only randomness the server draws from the OS: the seed of the hubs and the bus.
         let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
 
@@ -208,12 +147,7 @@ impl Server {
             dev_jwks: dev.as_ref().map(|d| d.jwks().to_string()),
             hubs: hubs.clone(),
             metrics,
-            verifier: Arc::new(Verifier::new(
-                KeySet::new(keys, source),
-                rules,
-                settings.allowed_origins.clone(),
-                sessions,
-            )),
+            verifier,
             authorizer,
             configure,
             seed,
@@ -249,6 +183,85 @@ impl Server {
         tracing::info!("drained; exiting");
         result
     }
+}
+
+/// The token checks every hub shares, and dev mode's issuer (`--dev`).
+fn verifier(
+    settings: &Settings,
+    sessions: Arc<dyn SessionStore>,
+) -> Result<(Arc<Verifier>, Option<DevIssuer>), String> {
+    let mut issuers = settings.issuers.clone();
+    let dev = if settings.dev {
+        // One issuer for every dev instance on the machine (not one per address): they
+        // share the key too, so a client resumes on any of them with the token it has.
+        let issuer = DEV_ISSUER.to_owned();
+        issuers.push(issuer.clone());
+        Some(DevIssuer::load_or_create(&settings.dev_key, issuer)?)
+    } else {
+        None
+    };
+    let (keys, source) = match (&dev, &settings.jwks_file, &settings.jwks_url) {
+        (Some(dev), _, _) => {
+            (HashMap::from([(dev.kid.clone(), dev.public_key())]), KeySource::Fixed)
+        }
+        (None, Some(path), _) => {
+            let source = KeySource::File(path.clone());
+            (source.load()?, source)
+        }
+        (None, None, Some(url)) => {
+            let source = KeySource::Url(url.clone());
+            // The identity provider may be down at start: keep going and fetch on demand.
+            let keys = source.load().unwrap_or_else(|error| {
+                tracing::warn!(%error, "could not fetch the signing keys; will retry when a token arrives");
+                HashMap::new()
+            });
+            (keys, source)
+        }
+        (None, None, None) => {
+            tracing::warn!("no --jwks-file, --jwks-url or --dev: every token will be refused");
+            (HashMap::new(), KeySource::Fixed)
+        }
+    };
+    let grants_claim = match &settings.authorize {
+        Some(Authorize::Claims { claim, .. }) => claim.clone(),
+        _ => None,
+    };
+    let rules = Rules {
+        issuers: issuers.into_iter().collect(),
+        audiences: settings.audiences.iter().cloned().collect(),
+        azps: settings.azps.iter().cloned().collect(),
+        // Dev tokens carry no audience of the operator's choosing.
+        any_audience: settings.any_audience
+            || (settings.dev && settings.audiences.is_empty() && settings.azps.is_empty()),
+        leeway: settings.hub.clock_leeway,
+        grants_claim,
+    };
+    let verifier =
+        Verifier::new(KeySet::new(keys, source), rules, settings.allowed_origins.clone(), sessions);
+    Ok((Arc::new(verifier), dev))
+}
+
+/// What makes each hub's authorizer: the application's own (`custom`), or the one the
+/// settings name.
+fn authorizer(
+    settings: &Settings,
+    custom: Option<MakeAuthorizer>,
+) -> Result<MakeAuthorizer, String> {
+    Ok(match (custom, &settings.authorize) {
+        (Some(make), _) => make,
+        (None, Some(Authorize::AllowAll)) => Arc::new(|| Rc::new(AllowAll) as Rc<dyn Authorizer>),
+        (None, Some(Authorize::Claims { roles, .. })) => {
+            let roles = roles.clone();
+            Arc::new(move || Rc::new(ClaimRule { roles: roles.clone() }) as Rc<dyn Authorizer>)
+        }
+        (None, Some(Authorize::Callback(config))) => {
+            let config = config.clone();
+            Arc::new(move || Rc::new(Callback::new(config.clone())) as Rc<dyn Authorizer>)
+        }
+        (None, None) => {
+            return Err("no authorizer: pass --authorize-url, --authorize-claim/--authorize-role or --authorize allow-all, or give the server one with with_authorizer".into());
+        }
+    })
 }
 
 /// What every hub's thread starts from.

@@ -1,5 +1,6 @@
 //! The hub alone, no I/O: one client message routed to a handler, and one broadcast to a
-//! 10 000-member conversation.
+//! 10 000-member conversation; and the bus in memory, what the server's bus thread does per
+//! message between its hubs.
 //!
 //! Run: `cargo bench -p switchboard-core --bench hub`. For `routed_message`, messages per second
 //! per core is 1 / the median time printed; for `broadcast_10k`, divan prints deliveries (one
@@ -10,7 +11,8 @@ use divan::{Bencher, black_box, counter::ItemsCount};
 use std::time::Duration;
 use switchboard_core::protocol::{Id, MessageType, Payload, TypePattern};
 use switchboard_core::server::{
-    Hub, HubConfig, Input, JoinGrant, OpenRequest, Outgoing, Output, Principal, RateLimit, SocketId,
+    BusCommand, Hub, HubConfig, Input, JoinGrant, LocalBus, OpenRequest, Outgoing, Output,
+    Principal, RateLimit, SocketId,
 };
 use switchboard_core::time::Instant;
 
@@ -189,4 +191,29 @@ fn broadcast_10k(bencher: Bencher) {
         drain(&mut hub)
     });
     assert_eq!(hub.stats().by_state.get("active"), Some(&(MEMBERS as usize)), "no one was cut off");
+}
+
+/// One publish on the bus in memory (the bus thread's work per message with `--threads`): the
+/// position, the history append (1 000 kept), the idempotency key, and the message handed to
+/// each of 16 subscribing hubs.
+#[divan::bench]
+fn local_bus_publish_to_16_hubs(bencher: Bencher) {
+    let mut bus = LocalBus::new(SEED, 1000);
+    let channel = "sb:{conversation:c-1}".to_owned();
+    for hub in 0..16 {
+        bus.execute(hub, BusCommand::Subscribe { batch: 1, channels: vec![channel.clone()] });
+    }
+    let entry = Bytes::from(format!(
+        r#"{{"id":"m","origin":"i","except":null,"frame":{{"payload":"{}"}}}}"#,
+        "x".repeat(240)
+    ));
+    let mut n = 0u64;
+    bencher.counter(ItemsCount::new(1usize)).bench_local(|| {
+        n += 1;
+        let key = Id::new(&format!("m-{n}")).unwrap();
+        let command = BusCommand::Publish { channel: channel.clone(), key, message: entry.clone() };
+        let events = bus.execute(0, command);
+        assert_eq!(events.len(), 17);
+        events
+    });
 }

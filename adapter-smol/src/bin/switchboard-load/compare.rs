@@ -31,36 +31,45 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Runs this program `rounds` times on each of `a` and `b` (A B, then B A, ...), each run with
-/// the command line it was given minus `--compare`, `--rounds` and `--json`, and prints the
-/// medians and B / A. Exits non-zero if a run failed (a run that lost a delivery fails).
-pub fn compare(a: &Path, b: &Path, rounds: usize) {
+/// Runs this program `rounds` times on each of the servers A and B (`binaries`, with
+/// `threads` hubs each; A B, then B A, ...), each run with the command line it was given minus
+/// `--compare`, `--rounds`, `--json` and the threads, and prints the medians and B / A. Exits
+/// non-zero if a run failed (a run that lost a delivery fails).
+pub fn compare(binaries: [&Path; 2], threads: [usize; 2], rounds: usize) {
+    const OWN: [&str; 6] =
+        ["--compare", "--rounds", "--json", "--server", "--server-threads", "--compare-threads"];
     let mut passed: Vec<String> = Vec::new();
     let mut words = std::env::args().skip(1);
     while let Some(word) = words.next() {
         match word.as_str() {
-            "--compare" | "--rounds" | "--json" | "--server" => {
+            w if OWN.contains(&w) => {
                 words.next();
             }
-            w if ["--compare=", "--rounds=", "--json=", "--server="]
-                .iter()
-                .any(|p| w.starts_with(p)) => {}
+            w if OWN.iter().any(|own| w.starts_with(&format!("{own}="))) => {}
             _ => passed.push(word),
         }
     }
+    let [a, b] = binaries;
     let this = std::env::current_exe().expect("this program's path");
     let mut reports: [Vec<serde_json::Value>; 2] = Default::default();
     for round in 0..rounds.max(1) {
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for which in order {
             let (label, binary) = [("A", a), ("B", b)][which];
-            eprintln!("round {} of {rounds}: {label} ({})", round + 1, binary.display());
+            let hubs = threads[which];
+            eprintln!(
+                "round {} of {rounds}: {label} ({}, {hubs} threads)",
+                round + 1,
+                binary.display()
+            );
             let json = std::env::temp_dir()
                 .join(format!("switchboard-compare-{}-{round}-{label}.json", std::process::id()));
             let status = Command::new(&this)
                 .args(&passed)
                 .arg("--server")
                 .arg(binary)
+                .arg("--server-threads")
+                .arg(hubs.to_string())
                 .arg("--json")
                 .arg(&json)
                 .stdout(std::process::Stdio::null())
@@ -77,7 +86,13 @@ pub fn compare(a: &Path, b: &Path, rounds: usize) {
         }
     }
     println!();
-    println!("| figure (median of {rounds}) | A: {} | B: {} | B / A |", a.display(), b.display());
+    println!(
+        "| figure (median of {rounds}) | A: {} ({} threads) | B: {} ({} threads) | B / A |",
+        a.display(),
+        threads[0],
+        b.display(),
+        threads[1]
+    );
     println!("|---|---|---|---|");
     for (name, figure, more_is_better) in FIGURES {
         let [of_a, of_b] = [0, 1].map(|i| median(reports[i].iter().filter_map(figure).collect()));

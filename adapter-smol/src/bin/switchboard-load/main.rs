@@ -85,6 +85,12 @@ struct Args {
     /// Rounds of `--compare`.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Hubs the server runs (its `--threads`), pinned to as many cores from core 0.
+    #[arg(long, default_value_t = 1)]
+    server_threads: usize,
+    /// With `--compare`: the hubs of the compared server [default: `--server-threads`].
+    #[arg(long)]
+    compare_threads: Option<usize>,
     /// Internal: run as a worker that holds connections to this server address for another
     /// `switchboard-load` (tokens on stdin, one per line, then an empty line; it prints
     /// `latency <µs>` per connection, then `done`, and holds them until stdin closes).
@@ -114,23 +120,27 @@ struct Server {
 }
 
 impl Server {
-    /// Starts the server: in dev mode, or trusting `issuer`'s keys from `jwks_file`, with
-    /// `extra` arguments; `pin`: on core 0 (when `taskset` is there).
+    /// Starts the server with `threads` hubs: in dev mode, or trusting `issuer`'s keys from
+    /// `jwks_file`, with `extra` arguments; `pin`: on cores 0 to `threads - 1` (when `taskset`
+    /// is there).
     fn start(
         binary: &std::path::Path,
         trust: Option<(&std::path::Path, &str)>,
         extra: &[&str],
+        threads: usize,
         pin: bool,
     ) -> Server {
         let pinned = pin && Command::new("taskset").arg("-V").output().is_ok();
         let mut command = if pinned {
             let mut c = Command::new("taskset");
-            c.args(["-c", "0"]).arg(binary);
+            c.args(["-c", &format!("0-{}", threads.max(1) - 1)]).arg(binary);
             c
         } else {
             Command::new(binary)
         };
         command.args(["--listen", "127.0.0.1:0", "--api-key", "load"]);
+        // In the environment, not a flag: a server from before `--threads` ignores it.
+        command.env("SWITCHBOARD_THREADS", threads.to_string());
         // Every connection comes from 127.0.0.1, every publish from the generator, and (unless
         // `--distinct-tokens`) every connection is the dev user: the per-address, per-user and
         // publish caps are not what is measured.
@@ -611,7 +621,8 @@ fn main() {
         .clone()
         .unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("switchboard"));
     if let Some(other) = &args.compare {
-        return compare::compare(&binary, other, args.rounds);
+        let threads = [args.server_threads, args.compare_threads.unwrap_or(args.server_threads)];
+        return compare::compare([&binary, other], threads, args.rounds);
     }
     // With distinct tokens, this process is the identity provider: its key, its JWKS file.
     let issuer = args.distinct_tokens.then(|| {
@@ -623,7 +634,7 @@ fn main() {
         (issuer, path)
     });
     let trust = issuer.as_ref().map(|(i, path)| (path.as_path(), i.issuer.as_str()));
-    let server = Server::start(&binary, trust, &[], true);
+    let server = Server::start(&binary, trust, &[], args.server_threads, true);
     let tokens: Vec<String> = match &issuer {
         Some((issuer, _)) => (0..args.connections)
             .map(|i| {
@@ -971,8 +982,8 @@ fn measure_redis(
     let redis = redis::RedisServer::start();
     let url = redis.url();
     let pair = [
-        Server::start(binary, trust, &["--redis-url", &url], false),
-        Server::start(binary, trust, &["--redis-url", &url], false),
+        Server::start(binary, trust, &["--redis-url", &url], 1, false),
+        Server::start(binary, trust, &["--redis-url", &url], 1, false),
     ];
     let shared_delivered = Arc::new(AtomicU64::new(0));
     // 1 000 members of `big` and 10 of `small-0`, alternately on each instance.
