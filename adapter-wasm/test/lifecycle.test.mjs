@@ -43,9 +43,15 @@ describe('page lifecycle', () => {
     await waitActive(page, 1000);
     const connected = await connections(page);
     assert.equal(connected.length, 2);
-    assert.deepEqual(connected[1], { connectionId: session, resumed: true, replayed: 1 });
+    const { replayed, ...resumed } = connected[1];
+    assert.deepEqual(resumed, { connectionId: session, resumed: true });
+    // With a hub per core, the API's message may still be between hubs when the page is back:
+    // then it comes live right after the resume instead of in its replay. Once either way.
+    assert.ok(replayed <= 1, `replayed ${replayed}`);
     assert.ok(Date.now() - back < 1000);
     await waitFor(() => page.evaluate(() => messages.some((m) => m.payload.n == 1)), 'the message sent meanwhile');
+    await page.waitForTimeout(300);
+    assert.equal(await page.evaluate(() => messages.filter((m) => m.payload.n == 1).length), 1, 'once');
     const reasons = await page.evaluate(() => events.filter((e) => e.event == 'statechange').map((e) => e.data.reason));
     assert.ok(reasons.includes('page_hidden'), `reasons: ${reasons}`);
     await context.close();

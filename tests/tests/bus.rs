@@ -354,6 +354,25 @@ fn a_resume_waits_for_its_channels_subscription_before_replaying() {
     assert_taken_over_with_everything(&w, c, &published);
 }
 
+/// Found by the browser test with a hub per core: a session whose channel had no message yet
+/// when its record was written (its client had nothing on it either) resumed elsewhere with a
+/// reset for that channel, and the message published meanwhile never came. Nothing on the
+/// channel then means: replay it from its first offset.
+#[test]
+fn a_session_whose_channel_was_still_empty_resumes_elsewhere_with_what_came_since() {
+    let (mut w, _g) = world(2, HubConfig::default());
+    w.load_balancer = true;
+    let c = w.add_core_client("early-user", core_config("fresh"), 0);
+    w.core_input(c, ClientInput::Connect);
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(w.core[c].state, ClientState::Active);
+    w.crash(0);
+    let published: Vec<u64> = (0..3).map(|_| w.publish(1, "fresh", None)).collect();
+    w.run_for(Duration::from_secs(30));
+    assert_eq!(w.core[c].node, 1, "the client came back through instance 1");
+    assert_taken_over_with_everything(&w, c, &published);
+}
+
 /// A Redis failover that lost the last writes (the replica was behind) keeps the epoch and
 /// gives the lost offsets to new messages. An instance must not take those for copies of what
 /// it delivered: the one that sees its own new publish land on a used offset, and the one whose

@@ -163,3 +163,15 @@ struct Session {
     client: TestClient,
     last: Option<(u64, Position)>,
 }
+
+#[test]
+fn an_address_in_use_is_refused_even_by_a_server_with_several_hubs() {
+    let first = server();
+    // `SO_REUSEPORT` alone would let a second server share the port and take half its
+    // connections unnoticed: the address is bound alone first.
+    let addr = first.addr.to_string();
+    let args = ["--dev", "--threads", "2", "--listen", &addr, "--dev-key", "/nonexistent/key"];
+    let (code, stderr) = ServerProcess::run_to_end(EXE, &args);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains(&addr) && stderr.contains("in use"), "{stderr}");
+}

@@ -96,6 +96,19 @@ pub struct Top {
     pub offset: u64,
 }
 
+impl Top {
+    /// Where a channel that has had no message yet is (no epoch, offset 0): a session record's
+    /// way of saying that everything on the channel came after it.
+    pub fn before_the_first() -> Top {
+        Top { epoch: String::new(), offset: 0 }
+    }
+
+    /// Whether this is [`Top::before_the_first`].
+    pub fn is_before_the_first(&self) -> bool {
+        self.epoch.is_empty() && self.offset == 0
+    }
+}
+
 /// A message between instances (see the module docs for its encoding).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteMessage {

@@ -177,6 +177,9 @@ impl Hub {
             self.plan_waiting_replays(now);
             self.flush_bus_commands();
         }
+        if !self.unrecorded.is_empty() {
+            self.record_again();
+        }
     }
 
     /// Sends to one connection of this instance.

@@ -90,11 +90,17 @@ impl Hub {
         }
         let Some(session) = self.sessions.get(&key) else { return };
         let Some(user_id) = session.user_id().map(str::to_owned) else { return };
+        // A subscribed channel without a position has had no message yet: the record says so
+        // with an empty epoch at offset 0, and a resume elsewhere replays it from its start.
         let joined = self
             .channels_of(key)
             .into_iter()
             .filter_map(|channel| {
-                let top = self.links.position(&channel)?;
+                let top = match self.links.position(&channel) {
+                    Some(top) => top,
+                    None if self.links.is_subscribed(&channel) => Top::before_the_first(),
+                    None => return None,
+                };
                 Some(Position { channel: channel.wire(), epoch: top.epoch, offset: top.offset })
             })
             .collect();
@@ -108,9 +114,37 @@ impl Hub {
             joined,
         };
         let connection_id = session.connection_id.clone();
+        if self.channels_of(key).iter().all(|channel| self.links.is_subscribed(channel)) {
+            self.unrecorded.remove(&key);
+        } else {
+            self.unrecorded.insert(key);
+        }
         self.links.save_session(&connection_id, record, ttl);
         // Out now: until the record is on the bus, the client cannot resume elsewhere.
         self.flush_bus_commands();
+    }
+
+    /// Writes again the records of sessions written before all their channels were
+    /// subscribed, now that they are.
+    pub(super) fn record_again(&mut self) {
+        let resume_window = self.config.resume_window;
+        let ready: Vec<(Key, Duration)> = self
+            .unrecorded
+            .iter()
+            .filter_map(|&key| self.sessions.get(&key).map(|session| (key, session)))
+            // A session being taken over is recorded when its replay is planned.
+            .filter(|(_, session)| session.is_member() && session.handover.is_none())
+            .filter(|(key, _)| self.channels_of(*key).iter().all(|c| self.links.is_subscribed(c)))
+            .map(|(key, session)| match session.state() {
+                ConnectionState::Reconnecting => (key, resume_window),
+                _ => (key, RECORD_TTL_WHILE_OPEN),
+            })
+            .collect();
+        let sessions = &self.sessions;
+        self.unrecorded.retain(|key| sessions.contains_key(key));
+        for (key, ttl) in ready {
+            self.save_record(key, ttl);
+        }
     }
 
     /// Shard `shard`'s link came (back) up: the records it keeps of the sessions held here are
@@ -262,6 +296,11 @@ impl Hub {
         let (from, here) = match (from, here) {
             // Nothing has happened on the channel, before or since.
             (None, None) => return,
+            (Some(from), None) if from.is_before_the_first() => return,
+            // Nothing had happened on it when the session was recorded: all of it is new.
+            (Some(from), Some(here)) if from.is_before_the_first() => {
+                (Top { epoch: here.epoch.clone(), offset: 0 }, here)
+            }
             // The client was somewhere in a channel the bus no longer has (its Redis
             // restarted empty): what came after is gone.
             (Some(_), None) => {

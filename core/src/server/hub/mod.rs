@@ -120,6 +120,9 @@ pub struct Hub {
     history_waiters: Map<u64, Vec<(Key, Channel)>>,
     /// Resuming sessions waiting for a channel's subscription before planning its replay.
     waiting_replays: BTreeSet<Key>,
+    /// Sessions whose record was written while one of their channels was not subscribed yet
+    /// (so where the session is in it was not known): written again once all are.
+    unrecorded: BTreeSet<Key>,
     /// Verifications and join decisions asked for and not answered yet, by request number.
     requests: Map<u64, (Key, Purpose)>,
     /// Sockets told to close whose end has not been reported yet.
@@ -163,6 +166,7 @@ impl Hub {
             claims: map(&mut rng),
             history_waiters: map(&mut rng),
             waiting_replays: BTreeSet::new(),
+            unrecorded: BTreeSet::new(),
             requests: map(&mut rng),
             closing: BTreeSet::new(),
             pending_auths: 0,
