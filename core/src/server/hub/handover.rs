@@ -286,10 +286,13 @@ impl Hub {
             self.waiting_replays.insert(key);
             return;
         }
+        // "Before the first message" is the record's to say: from a client it is ignored
+        // (it would replay what was said before the session joined).
         let from = handover
             .resume
             .positions
             .iter()
+            .filter(|p| !p.epoch.is_empty())
             .chain(&record.joined)
             .find(|p| p.channel == wire)
             .map(|p| Top { epoch: p.epoch.clone(), offset: p.offset });
