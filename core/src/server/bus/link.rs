@@ -96,6 +96,9 @@ pub(crate) struct Link {
     /// Channels to (re)subscribe.
     unconfirmed: BTreeSet<Channel>,
     batches: BTreeMap<u64, (Vec<Channel>, bool, Instant)>,
+    /// Subscribe batches confirmed so far: what waits on a subscription is looked at again
+    /// when it changes.
+    confirmed_batches: u64,
     subscribe_retry_at: Option<Instant>,
     pending: BTreeMap<Id, Pending>,
     /// Publish order of `pending` (answered ids are skipped, and compacted away now and then).
@@ -147,6 +150,7 @@ impl Link {
             confirmed: false,
         };
         Link {
+            confirmed_batches: 0,
             retry_delay: config.retry_min,
             // A shared bus is down until the adapter says it is up.
             up: local.is_some(),
@@ -242,6 +246,11 @@ impl Link {
             state.linger_until = Some(now + self.config.linger);
             self.reschedule(channel);
         }
+    }
+
+    /// Subscribe batches confirmed so far.
+    pub fn confirmed_batches(&self) -> u64 {
+        self.confirmed_batches
     }
 
     /// Whether this instance is subscribed to `channel` and knows where the channel is (its
@@ -648,6 +657,7 @@ impl Link {
                 return;
             }
         };
+        self.confirmed_batches += 1;
         let mut gone = Vec::new();
         let mut reads = Vec::new();
         for (channel, top) in channels.into_iter().zip(tops) {

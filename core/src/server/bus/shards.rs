@@ -119,6 +119,11 @@ impl Links {
         self.of(channel).release(now, channel);
     }
 
+    /// Subscribe batches confirmed so far, over every shard.
+    pub fn confirmed_batches(&self) -> u64 {
+        self.links.iter().map(Link::confirmed_batches).sum()
+    }
+
     pub fn is_subscribed(&self, channel: &Channel) -> bool {
         self.of_ref(channel).is_subscribed(channel)
     }

@@ -177,7 +177,9 @@ impl Hub {
             self.plan_waiting_replays(now);
             self.flush_bus_commands();
         }
-        if !self.unrecorded.is_empty() {
+        let confirmed = self.links.confirmed_batches();
+        if !self.unrecorded.is_empty() && confirmed != self.unrecorded_checked_at {
+            self.unrecorded_checked_at = confirmed;
             self.record_again();
         }
     }

@@ -121,8 +121,10 @@ pub struct Hub {
     /// Resuming sessions waiting for a channel's subscription before planning its replay.
     waiting_replays: BTreeSet<Key>,
     /// Sessions whose record was written while one of their channels was not subscribed yet
-    /// (so where the session is in it was not known): written again once all are.
+    /// (so where the session is in it was not known): written again once all are, looked at
+    /// when a subscription is confirmed (the count last seen).
     unrecorded: BTreeSet<Key>,
+    unrecorded_checked_at: u64,
     /// Verifications and join decisions asked for and not answered yet, by request number.
     requests: Map<u64, (Key, Purpose)>,
     /// Sockets told to close whose end has not been reported yet.
@@ -167,6 +169,7 @@ impl Hub {
             history_waiters: map(&mut rng),
             waiting_replays: BTreeSet::new(),
             unrecorded: BTreeSet::new(),
+            unrecorded_checked_at: 0,
             requests: map(&mut rng),
             closing: BTreeSet::new(),
             pending_auths: 0,
