@@ -286,9 +286,7 @@ impl App {
     async fn stats(&self) -> Option<(HubStats, BusStats)> {
         let mut total = (HubStats::default(), BusStats { pending_publishes: 0, healthy: true });
         for hub in self.hubs.iter() {
-            let (reply, answer) = async_channel::bounded(1);
-            hub.send(Command::Stats { reply }).await.ok()?;
-            let (stats, bus) = answer.recv().await.ok()?;
+            let (stats, bus) = ask(hub, |reply| Command::Stats { reply }).await?;
             total.0.add(&stats);
             total.1.pending_publishes += bus.pending_publishes;
             total.1.healthy &= bus.healthy;

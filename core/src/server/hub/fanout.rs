@@ -85,17 +85,12 @@ impl Hub {
             let limit = self.config.max_message_bytes;
             return Err(RefusedSend::TooLarge { len: frame.len(), limit });
         }
-        let (channel, except) = match target {
-            Target::Connection(id) => {
-                let recipients: Vec<Key> =
-                    self.by_connection_id.get(&id).copied().into_iter().collect();
+        let (channel, except) = match channel_of(&target) {
+            Some((channel, except)) => (channel, except.cloned()),
+            None => {
+                let recipients = self.local_recipients_of(&target);
                 return Ok(self.deliver_to(now, &recipients, &frame));
             }
-            Target::User(user) => (Channel::User(user), None),
-            Target::Conversation { conversation_id, except } => {
-                (Channel::Conversation(conversation_id), except)
-            }
-            Target::All => (Channel::Broadcast, None),
         };
         let recipients = self.recipients(&channel, except.as_ref()).len();
         let message = RemoteMessage {
@@ -110,21 +105,25 @@ impl Hub {
         Ok(recipients)
     }
 
-    /// The local sessions a message on `channel` is for.
     /// How many of this hub's sessions a message to `target` reaches: what [`Hub::send`] counts
     /// (a server with several hubs sends through one and asks the others this).
     pub fn local_recipients(&self, target: &Target) -> usize {
-        let (channel, except) = match target {
-            Target::Connection(id) => return usize::from(self.by_connection_id.contains_key(id)),
-            Target::User(user) => (Channel::User(user.clone()), None),
-            Target::Conversation { conversation_id, except } => {
-                (Channel::Conversation(conversation_id.clone()), except.as_ref())
-            }
-            Target::All => (Channel::Broadcast, None),
-        };
-        self.recipients(&channel, except).len()
+        self.local_recipients_of(target).len()
     }
 
+    /// This hub's sessions a message to `target` is for.
+    fn local_recipients_of(&self, target: &Target) -> Vec<Key> {
+        match (target, channel_of(target)) {
+            (Target::Connection(id), _) => {
+                self.by_connection_id.get(id).copied().into_iter().collect()
+            }
+            (_, channel) => channel
+                .map(|(channel, except)| self.recipients(&channel, except))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The local sessions a message on `channel` is for.
     fn recipients(&self, channel: &Channel, except: Option<&Id>) -> Vec<Key> {
         match channel {
             Channel::Conversation(id) => self.members_of(id, except),
@@ -373,5 +372,18 @@ impl Hub {
     /// The last local member of `channel` left.
     pub(super) fn unsubscribe(&mut self, now: Instant, channel: Channel) {
         self.links.release(now, &channel);
+    }
+}
+
+/// The channel a message to `target` goes through, and the connection it skips; `None` for a
+/// message to one connection, which goes through no channel.
+fn channel_of(target: &Target) -> Option<(Channel, Option<&Id>)> {
+    match target {
+        Target::Connection(_) => None,
+        Target::User(user) => Some((Channel::User(user.clone()), None)),
+        Target::Conversation { conversation_id, except } => {
+            Some((Channel::Conversation(conversation_id.clone()), except.as_ref()))
+        }
+        Target::All => Some((Channel::Broadcast, None)),
     }
 }

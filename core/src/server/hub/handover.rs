@@ -92,8 +92,9 @@ impl Hub {
         let Some(user_id) = session.user_id().map(str::to_owned) else { return };
         // A subscribed channel without a position has had no message yet: the record says so
         // with an empty epoch at offset 0, and a resume elsewhere replays it from its start.
-        let joined = self
-            .channels_of(key)
+        let channels = self.channels_of(key);
+        let all_subscribed = channels.iter().all(|channel| self.links.is_subscribed(channel));
+        let joined = channels
             .into_iter()
             .filter_map(|channel| {
                 let top = match self.links.position(&channel) {
@@ -114,7 +115,7 @@ impl Hub {
             joined,
         };
         let connection_id = session.connection_id.clone();
-        if self.channels_of(key).iter().all(|channel| self.links.is_subscribed(channel)) {
+        if all_subscribed {
             self.unrecorded.remove(&key);
         } else {
             self.unrecorded.insert(key);
@@ -124,10 +125,18 @@ impl Hub {
         self.flush_bus_commands();
     }
 
+    /// How long a session's record lives on the bus: the resume window once its socket is
+    /// gone, long while it is open (the instance may die without a word).
+    fn record_ttl(&self, session: &super::session::Session) -> Duration {
+        match session.state() {
+            ConnectionState::Reconnecting => self.config.resume_window,
+            _ => RECORD_TTL_WHILE_OPEN,
+        }
+    }
+
     /// Writes again the records of sessions written before all their channels were
     /// subscribed, now that they are.
     pub(super) fn record_again(&mut self) {
-        let resume_window = self.config.resume_window;
         let ready: Vec<(Key, Duration)> = self
             .unrecorded
             .iter()
@@ -135,10 +144,7 @@ impl Hub {
             // A session being taken over is recorded when its replay is planned.
             .filter(|(_, session)| session.is_member() && session.handover.is_none())
             .filter(|(key, _)| self.channels_of(*key).iter().all(|c| self.links.is_subscribed(c)))
-            .map(|(key, session)| match session.state() {
-                ConnectionState::Reconnecting => (key, resume_window),
-                _ => (key, RECORD_TTL_WHILE_OPEN),
-            })
+            .map(|(key, session)| (key, self.record_ttl(session)))
             .collect();
         let sessions = &self.sessions;
         self.unrecorded.retain(|key| sessions.contains_key(key));
@@ -150,16 +156,12 @@ impl Hub {
     /// Shard `shard`'s link came (back) up: the records it keeps of the sessions held here are
     /// written again. Some were written while it was down (and lost), or it restarted empty.
     pub(super) fn save_records_on(&mut self, shard: usize) {
-        let resume_window = self.config.resume_window;
         let records: Vec<(Key, Duration)> = self
             .sessions
             .iter()
             .filter(|(_, s)| s.is_member() && s.handover.is_none())
             .filter(|(_, s)| self.links.shard_of_session(&s.connection_id) == shard)
-            .map(|(&key, s)| match s.state() {
-                ConnectionState::Reconnecting => (key, resume_window),
-                _ => (key, RECORD_TTL_WHILE_OPEN),
-            })
+            .map(|(&key, s)| (key, self.record_ttl(s)))
             .collect();
         for (key, ttl) in records {
             self.save_record(key, ttl);
