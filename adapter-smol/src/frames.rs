@@ -114,10 +114,11 @@ pub fn after_written(writes: Vec<Write>, mut written: usize) -> Left {
 /// copy) in one buffer made for it, and where the longer shared bodies go between them: an
 /// idle socket keeps no room for writing.
 ///
-/// Each slice of a `writev` costs the kernel a fixed setup to copy (measured here: about
-/// 50 ns, more than copying a few hundred bytes ourselves), so a body of at most
-/// [`COPY_AT_MOST`] bytes is copied into the batch's buffer and a batch of small frames goes
-/// out as one slice. A longer body is read in place.
+/// Each slice of a `writev` costs the kernel a setup of its own, more than copying a few
+/// hundred bytes here does: with a body of at most [`COPY_AT_MOST`] bytes copied into the
+/// batch's buffer, a batch of small frames goes out as one slice, and a fan-out of 300-byte
+/// frames to 1 000 went from 2.67 M to 3.15 M deliveries per CPU-second (`switchboard-load
+/// --compare`, median of 3). A longer body is read in place.
 struct Encoded<'a> {
     own: Vec<u8>,
     /// Each body read in place, in order, with how much of `own` comes before it.
