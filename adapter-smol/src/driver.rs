@@ -141,7 +141,8 @@ pub struct Driver {
     /// The Redis bridges' inboxes, one per shard, when the instances share a bus (their
     /// answers come back through `loopback` as [`Input::Bus`]).
     buses: Vec<Sender<BusCommand>>,
-    sockets: HashMap<SocketId, Socket>,
+    /// Keyed by ids the server gives out, so a fixed, fast hash is safe.
+    sockets: HashMap<SocketId, Socket, foldhash::fast::FixedState>,
     /// Sockets with pending frames.
     dirty: Vec<SocketId>,
     /// Answers decided on the spot, fed to the hub once the outputs at hand are carried out.
@@ -181,7 +182,7 @@ impl Driver {
             metrics,
             executor,
             buses: Vec::new(),
-            sockets: HashMap::new(),
+            sockets: HashMap::default(),
             dirty: Vec::new(),
             ready: VecDeque::new(),
             sent: (0, 0),

@@ -56,7 +56,13 @@ pub fn write_now(socket: &std::net::TcpStream, writes: &[Write]) -> io::Result<u
     let mut slices = &mut slices[..];
     let mut total = 0;
     while !slices.is_empty() {
-        match (&mut &*socket).write_vectored(slices) {
+        // One slice (a batch of small frames) is a plain `write`: the kernel's `writev` first
+        // copies in and checks the slice array.
+        let wrote = match slices {
+            [one] => (&mut &*socket).write(one),
+            _ => (&mut &*socket).write_vectored(slices),
+        };
+        match wrote {
             // What went out did go out: the writer goes on from there (and meets a socket
             // that takes nothing, or an error, itself).
             Ok(0) => break,
