@@ -2,7 +2,7 @@
 //! API, and (dev mode) the JWKS.
 
 use crate::admission::{Admission, FromIp, Pending};
-use crate::driver::{Command, Write};
+use crate::driver::{Command, Stream, Write};
 use crate::metrics::{BusStats, Metrics};
 use crate::socket;
 use async_net::TcpStream;
@@ -120,20 +120,45 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 
 /// Serves one TCP connection (HTTP/1.1, with upgrades) admitted as `pending` (counted until
 /// its HTTP phase ends) and `from_ip` (counted until the socket closes, upgraded or not).
-pub async fn serve(
+///
+/// The WebSocket runs on this same task once hyper has let go of the connection: one task per
+/// socket. What a task's future holds, every socket carries for its whole life, and an async
+/// function keeps its arguments for as long as it runs: so the HTTP phase is a future of its
+/// own, boxed, and it and everything it was given (hyper's buffers, the request, the accepted
+/// stream) are gone once the socket runs.
+pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     app: Rc<App>,
     listener: Listener,
     pending: Pending,
     from_ip: Option<FromIp>,
-) {
+) -> impl Future<Output = ()> {
+    use futures_util::FutureExt;
+    let http = Box::pin(serve_http(stream, peer, app.clone(), listener, pending, from_ip));
+    http.then(move |upgrade| async move {
+        if let Some(upgrade) = upgrade {
+            upgrade.run(app, peer).await;
+        }
+    })
+}
+
+/// The HTTP phase of [`serve`]: the requests, until hyper lets go of the connection; returns
+/// the WebSocket upgrade a request answered with 101, if one did.
+async fn serve_http(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Rc<App>,
+    listener: Listener,
+    pending: Pending,
+    from_ip: Option<FromIp>,
+) -> Option<Box<Upgrade>> {
     let connection =
         Rc::new(HttpConnection { from_ip: RefCell::new(from_ip), upgrade: Cell::new(None) });
     let metrics = app.metrics.clone();
     let header_timeout = app.admission.limits().header_timeout;
     let service = hyper::service::service_fn({
-        let (app, connection) = (app.clone(), connection.clone());
+        let connection = connection.clone();
         move |request| {
             let (app, connection) = (app.clone(), connection.clone());
             async move {
@@ -143,29 +168,20 @@ pub async fn serve(
             }
         }
     });
-    // Boxed: the HTTP phase's state is let go of before the socket's, which may last hours.
-    let http = Box::pin(
-        hyper::server::conn::http1::Builder::new()
-            .timer(SmolTimer::new())
-            // Bounds both a request's headers and the idle time before the next request on a
-            // keep-alive connection: a silent or trickling socket is let go.
-            .header_read_timeout(header_timeout)
-            .serve_connection(FuturesIo::new(stream), service)
-            .with_upgrades(),
-    );
+    let http = hyper::server::conn::http1::Builder::new()
+        .timer(SmolTimer::new())
+        // Bounds both a request's headers and the idle time before the next request on a
+        // keep-alive connection: a silent or trickling socket is let go.
+        .header_read_timeout(header_timeout)
+        .serve_connection(FuturesIo::new(stream), service)
+        .with_upgrades();
     match http.await {
         Err(error) if error.is_timeout() => metrics.refused_socket("header_timeout"),
         Err(error) => tracing::debug!(%peer, %error, "HTTP connection ended with an error"),
         Ok(()) => {}
     }
     drop(pending);
-    // The WebSocket runs on this same task once hyper has let go of the connection: one task
-    // per socket, whose HTTP state (hyper's buffers, the request) is gone by then.
-    let upgrade = connection.upgrade.take();
-    drop(connection);
-    if let Some(upgrade) = upgrade {
-        upgrade.run(app, peer).await;
-    }
+    connection.upgrade.take()
 }
 
 /// What the requests of one HTTP connection hand back to the task that serves it.
@@ -186,7 +202,7 @@ struct Upgrade {
 /// An upgraded socket the driver knows of, ready to run.
 struct Opened {
     ws: Box<WebSocketStream<ReadSide>>,
-    stream: TcpStream,
+    stream: Stream,
     socket: SocketId,
     writes: crate::outbox::OutboxReceiver<Write>,
     /// Counted as open (in the metrics, and against its address) while this lives.
@@ -197,16 +213,17 @@ impl Upgrade {
     /// Runs the socket until it ends.
     ///
     /// What a task's future holds across an await, every socket carries for its whole life;
-    /// hence the upgrade comes boxed and is opened in a future of its own, so that its parts
-    /// are gone by the time the socket runs, and what the socket runs with is boxed or small.
+    /// hence the upgrade comes boxed and is opened in a boxed future of its own, so that its
+    /// parts are gone by the time the socket runs, and what the socket runs with is boxed or
+    /// small.
     async fn run(self: Box<Self>, app: Rc<App>, peer: SocketAddr) {
-        let Some(Opened { ws, stream, socket, writes, counted }) = self.open(&app, peer).await
-        else {
+        let opening = Box::pin(self.open(&app, peer));
+        let Some(Opened { ws, stream, socket, writes, counted }) = opening.await else {
             return;
         };
         let (commands, written) = (app.commands.clone(), app.written.clone());
         drop(app);
-        socket::run(ws, stream, socket, commands, written, writes).await;
+        socket::run(ws, StreamIo(stream), socket, commands, written, writes).await;
         drop(counted);
     }
 
@@ -228,15 +245,15 @@ impl Upgrade {
         // (usually nothing), so the buffer is not kept for the socket's whole life.
         let prefix = Bytes::copy_from_slice(&parts.read_buf);
         drop(parts.read_buf);
-        let stream = parts.io.into_inner();
-        let reading = ReadSide { prefix, inner: stream.clone() };
+        let stream: Stream = parts.io.into_inner().into();
+        let reading = ReadSide { prefix, inner: StreamIo(stream.clone()) };
         let counted = (app.metrics.socket_opened(), from_ip);
         let ws = Box::new(
             WebSocketStream::from_raw_socket(reading, Role::Server, Some(app.ws_config)).await,
         );
         let socket = SocketId(app.next_socket.fetch_add(1, Ordering::Relaxed));
         let (writer, writes) = crate::outbox::outbox::<Write>();
-        let open = Command::Open { socket, writer, stream: stream.clone().into(), request };
+        let open = Command::Open { socket, writer, stream: stream.clone(), request };
         socket::send(&app.commands, open).await.then_some(Opened {
             ws,
             stream,
@@ -602,7 +619,45 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// [`crate::socket`]), on the same stream.
 struct ReadSide {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: StreamIo,
+}
+
+/// A socket's stream, read or written asynchronously through its shared handle: 8 bytes where
+/// async-net's `TcpStream` is 120 (it keeps room for a pending read and a pending write), and
+/// a socket keeps its streams for its whole life. One task reads, one writes.
+pub struct StreamIo(pub Stream);
+
+impl AsyncRead for StreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_write_vectored(cx, bufs)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_flush(cx)
+    }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_close(cx)
+    }
 }
 
 impl AsyncRead for ReadSide {

@@ -170,20 +170,10 @@ pub async fn run<R, W>(
             // Let the other ready tasks run first (the driver may be handing out more frames),
             // so that one write carries as many frames as are ready.
             smol::future::yield_now().await;
-            let mut batch = Batch::take(&writes, &replies);
-            let result = frames::write_all(&mut out, batch.writes.make_contiguous()).await;
-            // After a close (or on a broken connection) nothing more may be written: not by
-            // this writer, nor by the driver on its behalf.
-            writes.written(batch.closes || result.is_err());
-            if result.is_err() {
-                return;
-            }
-            let Batch { writes, frames, bytes, closes } = batch;
-            drop(writes);
-            if frames > 0 && !send(&written, Input::Flushed { socket, frames, bytes }).await {
-                return;
-            }
-            if closes {
+            // Boxed: a batch and its write are held only while the socket is slow to take
+            // them, and an idle socket should not keep room for them.
+            let batch = Box::pin(write_batch(&mut out, &writes, &replies, socket, &written));
+            if !batch.await {
                 return;
             }
         }
@@ -204,6 +194,31 @@ pub async fn run<R, W>(
     if !reported.get() {
         send(&commands, Command::Input(Input::Closed { socket, code: None })).await;
     }
+}
+
+/// Writes what the driver handed over and the replies, as one batch, and tells the driver what
+/// was written; returns whether the writer goes on (not after a close or a broken connection).
+async fn write_batch<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    writes: &OutboxReceiver<Write>,
+    replies: &RefCell<Replies>,
+    socket: SocketId,
+    written: &Sender<Input>,
+) -> bool {
+    let mut batch = Batch::take(writes, replies);
+    let result = frames::write_all(out, batch.writes.make_contiguous()).await;
+    // After a close (or on a broken connection) nothing more may be written: not by this
+    // writer, nor by the driver on its behalf.
+    writes.written(batch.closes || result.is_err());
+    if result.is_err() {
+        return false;
+    }
+    let Batch { writes, frames, bytes, closes } = batch;
+    drop(writes);
+    if frames > 0 && !send(written, Input::Flushed { socket, frames, bytes }).await {
+        return false;
+    }
+    !closes
 }
 
 /// Sends `item` to the driver; the future says whether the driver is still there.
