@@ -118,24 +118,27 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     response
 }
 
-/// Serves one TCP connection (HTTP/1.1, with upgrades) admitted as `pending` (counted until
-/// its HTTP phase ends) and `from_ip` (counted until the socket closes, upgraded or not).
+/// A TCP connection the listener admitted: counted as `pending` until its HTTP phase ends, and
+/// against its address (`from_ip`) until the socket closes, upgraded or not.
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub listener: Listener,
+    pub pending: Pending,
+    pub from_ip: Option<FromIp>,
+}
+
+/// Serves one admitted TCP connection (HTTP/1.1, with upgrades).
 ///
 /// The WebSocket runs on this same task once hyper has let go of the connection: one task per
 /// socket. What a task's future holds, every socket carries for its whole life, and an async
 /// function keeps its arguments for as long as it runs: so the HTTP phase is a future of its
 /// own, boxed, and it and everything it was given (hyper's buffers, the request, the accepted
 /// stream) are gone once the socket runs.
-pub fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    app: Rc<App>,
-    listener: Listener,
-    pending: Pending,
-    from_ip: Option<FromIp>,
-) -> impl Future<Output = ()> {
+pub fn serve(accepted: Accepted, app: Rc<App>) -> impl Future<Output = ()> {
     use futures_util::FutureExt;
-    let http = Box::pin(serve_http(stream, peer, app.clone(), listener, pending, from_ip));
+    let peer = accepted.peer;
+    let http = Box::pin(serve_http(accepted, app.clone()));
     http.then(move |upgrade| async move {
         if let Some(upgrade) = upgrade {
             upgrade.run(app, peer).await;
@@ -145,14 +148,8 @@ pub fn serve(
 
 /// The HTTP phase of [`serve`]: the requests, until hyper lets go of the connection; returns
 /// the WebSocket upgrade a request answered with 101, if one did.
-async fn serve_http(
-    stream: TcpStream,
-    peer: SocketAddr,
-    app: Rc<App>,
-    listener: Listener,
-    pending: Pending,
-    from_ip: Option<FromIp>,
-) -> Option<Box<Upgrade>> {
+async fn serve_http(accepted: Accepted, app: Rc<App>) -> Option<Box<Upgrade>> {
+    let Accepted { stream, peer, listener, pending, from_ip } = accepted;
     let connection =
         Rc::new(HttpConnection { from_ip: RefCell::new(from_ip), upgrade: Cell::new(None) });
     let metrics = app.metrics.clone();

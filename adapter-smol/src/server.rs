@@ -6,7 +6,7 @@ use crate::auth::{DevIssuer, KeySet, KeySource, MemorySessions, Rules, SessionSt
 use crate::authorize::{AllowAll, Authorizer, Callback, ClaimRule};
 use crate::config::{Authorize, Settings};
 use crate::driver::{Clock, Command, Driver};
-use crate::http::{ApiBucket, App, Listener};
+use crate::http::{Accepted, ApiBucket, App, Listener};
 use crate::metrics::Metrics;
 use crate::redis::Bus;
 use async_net::TcpListener;
@@ -529,9 +529,8 @@ async fn accept(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                spawner
-                    .spawn(crate::http::serve(stream, peer, app.clone(), role, pending, from_ip))
-                    .detach();
+                let accepted = Accepted { stream, peer, listener: role, pending, from_ip };
+                spawner.spawn(crate::http::serve(accepted, app.clone())).detach();
             }
             Err(error) => {
                 // Out of file descriptors, most likely: the connection waits in the listen

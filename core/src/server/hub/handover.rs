@@ -94,17 +94,16 @@ impl Hub {
         // with an empty epoch at offset 0, and a resume elsewhere replays it from its start.
         let channels = self.channels_of(key);
         let all_subscribed = channels.iter().all(|channel| self.links.is_subscribed(channel));
-        let joined = channels
-            .into_iter()
-            .filter_map(|channel| {
-                let top = match self.links.position(&channel) {
-                    Some(top) => top,
-                    None if self.links.is_subscribed(&channel) => Top::before_the_first(),
-                    None => return None,
-                };
-                Some(Position { channel: channel.wire(), epoch: top.epoch, offset: top.offset })
-            })
-            .collect();
+        // Exactly as long as it needs to be: the bus keeps the record as long as the session.
+        let mut joined = Vec::with_capacity(channels.len());
+        for channel in channels {
+            let top = match self.links.position(&channel) {
+                Some(top) => top,
+                None if self.links.is_subscribed(&channel) => Top::before_the_first(),
+                None => continue,
+            };
+            joined.push(Position { channel: channel.wire(), epoch: top.epoch, offset: top.offset });
+        }
         let record = SessionRecord {
             user_id,
             conversation_id: session.conversation_id.clone(),
