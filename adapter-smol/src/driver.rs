@@ -441,22 +441,25 @@ impl Driver {
     }
 }
 
+/// Logs what the hub reports. A connection's opening and closing are at debug: at the default
+/// level (info) a line per connect cost a server taking thousands a second a write and its
+/// formatting each; the metrics count them.
 fn log_event(event: &HubEvent) {
     match event {
-        HubEvent::ConnectionOpened { connection_id, user_id, conversation_id } => tracing::info!(
+        HubEvent::ConnectionOpened { connection_id, user_id, conversation_id } => tracing::debug!(
             connection = %connection_id,
             user = %user_id,
             conversation = conversation_id.as_ref().map_or("", |c| c.as_str()),
             "connection opened"
         ),
-        HubEvent::ConnectionClosed { connection_id, user_id, code, reason } => tracing::info!(
+        HubEvent::ConnectionClosed { connection_id, user_id, code, reason } => tracing::debug!(
             connection = %connection_id,
             user = user_id.as_deref().unwrap_or(""),
             code = code.0,
             reason,
             "connection closed"
         ),
-        HubEvent::Disconnected { connection_id, code } => tracing::info!(
+        HubEvent::Disconnected { connection_id, code } => tracing::debug!(
             connection = %connection_id,
             code = code.map_or(1006, |c| c.0),
             "socket lost; session kept for resume"
