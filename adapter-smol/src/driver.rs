@@ -442,8 +442,8 @@ impl Driver {
 }
 
 /// Logs what the hub reports. A connection's opening and closing are at debug: at the default
-/// level (info) a line per connect cost a server taking thousands a second a write and its
-/// formatting each; the metrics count them.
+/// level (info) a server taking thousands of connections a second would write as many lines,
+/// and the metrics count them anyway.
 fn log_event(event: &HubEvent) {
     match event {
         HubEvent::ConnectionOpened { connection_id, user_id, conversation_id } => tracing::debug!(

@@ -145,7 +145,7 @@ impl<'a> Encoded<'a> {
         batch
     }
 
-    /// The batch as slices, in order, for one `writev`.
+    /// The batch as slices, in order, for one write.
     fn slices(&self) -> Vec<IoSlice<'_>> {
         let mut slices = Vec::with_capacity(2 * self.cuts.len() + 1);
         let mut from = 0;
