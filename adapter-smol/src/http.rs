@@ -220,7 +220,9 @@ impl Upgrade {
         };
         let (commands, written) = (app.commands.clone(), app.written.clone());
         drop(app);
-        socket::run(ws, StreamIo(stream), socket, commands, written, writes).await;
+        // Written through a reference to its shared handle (8 bytes; async-net's `TcpStream`
+        // is 120, with room for a pending read and a pending write).
+        socket::run(ws, &*stream, socket, commands, written, writes).await;
         drop(counted);
     }
 
@@ -243,7 +245,7 @@ impl Upgrade {
         let prefix = Bytes::copy_from_slice(&parts.read_buf);
         drop(parts.read_buf);
         let stream: Stream = parts.io.into_inner().into();
-        let reading = ReadSide { prefix, inner: StreamIo(stream.clone()) };
+        let reading = ReadSide { prefix, inner: stream.clone() };
         let counted = (app.metrics.socket_opened(), from_ip);
         let ws = Box::new(
             WebSocketStream::from_raw_socket(reading, Role::Server, Some(app.ws_config)).await,
@@ -616,45 +618,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// [`crate::socket`]), on the same stream.
 struct ReadSide {
     prefix: Bytes,
-    inner: StreamIo,
-}
-
-/// A socket's stream, read or written asynchronously through its shared handle: 8 bytes where
-/// async-net's `TcpStream` is 120 (it keeps room for a pending read and a pending write), and
-/// a socket keeps its streams for its whole life. One task reads, one writes.
-pub struct StreamIo(pub Stream);
-
-impl AsyncRead for StreamIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for StreamIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_write_vectored(cx, bufs)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_flush(cx)
-    }
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_close(cx)
-    }
+    /// The socket's shared handle, read through a reference (see [`Upgrade::run`]).
+    inner: Stream,
 }
 
 impl AsyncRead for ReadSide {
@@ -669,7 +634,7 @@ impl AsyncRead for ReadSide {
             let _ = self.prefix.split_to(n);
             return Poll::Ready(Ok(n));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        Pin::new(&mut &*self.inner).poll_read(cx, buf)
     }
 }
 

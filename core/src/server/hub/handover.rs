@@ -93,13 +93,15 @@ impl Hub {
         // A subscribed channel without a position has had no message yet: the record says so
         // with an empty epoch at offset 0, and a resume elsewhere replays it from its start.
         let channels = self.channels_of(key);
-        let all_subscribed = channels.iter().all(|channel| self.links.is_subscribed(channel));
+        let mut all_subscribed = true;
         // Exactly as long as it needs to be: the bus keeps the record as long as the session.
         let mut joined = Vec::with_capacity(channels.len());
         for channel in channels {
+            let subscribed = self.links.is_subscribed(&channel);
+            all_subscribed &= subscribed;
             let top = match self.links.position(&channel) {
                 Some(top) => top,
-                None if self.links.is_subscribed(&channel) => Top::before_the_first(),
+                None if subscribed => Top::before_the_first(),
                 None => continue,
             };
             joined.push(Position { channel: channel.wire(), epoch: top.epoch, offset: top.offset });
