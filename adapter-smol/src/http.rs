@@ -4,13 +4,12 @@
 use crate::admission::{Admission, FromIp, Pending};
 use crate::driver::{Command, Stream, Write};
 use crate::metrics::{BusStats, Metrics};
+use crate::reader::Reader;
 use crate::socket;
 use async_net::TcpStream;
-use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
-use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use bytes::Bytes;
-use futures_util::{AsyncRead, AsyncWrite};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -20,11 +19,9 @@ use serde_json::value::RawValue;
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Instant;
 use switchboard_core::protocol::{Id, MessageType, Payload};
 use switchboard_core::server::{
@@ -54,7 +51,7 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
     pub next_socket: AtomicU64,
-    pub ws_config: WebSocketConfig,
+    pub ws_config: Rc<WebSocketConfig>,
     pub api_key: Option<String>,
     /// Shared by every thread's hub, as are the caps.
     pub api_bucket: Arc<ApiBucket>,
@@ -198,7 +195,8 @@ struct Upgrade {
 
 /// An upgraded socket the driver knows of, ready to run.
 struct Opened {
-    ws: Box<WebSocketStream<ReadSide>>,
+    /// What hyper read past the request (usually nothing).
+    prefix: Bytes,
     stream: Stream,
     socket: SocketId,
     writes: crate::outbox::OutboxReceiver<Write>,
@@ -215,14 +213,15 @@ impl Upgrade {
     /// small.
     async fn run(self: Box<Self>, app: Rc<App>, peer: SocketAddr) {
         let opening = Box::pin(self.open(&app, peer));
-        let Some(Opened { ws, stream, socket, writes, counted }) = opening.await else {
+        let Some(Opened { prefix, stream, socket, writes, counted }) = opening.await else {
             return;
         };
         let (commands, written) = (app.commands.clone(), app.written.clone());
+        let reader = Reader::new(&stream, prefix, app.ws_config.clone());
         drop(app);
         // Written through a reference to its shared handle (8 bytes; async-net's `TcpStream`
         // is 120, with room for a pending read and a pending write).
-        socket::run(ws, &*stream, socket, commands, written, writes).await;
+        socket::run(reader, &*stream, socket, commands, written, writes).await;
         drop(counted);
     }
 
@@ -245,16 +244,12 @@ impl Upgrade {
         let prefix = Bytes::copy_from_slice(&parts.read_buf);
         drop(parts.read_buf);
         let stream: Stream = parts.io.into_inner().into();
-        let reading = ReadSide { prefix, inner: stream.clone() };
         let counted = (app.metrics.socket_opened(), from_ip);
-        let ws = Box::new(
-            WebSocketStream::from_raw_socket(reading, Role::Server, Some(app.ws_config)).await,
-        );
         let socket = SocketId(app.next_socket.fetch_add(1, Ordering::Relaxed));
         let (writer, writes) = crate::outbox::outbox::<Write>();
         let open = Command::Open { socket, writer, stream: stream.clone(), request };
         socket::send(&app.commands, open).await.then_some(Opened {
-            ws,
+            prefix,
             stream,
             socket,
             writes,
@@ -610,48 +605,6 @@ fn parse_publish(body: &[u8]) -> Result<(Target, Outgoing), String> {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The upgraded TCP stream as tungstenite reads it: with whatever hyper had already read in
-/// front, and without a write side. What tungstenite would write (its automatic answers to a
-/// ping or a close) is dropped: the socket's writer writes every frame itself (see
-/// [`crate::socket`]), on the same stream.
-struct ReadSide {
-    prefix: Bytes,
-    /// The socket's shared handle, read through a reference (see [`Upgrade::run`]).
-    inner: Stream,
-}
-
-impl AsyncRead for ReadSide {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.len());
-            buf[..n].copy_from_slice(&self.prefix[..n]);
-            let _ = self.prefix.split_to(n);
-            return Poll::Ready(Ok(n));
-        }
-        Pin::new(&mut &*self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ReadSide {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }
 
 #[cfg(test)]

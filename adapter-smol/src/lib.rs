@@ -21,6 +21,7 @@ mod http;
 pub mod metrics;
 mod outbox;
 pub mod process_bus;
+mod reader;
 pub mod redis;
 mod server;
 mod socket;

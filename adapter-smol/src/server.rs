@@ -456,16 +456,18 @@ async fn serve_on(
         metrics: shared.metrics.clone(),
         ready: shared.ready.clone(),
         next_socket: AtomicU64::new(1),
-        ws_config: WebSocketConfig::default()
-            .read_buffer_size(512)
-            // tungstenite only reads (the socket's writer writes every frame itself); what
-            // it would write, its automatic replies, is dropped without being buffered.
-            .write_buffer_size(0)
-            // The hub answers oversized frames with a proper error and 1009, up to four
-            // times its limit (plus 64 KiB); tungstenite drops the socket on anything larger,
-            // so no one frame costs more memory than that.
-            .max_message_size(Some(settings.hub.max_frame_bytes * 4 + 64 * 1024))
-            .max_frame_size(Some(settings.hub.max_frame_bytes * 4 + 64 * 1024)),
+        ws_config: Rc::new(
+            WebSocketConfig::default()
+                .read_buffer_size(512)
+                // tungstenite only reads (the socket's writer writes every frame itself); what
+                // it would write, its automatic replies, is dropped without being buffered.
+                .write_buffer_size(0)
+                // The hub answers oversized frames with a proper error and 1009, up to four
+                // times its limit (plus 64 KiB); tungstenite drops the socket on anything larger,
+                // so no one frame costs more memory than that.
+                .max_message_size(Some(settings.hub.max_frame_bytes * 4 + 64 * 1024))
+                .max_frame_size(Some(settings.hub.max_frame_bytes * 4 + 64 * 1024)),
+        ),
         api_key: settings.api_key.clone(),
         api_bucket: shared.api_bucket.clone(),
         admission: shared.admission.clone(),

@@ -1,18 +1,18 @@
 //! One WebSocket: a reader that feeds the driver and a writer that writes what the driver
 //! sends, a batch at a time. No decisions: the hub makes them.
 //!
-//! tungstenite reads the frames (its writes go nowhere, see [`crate::http`]); the writer writes
+//! tungstenite reads the frames (see [`crate::reader`]; its writes go nowhere); the writer writes
 //! every frame itself ([`crate::frames`]), the answers to the peer's pings and close included,
 //! so that a fan-out's shared message is never copied into a per-socket buffer.
 
 use crate::driver::{Command, Write};
 use crate::frames;
 use crate::outbox::OutboxReceiver;
+use crate::reader::Reader;
 use async_channel::Sender;
-use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::Message;
 use bytes::Bytes;
-use futures_util::{AsyncRead, AsyncWrite, StreamExt};
+use futures_util::AsyncWrite;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -118,17 +118,14 @@ impl Batch {
 
 /// Runs a socket until it ends, then reports the end to the driver (once). `ws` reads, `out`
 /// is the same connection's write half.
-pub async fn run<R, W>(
-    mut ws: Box<WebSocketStream<R>>,
+pub async fn run<W: AsyncWrite + Unpin>(
+    mut ws: Reader<'_>,
     mut out: W,
     socket: SocketId,
     commands: Sender<Command>,
     written: Sender<Input>,
     writes: OutboxReceiver<Write>,
-) where
-    R: AsyncRead + AsyncWrite + Unpin,
-    W: AsyncWrite + Unpin,
-{
+) {
     let reported = Cell::new(false);
     let replies = RefCell::new(Replies::default());
 

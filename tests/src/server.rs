@@ -478,6 +478,17 @@ impl TestClient {
         smol::block_on(self.ws.send(Message::Text(text.to_owned().into()))).unwrap();
     }
 
+    /// Writes `bytes` to the socket as they are (frames the test built itself, or parts of
+    /// them).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        use futures_util::AsyncWriteExt;
+        smol::block_on(async {
+            let stream = self.ws.get_mut();
+            stream.write_all(bytes).await.unwrap();
+            stream.flush().await.unwrap();
+        });
+    }
+
     /// Sends raw bytes as a binary frame.
     pub fn send_binary(&mut self, bytes: &[u8]) {
         smol::block_on(self.ws.send(Message::Binary(bytes.to_vec().into()))).unwrap();

@@ -3,7 +3,9 @@
 //! publish API, resume, metrics, and shutdown by SIGTERM.
 
 use serde_json::{Value, json};
-use switchboard_core::protocol::{CloseCode, Envelope, SystemMessage, types};
+use switchboard_core::protocol::{
+    CloseCode, Envelope, MessageType, Payload, Source, SystemMessage, Timestamp, types,
+};
 use switchboard_tests::server::{
     AUDIENCE, ISSUER, Keys, Seen, ServerProcess, TestClient, base64url, claims, jwk, kid, sign,
     sign_hmac, sign_input, sign_with_header,
@@ -67,10 +69,8 @@ fn test_full_connection_lifecycle() {
     };
     assert_eq!(e.user_id, "alice");
     assert_eq!(e.heartbeat_interval_ms, Some(30_000));
-    let ping = client.send(
-        "system.ping",
-        &format!(r#"{{"timestamp":"{}"}}"#, switchboard_core::protocol::Timestamp::UNIX_EPOCH),
-    );
+    let ping =
+        client.send("system.ping", &format!(r#"{{"timestamp":"{}"}}"#, Timestamp::UNIX_EPOCH));
     let pong = client.message();
     assert_eq!(pong.message_type, types::PONG);
     assert_eq!(pong.correlation_id, Some(ping.id));
@@ -93,6 +93,63 @@ fn websocket_pings_and_closes_are_answered() {
     let mut client = TestClient::connect(server.addr, &format!("token={token}"));
     established(&mut client);
     assert_eq!(client.close_with(1000), Some(CloseCode::NORMAL));
+}
+
+/// A client's (masked) frame: FIN, `opcode`, `payload`.
+fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![u8::from(fin) << 7 | opcode];
+    match payload.len() {
+        n @ 0..=125 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// The server lets go of its frame parser while a socket has nothing part-read (an idle
+/// connection keeps none of its state): a frame cut inside its header, a message in fragments
+/// with a ping between them, each part after a pause (so that the socket has gone quiet in
+/// between), must all still be read whole.
+#[test]
+fn a_message_that_arrives_in_pieces_is_read_whole() {
+    let (server, keys) = server(&[]);
+    let token = sign(&keys.primary, &claims("alice"));
+    let mut client = TestClient::connect(server.addr, &format!("token={token}"));
+    established(&mut client);
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(100));
+
+    // A ping envelope (the hub answers it with a pong that names it), in two fragments with a
+    // WebSocket ping between, each frame cut in two: inside the header, inside the payload.
+    let ping = Envelope::create(
+        Source::Client,
+        MessageType::new("system.ping").unwrap(),
+        Payload::from_json(&format!(r#"{{"timestamp":"{}"}}"#, Timestamp::UNIX_EPOCH)).unwrap(),
+        Timestamp::UNIX_EPOCH,
+        7,
+    );
+    let text = ping.encode();
+    let (first, rest) = text.split_at(text.len() / 2);
+    let stream = [
+        masked_frame(false, 0x1, first),
+        masked_frame(true, 0x9, b"between"),
+        masked_frame(true, 0x0, rest),
+    ];
+    for frame in &stream {
+        for piece in [&frame[..1], &frame[1..frame.len() / 2], &frame[frame.len() / 2..]] {
+            client.send_raw(piece);
+            pause();
+        }
+    }
+    let pong = client.message();
+    assert_eq!(pong.message_type, types::PONG, "{}", pong.payload.as_str());
+    assert_eq!(pong.correlation_id, Some(ping.id));
+    // And the connection goes on: a ping sent whole is answered too.
+    assert_eq!(client.ping(b"still there"), b"still there");
 }
 
 #[test]
