@@ -6,7 +6,6 @@ use crate::driver::{Command, Stream, Write};
 use crate::metrics::{BusStats, Metrics};
 use crate::reader::Reader;
 use crate::socket;
-use async_net::TcpStream;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use bytes::Bytes;
@@ -118,7 +117,7 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 /// A TCP connection the listener admitted: counted as `pending` until its HTTP phase ends, and
 /// against its address (`from_ip`) until the socket closes, upgraded or not.
 pub struct Accepted {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub peer: SocketAddr,
     pub listener: Listener,
     pub pending: Pending,
@@ -136,10 +135,9 @@ pub fn serve(accepted: Accepted, app: Rc<App>) -> impl Future<Output = ()> {
     use futures_util::FutureExt;
     let peer = accepted.peer;
     let http = Box::pin(serve_http(accepted, app.clone()));
-    http.then(move |upgrade| async move {
-        if let Some(upgrade) = upgrade {
-            upgrade.run(app, peer).await;
-        }
+    http.then(move |upgrade| match upgrade {
+        Some(upgrade) => futures_util::future::Either::Left(upgrade.run(app, peer)),
+        None => futures_util::future::Either::Right(std::future::ready(())),
     })
 }
 
@@ -167,7 +165,7 @@ async fn serve_http(accepted: Accepted, app: Rc<App>) -> Option<Box<Upgrade>> {
         // Bounds both a request's headers and the idle time before the next request on a
         // keep-alive connection: a silent or trickling socket is let go.
         .header_read_timeout(header_timeout)
-        .serve_connection(FuturesIo::new(stream), service)
+        .serve_connection(FuturesIo::new(HttpIo(stream)), service)
         .with_upgrades();
     match http.await {
         Err(error) if error.is_timeout() => metrics.refused_socket("header_timeout"),
@@ -193,40 +191,28 @@ struct Upgrade {
     from_ip: Option<FromIp>,
 }
 
-/// An upgraded socket the driver knows of, ready to run.
-struct Opened {
-    /// What hyper read past the request (usually nothing).
-    prefix: Bytes,
-    stream: Stream,
-    socket: SocketId,
-    writes: crate::outbox::OutboxReceiver<Write>,
-    /// Counted as open (in the metrics, and against its address) while this lives.
-    counted: (crate::metrics::OpenSocket, Option<FromIp>),
-}
-
 impl Upgrade {
     /// Runs the socket until it ends.
     ///
     /// What a task's future holds across an await, every socket carries for its whole life;
     /// hence the upgrade comes boxed and is opened in a boxed future of its own, so that its
-    /// parts are gone by the time the socket runs, and what the socket runs with is boxed or
-    /// small.
-    async fn run(self: Box<Self>, app: Rc<App>, peer: SocketAddr) {
-        let opening = Box::pin(self.open(&app, peer));
-        let Some(Opened { prefix, stream, socket, writes, counted }) = opening.await else {
-            return;
-        };
-        let (commands, written) = (app.commands.clone(), app.written.clone());
-        let reader = Reader::new(&stream, prefix, app.ws_config.clone());
-        drop(app);
-        // Written through a reference to its shared handle (8 bytes; async-net's `TcpStream`
-        // is 120, with room for a pending read and a pending write).
-        socket::run(reader, &*stream, socket, commands, written, writes).await;
-        drop(counted);
+    /// parts are gone by the time the socket runs, and the socket runs in a future that holds
+    /// only what it needs.
+    fn run(self: Box<Self>, app: Rc<App>, peer: SocketAddr) -> impl Future<Output = ()> {
+        use futures_util::FutureExt;
+        use futures_util::future::Either;
+        Box::pin(self.open(app, peer)).then(|opened| match opened {
+            Some(socket) => Either::Left(socket),
+            None => Either::Right(std::future::ready(())),
+        })
     }
 
-    /// Takes the socket from hyper and tells the driver of it.
-    async fn open(self: Box<Self>, app: &App, peer: SocketAddr) -> Option<Opened> {
+    /// Takes the socket from hyper and tells the driver of it; returns the socket's future.
+    async fn open(
+        self: Box<Self>,
+        app: Rc<App>,
+        peer: SocketAddr,
+    ) -> Option<impl Future<Output = ()> + use<>> {
         let Upgrade { on_upgrade, request, from_ip } = *self;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -235,7 +221,7 @@ impl Upgrade {
                 return None;
             }
         };
-        let Ok(parts) = upgraded.downcast::<FuturesIo<TcpStream>>() else {
+        let Ok(parts) = upgraded.downcast::<FuturesIo<HttpIo>>() else {
             tracing::error!("upgraded connection of an unexpected type");
             return None;
         };
@@ -243,18 +229,18 @@ impl Upgrade {
         // (usually nothing), so the buffer is not kept for the socket's whole life.
         let prefix = Bytes::copy_from_slice(&parts.read_buf);
         drop(parts.read_buf);
-        let stream: Stream = parts.io.into_inner().into();
+        let HttpIo(stream) = parts.io.into_inner();
+        // Counted as open (in the metrics, and against its address) while the socket runs.
         let counted = (app.metrics.socket_opened(), from_ip);
         let socket = SocketId(app.next_socket.fetch_add(1, Ordering::Relaxed));
         let (writer, writes) = crate::outbox::outbox::<Write>();
         let open = Command::Open { socket, writer, stream: stream.clone(), request };
-        socket::send(&app.commands, open).await.then_some(Opened {
-            prefix,
-            stream,
-            socket,
-            writes,
-            counted,
-        })
+        if !socket::send(&app.commands, open).await {
+            return None;
+        }
+        let reader = Reader::new(stream.clone(), prefix, app.ws_config.clone());
+        let (commands, written) = (app.commands.clone(), app.written.clone());
+        Some(socket::run(reader, stream, socket, commands, written, writes, counted))
     }
 }
 
@@ -605,6 +591,44 @@ fn parse_publish(body: &[u8]) -> Result<(Target, Outgoing), String> {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The accepted connection as hyper reads and writes it: through the socket's shared handle,
+/// which waits for readiness in one waker slot per direction. (async-net's `TcpStream` waits
+/// with futures that take a slot in a list its registration keeps for the socket's life: 96
+/// bytes, for a list only the HTTP phase used.)
+struct HttpIo(Stream);
+
+impl futures_util::AsyncRead for HttpIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut &*self.0).poll_read(cx, buf)
+    }
+}
+
+impl futures_util::AsyncWrite for HttpIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut &*self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut &*self.0).poll_flush(cx)
+    }
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut &*self.0).poll_close(cx)
+    }
 }
 
 #[cfg(test)]

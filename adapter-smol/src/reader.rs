@@ -8,52 +8,63 @@
 //! part of a frame, no unfinished fragmented message), tungstenite is dropped, to be made anew
 //! when the socket is readable again.
 
+use crate::driver::Stream;
 use async_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use async_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use async_tungstenite::tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error, Message};
 use bytes::Bytes;
-use smol::Async;
 use std::io::{self, Cursor, Read, Write};
-use std::net::TcpStream;
 use std::rc::Rc;
+use std::task::{Context, Poll, ready};
 
 /// Reads a socket's messages.
-pub struct Reader<'a> {
-    state: State<'a>,
+pub struct Reader {
+    state: State,
     config: Rc<WebSocketConfig>,
     /// The peer's close was read: tungstenite is kept to the end, so that it refuses what a
     /// peer sends after its close.
     closing: bool,
 }
 
-enum State<'a> {
+enum State {
     /// Nothing is part-read.
-    Resting(Feed<'a>),
+    Resting(Feed),
     /// tungstenite is reading (boxed: it is there only while the peer is sending).
-    Reading(Box<WebSocket<Feed<'a>>>),
+    Reading(Box<WebSocket<Feed>>),
     /// Only while one state becomes the other.
     Moving,
 }
 
-impl<'a> Reader<'a> {
+impl Reader {
     /// A reader of `stream`, after `prefix` (what the HTTP server read past the upgrade
-    /// request).
-    pub fn new(stream: &'a Async<TcpStream>, prefix: Bytes, config: Rc<WebSocketConfig>) -> Self {
-        let feed = Feed { stream, prefix, boundary: Boundary::default() };
-        Reader { state: State::Resting(feed), config, closing: false }
+    /// request, usually nothing).
+    pub fn new(stream: Stream, prefix: Bytes, config: Rc<WebSocketConfig>) -> Self {
+        let mut feed = Feed { stream, boundary: Boundary::default() };
+        let state = if prefix.is_empty() {
+            State::Resting(feed)
+        } else {
+            feed.boundary.pass(&prefix);
+            let (role, config) = (Role::Server, Some(*config));
+            State::Reading(Box::new(WebSocket::from_partially_read(
+                feed,
+                prefix.into(),
+                role,
+                config,
+            )))
+        };
+        Reader { state, config, closing: false }
     }
 
-    /// The next message; `None` once the connection is closed.
-    pub async fn next(&mut self) -> Option<Result<Message, Error>> {
+    /// The next message; `None` once the connection is closed. (A poll function, not an async
+    /// one: waiting for it takes no room beyond the reader's own.)
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
         loop {
             let ws = match &mut self.state {
                 State::Reading(ws) => ws,
                 State::Resting(feed) => {
-                    if feed.prefix.is_empty()
-                        && let Err(error) = feed.stream.readable().await
-                    {
-                        return Some(Err(Error::Io(error)));
+                    if let Err(error) = ready!(feed.stream.poll_readable(cx)) {
+                        return Poll::Ready(Some(Err(Error::Io(error))));
                     }
                     let State::Resting(feed) = std::mem::replace(&mut self.state, State::Moving)
                     else {
@@ -68,59 +79,43 @@ impl<'a> Reader<'a> {
             match ws.read() {
                 Ok(message) => {
                     self.closing |= matches!(message, Message::Close(_));
-                    return Some(Ok(message));
+                    return Poll::Ready(Some(Ok(message)));
                 }
                 Err(Error::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
-                    if !self.closing && ws.get_ref().holds_nothing() {
+                    if !self.closing && ws.get_ref().boundary.at_rest() {
                         let State::Reading(ws) = std::mem::replace(&mut self.state, State::Moving)
                         else {
                             unreachable!("the state was reading")
                         };
                         self.state = State::Resting(ws.into_inner());
-                    } else if let Err(error) = ws.get_ref().stream.readable().await {
-                        return Some(Err(Error::Io(error)));
+                    } else if let Err(error) = ready!(ws.get_ref().stream.poll_readable(cx)) {
+                        return Poll::Ready(Some(Err(Error::Io(error))));
                     }
                 }
-                Err(Error::ConnectionClosed | Error::AlreadyClosed) => return None,
-                Err(error) => return Some(Err(error)),
+                Err(Error::ConnectionClosed | Error::AlreadyClosed) => return Poll::Ready(None),
+                Err(error) => return Poll::Ready(Some(Err(error))),
             }
         }
     }
 }
 
-/// The stream as tungstenite reads it: what the HTTP server had read in front, then the
-/// socket, read without blocking. What tungstenite would write (its automatic answers to a
-/// ping or a close) is dropped: the socket's writer writes every frame itself (see
-/// [`crate::socket`]).
-struct Feed<'a> {
-    stream: &'a Async<TcpStream>,
-    prefix: Bytes,
+/// The socket as tungstenite reads it: without blocking, each byte read watched by the
+/// [`Boundary`]. What tungstenite would write (its automatic answers to a ping or a close) is
+/// dropped: the socket's writer writes every frame itself (see [`crate::socket`]).
+struct Feed {
+    stream: Stream,
     boundary: Boundary,
 }
 
-impl Feed<'_> {
-    /// Whether every byte read so far was of whole frames that end a message: then tungstenite,
-    /// which reads until the stream would block, has used them all and holds nothing.
-    fn holds_nothing(&self) -> bool {
-        self.prefix.is_empty() && self.boundary.at_rest()
-    }
-}
-
-impl Read for Feed<'_> {
+impl Read for Feed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = if self.prefix.is_empty() {
-            self.stream.get_ref().read(buf)?
-        } else {
-            let n = self.prefix.len().min(buf.len());
-            buf[..n].copy_from_slice(&self.prefix.split_to(n));
-            n
-        };
+        let n = self.stream.get_ref().read(buf)?;
         self.boundary.pass(&buf[..n]);
         Ok(n)
     }
 }
 
-impl Write for Feed<'_> {
+impl Write for Feed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         Ok(buf.len())
     }
@@ -145,6 +140,8 @@ struct Boundary {
 }
 
 impl Boundary {
+    /// Whether every byte so far was of whole frames that end a message: then tungstenite,
+    /// which reads until the stream would block, has used them all and holds nothing.
     fn at_rest(&self) -> bool {
         self.header_len == 0 && self.payload_left == 0 && !self.message_open && !self.broken
     }

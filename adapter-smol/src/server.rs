@@ -531,7 +531,8 @@ async fn accept(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let accepted = Accepted { stream, peer, listener: role, pending, from_ip };
+                let accepted =
+                    Accepted { stream: stream.into(), peer, listener: role, pending, from_ip };
                 spawner.spawn(crate::http::serve(accepted, app.clone())).detach();
             }
             Err(error) => {

@@ -5,7 +5,7 @@
 //! every frame itself ([`crate::frames`]), the answers to the peer's pings and close included,
 //! so that a fan-out's shared message is never copied into a per-socket buffer.
 
-use crate::driver::{Command, Write};
+use crate::driver::{Command, Stream, Write};
 use crate::frames;
 use crate::outbox::OutboxReceiver;
 use crate::reader::Reader;
@@ -116,80 +116,92 @@ impl Batch {
     }
 }
 
-/// Runs a socket until it ends, then reports the end to the driver (once). `ws` reads, `out`
-/// is the same connection's write half.
-pub async fn run<W: AsyncWrite + Unpin>(
-    mut ws: Reader<'_>,
-    mut out: W,
+/// Runs a socket until it ends, then reports the end to the driver (once). `ws` reads
+/// `stream`, which the writer writes; `counted` (what counts the socket as open) is dropped at
+/// the end.
+///
+/// Not an async function: an async function keeps its arguments and its own copies of them
+/// (a few hundred bytes, every socket, for its whole life); an async block uses what it took
+/// in place.
+#[expect(clippy::manual_async_fn, reason = "an async fn would hold its arguments twice")]
+pub fn run(
+    mut ws: Reader,
+    stream: Stream,
     socket: SocketId,
     commands: Sender<Command>,
     written: Sender<Input>,
     writes: OutboxReceiver<Write>,
-) {
-    let reported = Cell::new(false);
-    let replies = RefCell::new(Replies::default());
+    counted: impl Sized,
+) -> impl Future<Output = ()> {
+    async move {
+        let mut out = &*stream;
+        let reported = Cell::new(false);
+        let replies = RefCell::new(Replies::default());
 
-    // Neither loop keeps what it read or took across an await (only the small future that
-    // sends it on): whatever an async block holds across an await, every socket carries.
-    let reader = async {
-        let mut code = None;
-        loop {
-            let sending = match read(ws.next().await, socket, &replies, &mut code) {
-                Read::Input(input) => send(&commands, Command::Input(input)),
-                Read::Reply => {
-                    writes.wake();
-                    continue;
+        // Neither loop keeps what it read or took across an await (only the small future that
+        // sends it on): whatever an async block holds across an await, every socket carries.
+        let reader = async {
+            let mut code = None;
+            loop {
+                let sending =
+                    match read(poll_fn(|cx| ws.poll_next(cx)).await, socket, &replies, &mut code) {
+                        Read::Input(input) => send(&commands, Command::Input(input)),
+                        Read::Reply => {
+                            writes.wake();
+                            continue;
+                        }
+                        Read::Nothing => continue,
+                        Read::End => break,
+                    };
+                if !sending.await {
+                    break;
                 }
-                Read::Nothing => continue,
-                Read::End => break,
-            };
-            if !sending.await {
-                break;
             }
-        }
-        send(&commands, Command::Input(Input::Closed { socket, code })).await;
-        reported.set(true);
-    };
+            send(&commands, Command::Input(Input::Closed { socket, code })).await;
+            reported.set(true);
+        };
 
-    let writer = async {
-        loop {
-            let more = poll_fn(|cx| {
-                let replies = replies.borrow();
-                if replies.pong.is_some() || replies.close.is_some() {
-                    Poll::Ready(true)
-                } else {
-                    writes.poll_ready(cx)
+        let writer = async {
+            loop {
+                let more = poll_fn(|cx| {
+                    let replies = replies.borrow();
+                    if replies.pong.is_some() || replies.close.is_some() {
+                        Poll::Ready(true)
+                    } else {
+                        writes.poll_ready(cx)
+                    }
+                });
+                if !more.await {
+                    return;
                 }
-            });
-            if !more.await {
-                return;
+                // Let the other ready tasks run first (the driver may be handing out more frames),
+                // so that one write carries as many frames as are ready.
+                smol::future::yield_now().await;
+                // Boxed: a batch and its write are held only while the socket is slow to take
+                // them, and an idle socket should not keep room for them.
+                let batch = Box::pin(write_batch(&mut out, &writes, &replies, socket, &written));
+                if !batch.await {
+                    return;
+                }
             }
-            // Let the other ready tasks run first (the driver may be handing out more frames),
-            // so that one write carries as many frames as are ready.
-            smol::future::yield_now().await;
-            // Boxed: a batch and its write are held only while the socket is slow to take
-            // them, and an idle socket should not keep room for them.
-            let batch = Box::pin(write_batch(&mut out, &writes, &replies, socket, &written));
-            if !batch.await {
-                return;
-            }
-        }
-    };
+        };
 
-    // A combinator, not an async block around it: an async block would keep its own copy of
-    // the two futures it moved in (a few hundred bytes per socket).
-    let ended = futures_util::future::join(reader, writer);
-    // Once the driver lets go of the socket (we closed it, or it heard of the end), the socket
-    // has a grace period to finish: the peer to complete the close handshake, or a writer stuck
-    // on a peer that stopped reading (a slow consumer cut off with 4013) to give up.
-    let abandoned = async {
-        writes.closed().await;
-        smol::Timer::after(CLOSE_GRACE).await;
-        ((), ())
-    };
-    smol::future::or(ended, abandoned).await;
-    if !reported.get() {
-        send(&commands, Command::Input(Input::Closed { socket, code: None })).await;
+        // A combinator, not an async block around it: an async block would keep its own copy of
+        // the two futures it moved in (a few hundred bytes per socket).
+        let ended = futures_util::future::join(reader, writer);
+        // Once the driver lets go of the socket (we closed it, or it heard of the end), the socket
+        // has a grace period to finish: the peer to complete the close handshake, or a writer stuck
+        // on a peer that stopped reading (a slow consumer cut off with 4013) to give up.
+        let abandoned = async {
+            writes.closed().await;
+            smol::Timer::after(CLOSE_GRACE).await;
+            ((), ())
+        };
+        smol::future::or(ended, abandoned).await;
+        if !reported.get() {
+            send(&commands, Command::Input(Input::Closed { socket, code: None })).await;
+        }
+        drop(counted);
     }
 }
 
