@@ -194,18 +194,64 @@ impl CoreClient {
 
 #[derive(Debug)]
 enum Event {
-    ServerOpen { node: usize, socket: SocketId, request: OpenRequest },
-    ServerText { node: usize, socket: SocketId, frame: Bytes },
-    ServerClosed { node: usize, socket: SocketId, code: Option<CloseCode> },
-    Verdict { node: usize, request: VerifyId, verdict: Result<Principal, AuthFailure> },
-    Join { node: usize, request: JoinId, verdict: Result<JoinGrant, JoinRefusal> },
-    Bus { node: usize, event: BusEvent },
-    ClientFrame { peer: Peer, socket: SocketId, frame: Bytes },
-    ClientClosed { peer: Peer, socket: SocketId, code: Option<CloseCode> },
-    CoreOpened { client: usize, attempt: AttemptId },
-    CoreRefused { client: usize, attempt: AttemptId },
-    CoreToken { client: usize },
-    Reconnect { client: usize },
+    ServerOpen {
+        node: usize,
+        socket: SocketId,
+        request: OpenRequest,
+    },
+    ServerText {
+        node: usize,
+        socket: SocketId,
+        frame: Bytes,
+    },
+    ServerClosed {
+        node: usize,
+        socket: SocketId,
+        code: Option<CloseCode>,
+    },
+    Verdict {
+        node: usize,
+        request: VerifyId,
+        verdict: Result<Principal, AuthFailure>,
+    },
+    Join {
+        node: usize,
+        request: JoinId,
+        verdict: Result<JoinGrant, JoinRefusal>,
+    },
+    Bus {
+        node: usize,
+        event: BusEvent,
+    },
+    /// A command on its way from a hub to the bus (see [`World::bus_command_latency_ms`]).
+    BusCommand {
+        node: usize,
+        command: BusCommand,
+    },
+    ClientFrame {
+        peer: Peer,
+        socket: SocketId,
+        frame: Bytes,
+    },
+    ClientClosed {
+        peer: Peer,
+        socket: SocketId,
+        code: Option<CloseCode>,
+    },
+    CoreOpened {
+        client: usize,
+        attempt: AttemptId,
+    },
+    CoreRefused {
+        client: usize,
+        attempt: AttemptId,
+    },
+    CoreToken {
+        client: usize,
+    },
+    Reconnect {
+        client: usize,
+    },
 }
 
 impl Node {
@@ -270,6 +316,10 @@ pub struct World {
     /// One-way network latency range, milliseconds.
     pub latency_ms: (u64, u64),
     pub bus_latency_ms: u64,
+    /// How long the commands of a hub take to reach the bus, by hub (none: they are carried
+    /// out as they are sent). A hub whose way to the bus is slower than another's: its
+    /// subscription can reach the bus after a publish another hub sent later.
+    pub bus_command_latency_ms: BTreeMap<usize, u64>,
     core_users: Vec<String>,
     trace: u64,
     last_arrival: BTreeMap<(SocketId, bool), Instant>,
@@ -331,6 +381,7 @@ impl World {
             forbidden: BTreeSet::new(),
             latency_ms: (0, 0),
             bus_latency_ms: 0,
+            bus_command_latency_ms: BTreeMap::new(),
             core_users: Vec::new(),
             trace: FNV_OFFSET,
             last_arrival: BTreeMap::new(),
@@ -594,6 +645,7 @@ impl World {
             Event::Join { node, request, verdict } => {
                 self.input(node, Input::JoinVerdict { request, verdict })
             }
+            Event::BusCommand { node, command } => self.execute_bus_command(node, command),
             Event::Bus { node, event } => {
                 if !self.nodes[node].down {
                     self.input(node, Input::Bus(0, event))
@@ -865,40 +917,14 @@ impl World {
             }
             Output::Bus(_, command) => {
                 self.trace = fnv(self.trace, format!("{command:?}").as_bytes());
-                let at = self.now + Duration::from_millis(self.bus_latency_ms);
-                let events = if self.bus_down {
-                    let down = || BusError("the bus is down".into());
-                    let answer = match command {
-                        BusCommand::Publish { key, .. } => {
-                            BusEvent::Published { key, result: Err(down()) }
-                        }
-                        BusCommand::Subscribe { batch, .. } => {
-                            BusEvent::Subscribed { batch, result: Err(down()) }
-                        }
-                        BusCommand::Read { request, .. } => {
-                            BusEvent::History { request, result: Err(down()) }
-                        }
-                        _ => return,
-                    };
-                    vec![(node, answer)]
-                } else {
-                    if command == BusCommand::RenewSubscriber {
-                        self.deaf.remove(&node);
+                match self.bus_command_latency_ms.get(&node) {
+                    Some(&ms) => {
+                        let at = self.now + Duration::from_millis(ms);
+                        self.scheduled.insert(self.next_event, Event::BusCommand { node, command });
+                        self.queue.push(Reverse((at, self.next_event as u64, self.next_event)));
+                        self.next_event += 1;
                     }
-                    self.bus.execute(node, command)
-                };
-                for (target, event) in events {
-                    let message = matches!(event, BusEvent::Message { .. });
-                    let lost = message
-                        && (self.deaf.contains(&target)
-                            || (self.bus_loss_one_in > 0
-                                && self.net_rng.up_to(self.bus_loss_one_in - 1) == 0));
-                    if lost {
-                        continue;
-                    }
-                    self.scheduled.insert(self.next_event, Event::Bus { node: target, event });
-                    self.queue.push(Reverse((at, self.next_event as u64, self.next_event)));
-                    self.next_event += 1;
+                    None => self.execute_bus_command(node, command),
                 }
             }
             Output::Event(event) => {
@@ -906,6 +932,43 @@ impl World {
                 assert!(!matches!(event, HubEvent::IllegalTransition { .. }), "{event:?}");
                 self.nodes[node].events.push(event);
             }
+        }
+    }
+
+    /// Carries out a hub's command on the bus; its events reach the hubs after the bus latency.
+    fn execute_bus_command(&mut self, node: usize, command: BusCommand) {
+        let at = self.now + Duration::from_millis(self.bus_latency_ms);
+        let events = if self.bus_down {
+            let down = || BusError("the bus is down".into());
+            let answer = match command {
+                BusCommand::Publish { key, .. } => BusEvent::Published { key, result: Err(down()) },
+                BusCommand::Subscribe { batch, .. } => {
+                    BusEvent::Subscribed { batch, result: Err(down()) }
+                }
+                BusCommand::Read { request, .. } => {
+                    BusEvent::History { request, result: Err(down()) }
+                }
+                _ => return,
+            };
+            vec![(node, answer)]
+        } else {
+            if command == BusCommand::RenewSubscriber {
+                self.deaf.remove(&node);
+            }
+            self.bus.execute(node, command)
+        };
+        for (target, event) in events {
+            let message = matches!(event, BusEvent::Message { .. });
+            let lost = message
+                && (self.deaf.contains(&target)
+                    || (self.bus_loss_one_in > 0
+                        && self.net_rng.up_to(self.bus_loss_one_in - 1) == 0));
+            if lost {
+                continue;
+            }
+            self.scheduled.insert(self.next_event, Event::Bus { node: target, event });
+            self.queue.push(Reverse((at, self.next_event as u64, self.next_event)));
+            self.next_event += 1;
         }
     }
 

@@ -536,3 +536,40 @@ fn a_drain_waits_for_its_publishes_to_reach_the_bus() {
     assert!(w.nodes[0].events.contains(&HubEvent::Drained));
     assert_eq!(w.clients[there].numbers(), [n]);
 }
+
+/// A member is told `established` only once the bus has placed its channels: whatever is
+/// published after that, from any hub, reaches it, however slow its own hub's way to the bus.
+/// (Told at once, it missed what another hub published before its subscription got there.)
+#[test]
+fn what_is_published_after_established_reaches_the_member_however_slow_its_hubs_bus() {
+    let (mut w, _g) = world(2, HubConfig::default());
+    w.bus_command_latency_ms.insert(0, 30);
+    w.settle();
+    w.run_for(Duration::from_millis(100));
+    let c = w.connect_new("u0", Some("conv"), 0);
+    while w.clients[c].system_of(types::CONNECTION_ESTABLISHED).is_empty() {
+        assert!(w.steps < 100_000, "no established");
+        w.step();
+    }
+    let n = w.publish(1, "conv", None);
+    w.run_for(Duration::from_millis(200));
+    assert_eq!(w.clients[c].numbers(), vec![n]);
+}
+
+/// A bus that does not confirm a subscription keeps no one out: at the authentication
+/// deadline the member is let in without it, as it is when the bus is down.
+#[test]
+fn a_subscription_the_bus_never_confirms_delays_established_to_the_deadline_only() {
+    let config = HubConfig::default();
+    let deadline = config.auth_timeout;
+    let (mut w, _g) = world(2, config);
+    w.settle();
+    w.bus_command_latency_ms.insert(0, 3_600_000);
+    let c = w.connect_new("u0", Some("conv"), 0);
+    w.run_for(deadline / 2);
+    assert!(w.clients[c].system_of(types::CONNECTION_ESTABLISHED).is_empty());
+    w.run_for(deadline);
+    assert_eq!(w.clients[c].system_of(types::CONNECTION_ESTABLISHED).len(), 1);
+    assert!(w.clients[c].closes.is_empty(), "still open");
+    assert!(w.clients[c].socket.is_some());
+}

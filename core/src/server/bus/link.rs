@@ -263,6 +263,14 @@ impl Link {
                 && !self.batches.values().any(|(channels, _, _)| channels.contains(channel)))
     }
 
+    /// Whether a member of `channel` is to wait before it is told it is in: the bus is up and
+    /// has not confirmed this instance's subscription yet, so what is published before the
+    /// subscription gets there would not reach the member. With the bus down nothing waits:
+    /// members get what is published here, and are told of gaps once the bus is back.
+    pub fn awaits_subscription(&self, channel: &Channel) -> bool {
+        self.local.is_none() && self.up && !self.is_subscribed(channel)
+    }
+
     /// Where this instance is in `channel` (the session record's starting points).
     pub fn position(&self, channel: &Channel) -> Option<Top> {
         self.channels.get(channel)?.cursor.position()

@@ -128,6 +128,10 @@ impl Links {
         self.of_ref(channel).is_subscribed(channel)
     }
 
+    pub fn awaits_subscription(&self, channel: &Channel) -> bool {
+        self.of_ref(channel).awaits_subscription(channel)
+    }
+
     pub fn position(&self, channel: &Channel) -> Option<Top> {
         self.of_ref(channel).position(channel)
     }

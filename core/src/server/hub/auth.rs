@@ -281,20 +281,57 @@ impl Hub {
         }));
     }
 
-    /// The session is in: it joins its conversation, its deadlines start, and the client is
-    /// told `established`.
+    /// The session is in: it joins its conversation; once the bus has placed its channels, it
+    /// is told so ([`Hub::establish`]). Told at once, a client could miss what another
+    /// instance publishes before this one's subscription reaches the bus, though it was
+    /// published after the client heard it was in.
     pub(super) fn activate(&mut self, now: Instant, key: Key, grant: JoinGrant) {
         let Some(session) = self.sessions.get_mut(&key) else { return };
         session.can_write = grant.write && session.conversation_id.is_some();
+        if let Some(conversation) = session.conversation_id.clone() {
+            self.by_conversation.entry(conversation.clone()).or_default().insert(key);
+            self.subscribe(now, Channel::Conversation(conversation));
+        }
+        if self.channels_of(key).iter().any(|c| self.links.awaits_subscription(c)) {
+            // The authentication deadline still runs: at it, the session goes on unplaced.
+            self.unplaced.insert(key);
+        } else {
+            self.establish(now, key);
+        }
+    }
+
+    /// Tells the sessions that waited for their channels' subscriptions that they are in, once
+    /// the bus has confirmed them (or is down). Called before the bus's deliveries are handed
+    /// out, so that what comes after a subscription reaches them.
+    pub(super) fn establish_placed(&mut self, now: Instant) {
+        let placed: Vec<Key> = self
+            .unplaced
+            .iter()
+            .copied()
+            .filter(|&key| {
+                !self.sessions.contains_key(&key)
+                    || !self.channels_of(key).iter().any(|c| self.links.awaits_subscription(c))
+            })
+            .collect();
+        for key in placed {
+            self.unplaced.remove(&key);
+            self.establish(now, key);
+        }
+    }
+
+    /// The session becomes active: its deadlines start, and the client is told `established`.
+    /// (A session that ended while it waited is not there any more.)
+    pub(super) fn establish(&mut self, now: Instant, key: Key) {
+        self.unplaced.remove(&key);
+        let Some(session) = self.sessions.get_mut(&key) else { return };
+        if session.state() != ConnectionState::Authenticated {
+            return;
+        }
         if std::mem::take(&mut session.pending) {
             self.pending_auths -= 1;
         }
         let conversation_id = session.conversation_id.clone();
         let Some(principal) = session.principal.clone() else { return };
-        if let Some(conversation) = &conversation_id {
-            self.by_conversation.entry(conversation.clone()).or_default().insert(key);
-            self.subscribe(now, Channel::Conversation(conversation.clone()));
-        }
         self.set_deadline(key, TimerKind::AuthTimeout, None);
         self.transition(now, key, ConnectionState::Active, "established");
         self.set_deadline(key, TimerKind::TokenExpiry, self.expiry_of(&principal));

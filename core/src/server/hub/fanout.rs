@@ -145,6 +145,9 @@ impl Hub {
     /// channels' local members.
     pub(super) fn drain_link(&mut self, now: Instant) {
         self.flush_bus_commands();
+        if !self.unplaced.is_empty() {
+            self.establish_placed(now);
+        }
         while let Some(delivery) = self.links.poll_delivery() {
             match delivery {
                 Delivery::Message { channel, frame, except, offset } => {

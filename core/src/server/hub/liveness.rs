@@ -22,6 +22,8 @@ impl Hub {
             }
             session.deadlines[kind as usize] = None;
             match kind {
+                // Let in, still waiting for the bus: it goes on without (as with the bus down).
+                TimerKind::AuthTimeout if self.unplaced.contains(&key) => self.establish(now, key),
                 TimerKind::AuthTimeout => {
                     let message = "authentication timed out";
                     let rejection =

@@ -125,6 +125,9 @@ pub struct Hub {
     /// when a subscription is confirmed (the count last seen).
     unrecorded: BTreeSet<Key>,
     unrecorded_checked_at: u64,
+    /// Sessions let in and not told yet: they wait for the bus to confirm the subscriptions
+    /// of their channels (see [`Hub::activate`]).
+    unplaced: BTreeSet<Key>,
     /// Verifications and join decisions asked for and not answered yet, by request number.
     requests: Map<u64, (Key, Purpose)>,
     /// Sockets told to close whose end has not been reported yet.
@@ -170,6 +173,7 @@ impl Hub {
             waiting_replays: BTreeSet::new(),
             unrecorded: BTreeSet::new(),
             unrecorded_checked_at: 0,
+            unplaced: BTreeSet::new(),
             requests: map(&mut rng),
             closing: BTreeSet::new(),
             pending_auths: 0,
