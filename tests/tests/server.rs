@@ -152,6 +152,48 @@ fn a_message_that_arrives_in_pieces_is_read_whole() {
     assert_eq!(client.ping(b"still there"), b"still there");
 }
 
+/// What a client sends right behind its upgrade request, in the same packet, is read by the
+/// server's HTTP side first and handed to the WebSocket's reader: it is not lost.
+#[test]
+fn a_frame_sent_with_the_upgrade_request_is_read() {
+    use async_tungstenite::tungstenite::Message;
+    use async_tungstenite::tungstenite::protocol::{Role, WebSocket};
+    use std::io::{Read, Write};
+    let (server, keys) = server(&[]);
+    let token = sign(&keys.primary, &claims("alice"));
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let request = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    let mut bytes = request.into_bytes();
+    bytes.extend(masked_frame(true, 0x9, b"early"));
+    stream.write_all(&bytes).unwrap();
+    // The response's head, a byte at a time (nothing of the frames after it is taken).
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut ws = WebSocket::from_raw_socket(stream, Role::Client, None);
+    let mut pong = None;
+    let mut established = false;
+    while pong.is_none() || !established {
+        match ws.read().unwrap() {
+            Message::Pong(payload) => pong = Some(payload.to_vec()),
+            Message::Text(text) => {
+                let envelope = Envelope::parse(text.as_bytes(), usize::MAX).unwrap();
+                established |= envelope.message_type == types::CONNECTION_ESTABLISHED;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(pong.as_deref(), Some(&b"early"[..]));
+}
+
 #[test]
 fn test_connection_with_conversation_id() {
     let (server, keys) = server(&["--api-key", "k3y"]);
