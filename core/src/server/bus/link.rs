@@ -48,7 +48,6 @@ pub(crate) enum Delivery {
 #[derive(Debug)]
 struct ChannelState {
     name: String,
-    wire: String,
     cursor: Cursor,
     /// The last local member left: let go at this time unless one comes back.
     linger_until: Option<Instant>,
@@ -221,7 +220,6 @@ impl Link {
         }
         let name = channel.name(&self.prefix);
         let mut state = ChannelState {
-            wire: channel.wire(),
             name: name.clone(),
             cursor: Cursor::default(),
             linger_until: None,
@@ -472,7 +470,7 @@ impl Link {
                 let more = match result {
                     Ok(history) => state.cursor.history(now, history, limit, &mut self.steps),
                     Err(error) => {
-                        tracing::warn!(target: "switchboard::bus", channel = %state.wire, %error, "history read failed");
+                        tracing::warn!(target: "switchboard::bus", channel = %channel.wire(), %error, "history read failed");
                         state.cursor.read_failed(now);
                         false
                     }
@@ -898,10 +896,10 @@ impl Link {
     /// Turns the cursor's steps for `channel` into deliveries (and keeps its deadline).
     fn flush_steps(&mut self, channel: &Channel) {
         self.reschedule(channel);
-        let Some(state) = self.channels.get(channel) else {
+        if !self.channels.contains_key(channel) {
             self.steps.clear();
             return;
-        };
+        }
         for step in self.steps.drain(..) {
             self.deliveries.push_back(match step {
                 Step::Deliver { epoch, message, .. } if message.lost > 0 => {
@@ -911,7 +909,9 @@ impl Link {
                     Delivery::Reset { channel: channel.clone(), epoch: Some(epoch), reason: "publish_lost" }
                 }
                 Step::Deliver { epoch, offset, message } => {
-                    let position = Position { channel: state.wire.clone(), epoch, offset };
+                    // The channel's name on the wire is made when needed: kept, every channel (one per
+                    // user at least) would carry it.
+                    let position = Position { channel: channel.wire(), epoch, offset };
                     Delivery::Message {
                         channel: channel.clone(),
                         frame: message.frame.with_position(&position),
@@ -920,7 +920,7 @@ impl Link {
                     }
                 }
                 Step::Reset { epoch, reason } => {
-                    tracing::warn!(target: "switchboard::bus", channel = %state.wire, reason, "channel reset");
+                    tracing::warn!(target: "switchboard::bus", channel = %channel.wire(), reason, "channel reset");
                     Delivery::Reset { channel: channel.clone(), epoch, reason }
                 }
             });

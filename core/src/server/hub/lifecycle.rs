@@ -73,7 +73,7 @@ impl Hub {
                 outbound_bytes: 0,
                 replay: ReplayBuffer::default(),
                 rate_limiter: RateLimiter::new(&self.config, now),
-                deadlines: [None; 4],
+                deadlines: Session::NO_DEADLINES,
                 pending_verify: None,
                 pending_join: None,
                 pending_resume: None,

@@ -20,7 +20,7 @@ impl Hub {
             if session.deadline(kind) != Some(at) {
                 continue;
             }
-            session.deadlines[kind as usize] = None;
+            session.set_deadline(kind, None);
             match kind {
                 // Let in, still waiting for the bus: it goes on without (as with the bus down).
                 TimerKind::AuthTimeout if self.unplaced.contains(&key) => self.establish(now, key),
@@ -73,10 +73,10 @@ impl Hub {
 
     pub(super) fn set_deadline(&mut self, key: Key, kind: TimerKind, at: Option<Instant>) {
         let Some(session) = self.sessions.get_mut(&key) else { return };
-        if session.deadlines[kind as usize] == at {
+        if session.deadline(kind) == at {
             return;
         }
-        session.deadlines[kind as usize] = at;
+        session.set_deadline(kind, at);
         if let Some(at) = at {
             self.timers.schedule(at, key, kind);
         }

@@ -47,7 +47,8 @@ pub(super) struct Session {
     pub(super) outbound_bytes: usize,
     pub(super) replay: ReplayBuffer,
     pub(super) rate_limiter: RateLimiter,
-    pub(super) deadlines: [Option<Instant>; 4],
+    /// By [`TimerKind`]; [`Instant::FAR_FUTURE`] for none (an `Option` would double each).
+    pub(super) deadlines: [Instant; 4],
     /// The verification or join decision this session waits for (at most one of each).
     pub(super) pending_verify: Option<u64>,
     pub(super) pending_join: Option<u64>,
@@ -70,8 +71,15 @@ impl Session {
     }
 
     pub(super) fn deadline(&self, kind: TimerKind) -> Option<Instant> {
-        self.deadlines[kind as usize]
+        Some(self.deadlines[kind as usize]).filter(|at| *at != Instant::FAR_FUTURE)
     }
+
+    pub(super) fn set_deadline(&mut self, kind: TimerKind, at: Option<Instant>) {
+        self.deadlines[kind as usize] = at.unwrap_or(Instant::FAR_FUTURE);
+    }
+
+    /// No deadlines.
+    pub(super) const NO_DEADLINES: [Instant; 4] = [Instant::FAR_FUTURE; 4];
 
     pub(super) fn user_id(&self) -> Option<&str> {
         self.principal.as_ref().map(|p| p.user_id.as_str())
