@@ -623,11 +623,13 @@ impl futures_util::AsyncWrite for HttpIo {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut &*self.0).poll_flush(cx)
     }
+    /// Shuts the write side down, as async-net's `TcpStream` does (async-io's handle only
+    /// flushes): the peer hears the end when hyper closes, not when the task is dropped.
     fn poll_close(
         self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut &*self.0).poll_close(cx)
+        std::task::Poll::Ready(self.0.get_ref().shutdown(std::net::Shutdown::Write))
     }
 }
 
