@@ -194,7 +194,8 @@ pub fn run(
         // on a peer that stopped reading (a slow consumer cut off with 4013) to give up.
         let abandoned = async {
             writes.closed().await;
-            smol::Timer::after(CLOSE_GRACE).await;
+            // Boxed: every socket would carry a timer's room for its whole life.
+            Box::pin(smol::Timer::after(CLOSE_GRACE)).await;
             ((), ())
         };
         smol::future::or(ended, abandoned).await;

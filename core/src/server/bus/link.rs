@@ -265,7 +265,7 @@ impl Link {
     /// has not confirmed this instance's subscription yet, so what is published before the
     /// subscription gets there would not reach the member. With the bus down nothing waits:
     /// members get what is published here, and are told of gaps once the bus is back.
-    pub fn awaits_subscription(&self, channel: &Channel) -> bool {
+    pub fn subscription_pending(&self, channel: &Channel) -> bool {
         self.local.is_none() && self.up && !self.is_subscribed(channel)
     }
 

@@ -128,8 +128,8 @@ impl Links {
         self.of_ref(channel).is_subscribed(channel)
     }
 
-    pub fn awaits_subscription(&self, channel: &Channel) -> bool {
-        self.of_ref(channel).awaits_subscription(channel)
+    pub fn subscription_pending(&self, channel: &Channel) -> bool {
+        self.of_ref(channel).subscription_pending(channel)
     }
 
     pub fn position(&self, channel: &Channel) -> Option<Top> {

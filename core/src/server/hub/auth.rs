@@ -292,7 +292,7 @@ impl Hub {
             self.by_conversation.entry(conversation.clone()).or_default().insert(key);
             self.subscribe(now, Channel::Conversation(conversation));
         }
-        if self.channels_of(key).iter().any(|c| self.links.awaits_subscription(c)) {
+        if self.channels_of(key).iter().any(|c| self.links.subscription_pending(c)) {
             // The authentication deadline still runs: at it, the session goes on unplaced.
             self.unplaced.insert(key);
         } else {
@@ -310,7 +310,7 @@ impl Hub {
             .copied()
             .filter(|&key| {
                 !self.sessions.contains_key(&key)
-                    || !self.channels_of(key).iter().any(|c| self.links.awaits_subscription(c))
+                    || !self.channels_of(key).iter().any(|c| self.links.subscription_pending(c))
             })
             .collect();
         for key in placed {
