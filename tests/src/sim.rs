@@ -194,64 +194,19 @@ impl CoreClient {
 
 #[derive(Debug)]
 enum Event {
-    ServerOpen {
-        node: usize,
-        socket: SocketId,
-        request: OpenRequest,
-    },
-    ServerText {
-        node: usize,
-        socket: SocketId,
-        frame: Bytes,
-    },
-    ServerClosed {
-        node: usize,
-        socket: SocketId,
-        code: Option<CloseCode>,
-    },
-    Verdict {
-        node: usize,
-        request: VerifyId,
-        verdict: Result<Principal, AuthFailure>,
-    },
-    Join {
-        node: usize,
-        request: JoinId,
-        verdict: Result<JoinGrant, JoinRefusal>,
-    },
-    Bus {
-        node: usize,
-        event: BusEvent,
-    },
-    /// A command on its way from a hub to the bus (see [`World::bus_command_latency_ms`]).
-    BusCommand {
-        node: usize,
-        command: BusCommand,
-    },
-    ClientFrame {
-        peer: Peer,
-        socket: SocketId,
-        frame: Bytes,
-    },
-    ClientClosed {
-        peer: Peer,
-        socket: SocketId,
-        code: Option<CloseCode>,
-    },
-    CoreOpened {
-        client: usize,
-        attempt: AttemptId,
-    },
-    CoreRefused {
-        client: usize,
-        attempt: AttemptId,
-    },
-    CoreToken {
-        client: usize,
-    },
-    Reconnect {
-        client: usize,
-    },
+    ServerOpen { node: usize, socket: SocketId, request: OpenRequest },
+    ServerText { node: usize, socket: SocketId, frame: Bytes },
+    ServerClosed { node: usize, socket: SocketId, code: Option<CloseCode> },
+    Verdict { node: usize, request: VerifyId, verdict: Result<Principal, AuthFailure> },
+    Join { node: usize, request: JoinId, verdict: Result<JoinGrant, JoinRefusal> },
+    Bus { node: usize, event: BusEvent },
+    BusCommand { node: usize, command: BusCommand },
+    ClientFrame { peer: Peer, socket: SocketId, frame: Bytes },
+    ClientClosed { peer: Peer, socket: SocketId, code: Option<CloseCode> },
+    CoreOpened { client: usize, attempt: AttemptId },
+    CoreRefused { client: usize, attempt: AttemptId },
+    CoreToken { client: usize },
+    Reconnect { client: usize },
 }
 
 impl Node {
@@ -920,9 +875,7 @@ impl World {
                 match self.bus_command_latency_ms.get(&node) {
                     Some(&ms) => {
                         let at = self.now + Duration::from_millis(ms);
-                        self.scheduled.insert(self.next_event, Event::BusCommand { node, command });
-                        self.queue.push(Reverse((at, self.next_event as u64, self.next_event)));
-                        self.next_event += 1;
+                        self.schedule(at, Event::BusCommand { node, command });
                     }
                     None => self.execute_bus_command(node, command),
                 }
@@ -966,9 +919,7 @@ impl World {
             if lost {
                 continue;
             }
-            self.scheduled.insert(self.next_event, Event::Bus { node: target, event });
-            self.queue.push(Reverse((at, self.next_event as u64, self.next_event)));
-            self.next_event += 1;
+            self.schedule(at, Event::Bus { node: target, event });
         }
     }
 
