@@ -292,12 +292,17 @@ impl Hub {
             self.by_conversation.entry(conversation.clone()).or_default().insert(key);
             self.subscribe(now, Channel::Conversation(conversation));
         }
-        if self.channels_of(key).iter().any(|c| self.links.subscription_pending(c)) {
+        if self.waits_for_bus(key) {
             // The authentication deadline still runs: at it, the session goes on unplaced.
             self.unplaced.insert(key);
         } else {
             self.establish(now, key);
         }
+    }
+
+    /// Whether one of the session's channels is still being subscribed on a reachable bus.
+    fn waits_for_bus(&self, key: Key) -> bool {
+        self.channels_of(key).iter().any(|c| self.links.subscription_pending(c))
     }
 
     /// Tells the sessions that waited for their channels' subscriptions that they are in, once
@@ -308,10 +313,7 @@ impl Hub {
             .unplaced
             .iter()
             .copied()
-            .filter(|&key| {
-                !self.sessions.contains_key(&key)
-                    || !self.channels_of(key).iter().any(|c| self.links.subscription_pending(c))
-            })
+            .filter(|&key| !self.sessions.contains_key(&key) || !self.waits_for_bus(key))
             .collect();
         for key in placed {
             self.unplaced.remove(&key);
