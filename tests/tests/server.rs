@@ -95,20 +95,15 @@ fn websocket_pings_and_closes_are_answered() {
     assert_eq!(client.close_with(1000), Some(CloseCode::NORMAL));
 }
 
-/// A client's (masked) frame: FIN, `opcode`, `payload`.
+/// A client's (masked) frame: FIN, `opcode`, `payload`, encoded by tungstenite.
 fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![u8::from(fin) << 7 | opcode];
-    match payload.len() {
-        n @ 0..=125 => frame.push(0x80 | n as u8),
-        n => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
+    use async_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+    let mask = Some([0x37, 0xfa, 0x21, 0x3d]);
+    let header =
+        FrameHeader { is_final: fin, opcode: opcode.into(), mask, ..FrameHeader::default() };
+    let mut bytes = Vec::new();
+    Frame::from_payload(header, payload.to_vec().into()).format(&mut bytes).expect("a frame");
+    bytes
 }
 
 /// The server lets go of its frame parser while a socket has nothing part-read (an idle
