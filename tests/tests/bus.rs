@@ -573,3 +573,49 @@ fn a_subscription_the_bus_never_confirms_delays_established_to_the_deadline_only
     assert!(w.clients[c].closes.is_empty(), "still open");
     assert!(w.clients[c].socket.is_some());
 }
+
+/// Found when the Redis failover test failed once in CI: the link came back to a promoted
+/// replica that had lost the last two messages and given their offsets to two others, so the
+/// sweep wanted to check the message at its cursor. The check's read failed, and before it was
+/// asked again a new message was delivered (from the rolled-back bus) and a second renewal
+/// (here a lagged receive queue; a probe that timed out, or the link going down and up again,
+/// does the same) swept again. That sweep replaced the pending check with one of the new
+/// message, which the bus does hold: the rollback went unnoticed, and the member missed two
+/// messages without being told.
+#[test]
+fn a_second_renewal_before_the_rollback_check_does_not_hide_the_rollback() {
+    use switchboard_core::server::{BusEvent, Input};
+    let (mut w, _g) = world(3, HubConfig::default());
+    let [_, there] = members(&mut w, 2, "conv")[..] else { unreachable!() };
+    let before: Vec<u64> = (0..5).map(|_| w.publish(0, "conv", None)).collect();
+    w.settle();
+    assert_eq!(w.clients[there].numbers(), before);
+    // Both instances lose the old master; the promoted replica has three of the five, and a
+    // third instance (a backend) publishes two more on it before they are back.
+    for node in [0, 1] {
+        w.input(node, Input::Bus(0, BusEvent::LinkDown));
+        w.bus.drop_subscriber(node);
+    }
+    w.bus.roll_back("sb:{conversation:conv}", 3);
+    let reused: Vec<u64> = (0..2).map(|_| w.publish(2, "conv", None)).collect();
+    w.settle();
+    // Instance 1's commands take 10 ms to reach the bus: its subscribe is there at 10 ms,
+    // answered at 12, and the check's read, sent then, reaches a bus that is unreachable just
+    // then (and fails).
+    w.bus_command_latency_ms.insert(1, 10);
+    for node in [0, 1] {
+        w.input(node, Input::Bus(0, BusEvent::LinkUp));
+    }
+    w.run_for(Duration::from_millis(16));
+    w.bus_down = true;
+    w.run_for(Duration::from_millis(10));
+    w.bus_down = false;
+    let after = w.publish(0, "conv", None);
+    w.run_for(Duration::from_millis(20));
+    assert_eq!(w.clients[there].numbers().last(), Some(&after), "delivered before the read");
+    assert!(resets(&w, there).is_empty(), "the check has not been made yet");
+    w.input(1, Input::Bus(0, BusEvent::Lagged));
+    w.run_for(Duration::from_millis(200));
+    let reasons: Vec<String> = resets(&w, there).into_iter().map(|r| r.reason).collect();
+    assert_eq!(reasons, ["rolled_back"], "told that {reused:?} took offsets it had delivered");
+}

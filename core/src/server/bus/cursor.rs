@@ -254,6 +254,14 @@ impl Cursor {
                 self.roll_back_to(top.offset, Some(&top.epoch), out);
                 false
             }
+            (Some(top), Some(_)) if self.check.is_some() => {
+                // A check from an earlier renewal is still to be judged: it stays. What was
+                // delivered since may come from a rolled-back bus, so checking that instead
+                // could pass; and the earlier check's read covers it anyway (every recent
+                // delivery it returns is compared).
+                self.wants_read(now, top.offset);
+                true
+            }
             (Some(top), Some(_)) => {
                 // The top alone cannot tell a rollback that was followed by new publishes:
                 // read from the last message delivered and check that it is still there.
