@@ -211,7 +211,12 @@ fn local_bus_publish_to_16_hubs(bencher: Bencher) {
     bencher.counter(ItemsCount::new(1usize)).bench_local(|| {
         n += 1;
         let key = Id::new(&format!("m-{n}")).unwrap();
-        let command = BusCommand::Publish { channel: channel.clone(), key, message: entry.clone() };
+        let command = BusCommand::Publish {
+            channel: channel.clone(),
+            key,
+            message: entry.clone(),
+            after: None,
+        };
         let events = bus.execute(0, command);
         assert_eq!(events.len(), 17);
         events

@@ -575,6 +575,35 @@ fn a_backend_publishes_by_calling_the_function_directly() {
     assert_eq!(lines[3], message);
 }
 
+/// An instance's publish names the one before it that still waits for an answer (a fourth
+/// key): the function refuses it, and does nothing, until that one is placed. A retry of a
+/// placed publish is answered whatever it names.
+#[test]
+fn the_publish_function_refuses_a_publish_whose_predecessor_is_not_placed() {
+    let redis = RedisProcess::start();
+    let a = instance(&redis); // Loads the functions.
+    wait_healthy(&[&a]);
+    let channel = "sb:{conversation:c21}";
+    let with_after = |n: u64, after: &str| {
+        let (mut fcall, _) = backend_call(channel, "c21", n);
+        fcall[2] = "4".into();
+        fcall.insert(6, format!("{channel}:k:{after}"));
+        fcall
+    };
+    let call = |fcall: &[String]| {
+        let fcall: Vec<&str> = fcall.iter().map(String::as_str).collect();
+        redis.try_cli(&fcall).unwrap_or_default()
+    };
+    let refused = call(&with_after(2, "backend-1"));
+    assert!(refused.contains("ORDER"), "{refused}");
+    assert_eq!(redis.cli(&["EXISTS", &format!("{channel}:m")]), "0", "nothing done");
+    let (first, _) = backend_call(channel, "c21", 1);
+    assert_eq!(call(&first).lines().nth(1), Some("1"));
+    let second = call(&with_after(2, "backend-1"));
+    assert_eq!(second.lines().nth(1), Some("2"), "{second}");
+    assert_eq!(call(&with_after(2, "backend-7")), second, "a retry is answered as before");
+}
+
 /// What README.md's "Several instances" tells a backend to send to publish message `n` to
 /// `conversation` on `channel` itself: the `FCALL` (id `backend-<n>`), and the message.
 fn backend_call(channel: &str, conversation: &str, n: u64) -> (Vec<String>, String) {

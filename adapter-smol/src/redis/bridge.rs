@@ -314,7 +314,7 @@ impl Bridge {
         };
         let subscribe = matches!(command, BusCommand::Subscribe { .. });
         let future: LocalBoxFuture<'static, Done> = match command {
-            BusCommand::Publish { channel, key, message } => {
+            BusCommand::Publish { channel, key, message, after } => {
                 let client = self.client.clone();
                 let args: Vec<Value> = vec![
                     channel.clone().into(),
@@ -322,11 +322,12 @@ impl Bridge {
                     self.config.history_len.clone().into(),
                     self.config.history_ttl.clone().into(),
                 ];
-                let keys = vec![
+                let mut keys = vec![
                     format!("{channel}:m"),
                     format!("{channel}:s"),
                     format!("{channel}:k:{key}"),
                 ];
+                keys.extend(after.map(|after| format!("{channel}:k:{after}")));
                 Box::pin(async move {
                     let result = client
                         .fcall::<Value, _, _, _>("switchboard_publish", keys, args)

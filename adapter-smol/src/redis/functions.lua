@@ -47,7 +47,7 @@ local function last_offset(stream)
   return tonumber(string.match(last[1][1], '^(%d+)'))
 end
 
--- FCALL switchboard_publish 3 <channel>:m <channel>:s <channel>:k:<key>
+-- FCALL switchboard_publish 3|4 <channel>:m <channel>:s <channel>:k:<key> [<channel>:k:<after>]
 --       <channel> <message> <history_len> <ttl_seconds>
 --
 -- Unless the key was published before (then its position is returned and nothing else done):
@@ -55,8 +55,13 @@ end
 -- none), appends it to the history, and publishes on <channel>
 -- `{"epoch":"<epoch>","offset":<offset>,` followed by the message without its first byte
 -- (the message must be a JSON object). Returns {epoch, offset}.
+--
+-- With a fourth key, the key of the instance's previous publish on the channel that had no
+-- answer when this one was sent: an error (`ORDER`), nothing done, unless that one is placed.
+-- An instance's messages keep their order when one of its publishes fails and the next does
+-- not: the next is refused, and both are retried in order.
 local function publish(keys, args)
-  local meta, stream, key = keys[1], keys[2], keys[3]
+  local meta, stream, key, after = keys[1], keys[2], keys[3], keys[4]
   local channel, message = args[1], args[2]
   local history_len, ttl = tonumber(args[3]), tonumber(args[4])
 
@@ -64,6 +69,9 @@ local function publish(keys, args)
   if seen then
     local colon = string.find(seen, ':', 1, true)
     return { string.sub(seen, colon + 1), tonumber(string.sub(seen, 1, colon - 1)) }
+  end
+  if after and redis.call('EXISTS', after) == 0 then
+    return redis.error_reply('ORDER the publish before this one is not placed yet')
   end
 
   local epoch = redis.call('HGET', meta, 'epoch')

@@ -187,8 +187,12 @@ mod tests {
     #[test]
     fn commands_that_wait_for_an_answer_are_answered_when_refused() {
         let key = Id::new("m-1").unwrap();
-        let publish =
-            BusCommand::Publish { channel: "c".into(), key: key.clone(), message: "{}".into() };
+        let publish = BusCommand::Publish {
+            channel: "c".into(),
+            key: key.clone(),
+            message: "{}".into(),
+            after: None,
+        };
         assert!(matches!(
             refused(publish),
             Some(BusEvent::Published { key: k, result: Err(_) }) if k == key

@@ -100,6 +100,8 @@ pub(crate) struct Link {
     confirmed_batches: u64,
     subscribe_retry_at: Option<Instant>,
     pending: BTreeMap<Id, Pending>,
+    /// Per channel, the last of `pending`: a publish sent while it waits must follow it.
+    tails: HashMap<Channel, Id>,
     /// Publish order of `pending` (answered ids are skipped, and compacted away now and then).
     order: VecDeque<Id>,
     /// Own messages with local members, in publish order, with when they are due to them
@@ -163,6 +165,7 @@ impl Link {
             batches: BTreeMap::new(),
             subscribe_retry_at: None,
             pending: BTreeMap::new(),
+            tails: HashMap::new(),
             order: VecDeque::new(),
             budget: VecDeque::new(),
             timers: BTreeSet::new(),
@@ -425,11 +428,13 @@ impl Link {
             }
         }
         let sent = self.up && self.retry_at.is_none();
+        let after = self.tails.insert(channel.clone(), id.clone());
         if sent {
             self.commands.push_back(BusCommand::Publish {
                 channel: channel.name(&self.prefix),
                 key: id.clone(),
                 message: encoded.clone(),
+                after: after.map(Box::new),
             });
         }
         self.pending.insert(
@@ -764,6 +769,9 @@ impl Link {
 
     fn forget_pending(&mut self, pending: &Pending) {
         self.pending_bytes -= pending.encoded.len();
+        if self.tails.get(&pending.channel) == Some(&pending.message.id) {
+            self.tails.remove(&pending.channel);
+        }
         // Answered ids stay in `order` and `budget` until they reach the front (or the
         // occasional compaction): removing each from the middle would cost a scan.
         while self.order.front().is_some_and(|id| !self.pending.contains_key(id)) {
@@ -813,19 +821,23 @@ impl Link {
         state.cursor.offer(now, &top.epoch, top.offset, message, &mut self.steps);
     }
 
-    /// Re-sends, in order, the publishes that have no command out.
+    /// Re-sends, in order, the publishes that have no command out, each following the one
+    /// before it on its channel that still waits.
     fn resend(&mut self, _now: Instant) {
         if !self.up {
             return;
         }
+        let mut before: HashMap<Channel, Id> = HashMap::new();
         for id in &self.order {
             let Some(pending) = self.pending.get_mut(id) else { continue };
+            let after = before.insert(pending.channel.clone(), id.clone());
             if !pending.sent {
                 pending.sent = true;
                 self.commands.push_back(BusCommand::Publish {
                     channel: pending.channel.name(&self.prefix),
                     key: id.clone(),
                     message: pending.encoded.clone(),
+                    after: after.map(Box::new),
                 });
             }
         }

@@ -9,7 +9,7 @@
 //! history's time to live, a session record past its own. A bus never told the time keeps
 //! everything (the simulation's runs are short).
 
-use super::{BusCommand, BusEvent, History, SessionRecord, Top};
+use super::{BusCommand, BusError, BusEvent, History, SessionRecord, Top};
 use crate::protocol::Id;
 use crate::rng::Rng;
 use crate::time::Instant;
@@ -95,7 +95,11 @@ impl LocalBus {
     pub fn execute(&mut self, subscriber: usize, command: BusCommand) -> Vec<(usize, BusEvent)> {
         let mut events = Vec::new();
         match command {
-            BusCommand::Publish { channel, key, message } => {
+            BusCommand::Publish { channel, key, message, after } => {
+                if let Some(refused) = self.out_of_order(&channel, &key, after.as_deref()) {
+                    events.push((subscriber, BusEvent::Published { key, result: Err(refused) }));
+                    return events;
+                }
                 let (top, fresh) = self.append(&channel, key.clone(), &message);
                 events.push((subscriber, BusEvent::Published { key, result: Ok(top.clone()) }));
                 if fresh {
@@ -244,6 +248,16 @@ impl LocalBus {
         log
     }
 
+    /// Why a publish of `key` that must follow `after` is refused, if it is: `after` has no
+    /// place in the channel (and `key` none either: a retry of a placed one is answered).
+    fn out_of_order(&self, channel: &str, key: &Id, after: Option<&Id>) -> Option<BusError> {
+        let after = after?;
+        let log = self.logs.get(channel);
+        let placed = |id: &Id| log.is_some_and(|log| log.keys.contains_key(id));
+        (!placed(key) && !placed(after))
+            .then(|| BusError(format!("out of order: {after} is not placed yet")))
+    }
+
     /// Appends a message; returns its position and whether it is new (not a retried key).
     fn append(&mut self, channel: &str, key: Id, message: &Bytes) -> (Top, bool) {
         let history_len = self.history_len;
@@ -314,7 +328,12 @@ mod tests {
         ));
         bus.execute(
             from,
-            BusCommand::Publish { channel: "c".into(), key: Id::new(key).unwrap(), message: entry },
+            BusCommand::Publish {
+                channel: "c".into(),
+                key: Id::new(key).unwrap(),
+                message: entry,
+                after: None,
+            },
         )
     }
 
@@ -356,6 +375,7 @@ mod tests {
                 channel: "watched".into(),
                 key: Id::new("w").unwrap(),
                 message: Bytes::from_static(br#"{"n":1}"#),
+                after: None,
             },
         );
         bus.execute(1, subscribe("watched"));

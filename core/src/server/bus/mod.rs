@@ -232,7 +232,14 @@ pub enum BusCommand {
     /// Atomically: unless `key` was published on `channel` before (then answer as then), give
     /// the message the channel's next offset (starting an epoch if the channel has none), append
     /// it to the history and publish it with its position. Answer [`BusEvent::Published`].
-    Publish { channel: String, key: Id, message: Bytes },
+    ///
+    /// `after` is the key of this instance's previous publish on the channel that had no answer
+    /// when this one was sent: unless that one was placed, refuse (an error, nothing done).
+    /// One instance's messages then keep their order on the channel however their publishes
+    /// fail and are retried (a later one may otherwise land while an earlier one waits for its
+    /// retry). It is boxed: commands travel in the hub's outputs, which a broadcast queues by
+    /// the thousand, and it is there only while another publish waits.
+    Publish { channel: String, key: Id, message: Bytes, after: Option<Box<Id>> },
     /// Read each channel's top, then subscribe to them all. Answer [`BusEvent::Subscribed`]
     /// with the tops in the order of `channels`.
     Subscribe { batch: u64, channels: Vec<String> },
