@@ -45,9 +45,11 @@ pub(crate) enum Delivery {
     Takeover { connection_id: Id },
 }
 
+/// What the link keeps per channel. Not its bus name: that is made when a command needs it, and
+/// read back from a message's channel ([`Channel::parse`]); kept, with a map from it, every
+/// channel (one per user at least) would carry it twice, about 150 bytes.
 #[derive(Debug)]
 struct ChannelState {
-    name: String,
     cursor: Cursor,
     /// The last local member left: let go at this time unless one comes back.
     linger_until: Option<Instant>,
@@ -91,7 +93,6 @@ pub(crate) struct Link {
     /// Boxed, as the hub's sessions are: a B-tree's free slots would cost every channel (one
     /// per user at least) a few hundred bytes more.
     channels: BTreeMap<Channel, Box<ChannelState>>,
-    by_name: HashMap<String, Channel>,
     /// Channels to (re)subscribe.
     unconfirmed: BTreeSet<Channel>,
     batches: BTreeMap<u64, (Vec<Channel>, bool, Instant)>,
@@ -160,7 +161,6 @@ impl Link {
             origin,
             local,
             channels: BTreeMap::new(),
-            by_name: HashMap::new(),
             unconfirmed: BTreeSet::new(),
             batches: BTreeMap::new(),
             subscribe_retry_at: None,
@@ -221,9 +221,7 @@ impl Link {
             self.reschedule(&channel);
             return;
         }
-        let name = channel.name(&self.prefix);
         let mut state = ChannelState {
-            name: name.clone(),
             cursor: Cursor::default(),
             linger_until: None,
             degraded: false,
@@ -231,11 +229,11 @@ impl Link {
             deadline: None,
         };
         if let Some(local) = &self.local {
-            state.cursor.start_at(now, local.top(&name).as_ref(), &mut self.steps);
+            let top = local.top(&channel.name(&self.prefix));
+            state.cursor.start_at(now, top.as_ref(), &mut self.steps);
         } else {
             self.unconfirmed.insert(channel.clone());
         }
-        self.by_name.insert(name, channel.clone());
         self.channels.insert(channel.clone(), Box::new(state));
         self.flush_steps(&channel);
         self.flush_subscriptions(now);
@@ -380,10 +378,10 @@ impl Link {
     /// bus has placed it (see the module docs).
     pub fn publish(&mut self, now: Instant, channel: Channel, message: RemoteMessage) {
         if let Some(local) = &mut self.local {
-            let Some(state) = self.channels.get(&channel) else {
+            if !self.channels.contains_key(&channel) {
                 return; // No local member, and nobody else: nothing to place.
-            };
-            let top = local.next_position(&state.name);
+            }
+            let top = local.next_position(&channel.name(&self.prefix));
             self.place(now, &channel, &top, message);
             self.flush_steps(&channel);
             return;
@@ -591,12 +589,12 @@ impl Link {
                     if let Some(at) = state.deadline {
                         self.timers.remove(&(at, channel.clone()));
                     }
-                    self.by_name.remove(&state.name);
                     self.unconfirmed.remove(&channel);
+                    let name = channel.name(&self.prefix);
                     if let Some(local) = &mut self.local {
-                        local.forget(&state.name);
+                        local.forget(&name);
                     }
-                    names.push(state.name);
+                    names.push(name);
                 }
             }
             if self.local.is_none() {
@@ -642,8 +640,8 @@ impl Link {
             }
             let mut names: Vec<String> = channels
                 .iter()
-                .filter_map(|c| self.channels.get(c))
-                .map(|s| s.name.clone())
+                .filter(|c| self.channels.contains_key(*c))
+                .map(|c| c.name(&self.prefix))
                 .collect();
             if with_probe {
                 names.push(self.probe.channel.clone());
@@ -727,7 +725,11 @@ impl Link {
             }
             return;
         }
-        let Some(channel) = self.by_name.get(name).cloned() else { return };
+        let Some(channel) =
+            Channel::parse(name, &self.prefix).filter(|c| self.channels.contains_key(c))
+        else {
+            return;
+        };
         let Some((Some(top), message)) = RemoteMessage::decode(bytes) else {
             tracing::warn!(target: "switchboard::bus", channel = name, "dropping a malformed message from the bus");
             return;
@@ -892,7 +894,7 @@ impl Link {
             return;
         }
         let after = state.cursor.start_read();
-        let name = state.name.clone();
+        let name = channel.name(&self.prefix);
         let request = self.next_id();
         let deadline = now + self.config.subscribe_timeout;
         self.reads.insert(request, (channel.clone(), deadline));

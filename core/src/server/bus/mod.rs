@@ -71,10 +71,14 @@ impl Channel {
         format!("{prefix}{{{}}}", self.wire())
     }
 
-    /// The channel a bus name (after `prefix`) stands for.
+    /// The channel a bus name (after `prefix`) stands for: the inverse of [`Channel::name`].
     pub fn parse(name: &str, prefix: &str) -> Option<Channel> {
         let wire = name.strip_prefix(prefix)?.strip_prefix('{')?.strip_suffix('}')?;
-        Channel::from_wire(wire)
+        match wire.strip_prefix("user:") {
+            // Whatever user id the credentials gave: the bus name was made from it.
+            Some(user) => Some(Channel::User(user.to_owned())),
+            None => Channel::from_wire(wire),
+        }
     }
 
     /// The channel a position names.
@@ -295,6 +299,7 @@ mod tests {
         for channel in [
             Channel::Conversation(Id::new("c-1").unwrap()),
             Channel::User("u:42".to_owned()),
+            Channel::User("a}b{c".to_owned()),
             Channel::Broadcast,
         ] {
             assert_eq!(Channel::parse(&channel.name("sb:"), "sb:"), Some(channel.clone()));
@@ -303,6 +308,8 @@ mod tests {
         assert_eq!(Channel::Broadcast.name("sb:"), "sb:{broadcast}");
         assert_eq!(Channel::parse("other:{broadcast}", "sb:"), None);
         assert_eq!(Channel::parse("sb:{conversation:}", "sb:"), None);
+        let nobody = Channel::User(String::new());
+        assert_eq!(Channel::parse(&nobody.name("sb:"), "sb:"), Some(nobody));
     }
 
     #[test]
