@@ -60,6 +60,8 @@ pub enum RateVerdict {
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
     connection: TokenBucket,
+    /// Made at the first limited message: a bucket untouched since then would be full anyway,
+    /// and most connections (an idle one, a reader) never send one.
     by_type: Vec<TokenBucket>,
     system: TokenBucket,
     invalid: TokenBucket,
@@ -71,7 +73,7 @@ impl RateLimiter {
     pub fn new(config: &HubConfig, now: Instant) -> Self {
         RateLimiter {
             connection: TokenBucket::full(config.connection_rate, now),
-            by_type: config.type_rates.iter().map(|(_, l)| TokenBucket::full(*l, now)).collect(),
+            by_type: Vec::new(),
             system: TokenBucket::full(config.system_rate, now),
             invalid: TokenBucket::full(invalid_rate(config), now),
             rejections: VecDeque::new(),
@@ -107,6 +109,10 @@ impl RateLimiter {
         let type_index = config.type_rates.iter().position(|(t, _)| t == message_type);
         let mut wait = self.connection.check(config.connection_rate, now).err();
         if let Some(i) = type_index {
+            if self.by_type.is_empty() {
+                self.by_type =
+                    config.type_rates.iter().map(|(_, l)| TokenBucket::full(*l, now)).collect();
+            }
             if let Err(w) = self.by_type[i].check(config.type_rates[i].1, now) {
                 wait = Some(wait.map_or(w, |v| v.max(w)));
             }
