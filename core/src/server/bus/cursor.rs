@@ -32,19 +32,36 @@ pub(super) struct Cursor {
     ready: bool,
     epoch: Option<String>,
     delivered: u64,
+    /// A history read is on its way.
+    reading: bool,
+    /// The last [`RECENT`] deliveries, as `(offset, fingerprint of the message id)`, in the
+    /// order delivered.
+    recent: VecDeque<(u64, u64)>,
+    /// What only a channel in trouble needs, made when it is and dropped once it is over:
+    /// every channel (one per user at least) would otherwise carry its 104 bytes.
+    repair: Option<Box<Repair>>,
+}
+
+/// A cursor's gap, check and early deliveries.
+#[derive(Debug, Default)]
+struct Repair {
     /// Arrived ahead of `delivered + 1` (or before `ready`), by offset, with their epoch.
     held: BTreeMap<u64, (String, RemoteMessage)>,
     /// Since when a gap has been open.
     gap_since: Option<Instant>,
-    /// A history read is on its way.
-    reading: bool,
     /// Delivered before their position was known (the bus was unreachable).
     early: VecDeque<Id>,
-    /// The last [`RECENT`] deliveries, as `(offset, fingerprint of the message id)`, in the
-    /// order delivered.
-    recent: VecDeque<(u64, u64)>,
     /// A delivery to confirm with the bus (see [`Cursor::sweep`]).
     check: Option<Check>,
+}
+
+impl Repair {
+    fn is_empty(&self) -> bool {
+        self.held.is_empty()
+            && self.gap_since.is_none()
+            && self.early.is_empty()
+            && self.check.is_none()
+    }
 }
 
 /// The last message delivered when the link was renewed, to be found again in the history: if
@@ -67,7 +84,8 @@ impl Cursor {
         self.ready = true;
         self.epoch = top.map(|t| t.epoch.clone());
         self.delivered = top.map_or(0, |t| t.offset);
-        for (offset, (epoch, message)) in std::mem::take(&mut self.held) {
+        let held = self.repair.as_mut().map(|r| std::mem::take(&mut r.held)).unwrap_or_default();
+        for (offset, (epoch, message)) in held {
             self.offer(now, &epoch, offset, message, out);
         }
     }
@@ -95,8 +113,9 @@ impl Cursor {
         out: &mut Vec<Step>,
     ) {
         if !self.ready {
-            if self.held.len() < MAX_HELD {
-                self.held.insert(offset, (epoch.to_owned(), message));
+            let held = &mut self.repair().held;
+            if held.len() < MAX_HELD {
+                held.insert(offset, (epoch.to_owned(), message));
             }
             return;
         }
@@ -107,9 +126,8 @@ impl Cursor {
                 out.push(Step::Reset { epoch: Some(epoch.to_owned()), reason: "epoch_changed" });
                 self.epoch = Some(epoch.to_owned());
                 self.delivered = offset.saturating_sub(1);
-                self.held.clear();
+                self.forget_gap();
                 self.forget_recent();
-                self.gap_since = None;
             }
             Some(_) => {}
         }
@@ -128,9 +146,10 @@ impl Cursor {
             self.drain(out);
             return;
         }
-        self.held.insert(offset, (epoch.to_owned(), message));
-        self.gap_since.get_or_insert(now);
-        if self.held.len() > MAX_HELD {
+        let repair = self.repair();
+        repair.held.insert(offset, (epoch.to_owned(), message));
+        repair.gap_since.get_or_insert(now);
+        if repair.held.len() > MAX_HELD {
             self.give_up_gap("history_gap", out);
         }
     }
@@ -145,10 +164,10 @@ impl Cursor {
         out: &mut Vec<Step>,
     ) -> bool {
         self.reading = false;
-        let check = self.check.take_if(|check| check.asked);
+        let check = self.repair.as_mut().and_then(|r| r.check.take_if(|check| check.asked));
         let Some(top) = history.top else {
             // The channel has no history at all any more.
-            if self.delivered > 0 || !self.held.is_empty() {
+            if self.delivered > 0 || self.held() > 0 {
                 self.give_up_gap("history_lost", out);
             }
             return false;
@@ -158,9 +177,12 @@ impl Cursor {
             self.epoch = Some(top.epoch.clone());
             self.delivered = top.offset;
             self.forget_recent();
-            self.held.retain(|_, (epoch, _)| *epoch == top.epoch);
-            self.held.retain(|offset, _| *offset > top.offset);
-            self.gap_since = None;
+            if let Some(repair) = &mut self.repair {
+                repair
+                    .held
+                    .retain(|offset, (epoch, _)| *epoch == top.epoch && *offset > top.offset);
+                repair.gap_since = None;
+            }
             self.drain(out);
             return false;
         }
@@ -203,7 +225,7 @@ impl Cursor {
             self.deliver(top.epoch.clone(), offset, message, out);
         }
         self.drain(out);
-        if self.held.is_empty() {
+        if self.held() == 0 {
             return false;
         }
         if complete {
@@ -211,7 +233,7 @@ impl Cursor {
             self.give_up_gap("history_gap", out);
             return false;
         }
-        self.gap_since = Some(now);
+        self.repair().gap_since = Some(now);
         true
     }
 
@@ -232,8 +254,7 @@ impl Cursor {
                 self.epoch = None;
                 self.delivered = 0;
                 self.forget_recent();
-                self.held.clear();
-                self.gap_since = None;
+                self.forget_gap();
                 false
             }
             (Some(top), None) => {
@@ -245,8 +266,7 @@ impl Cursor {
                 self.epoch = Some(top.epoch.clone());
                 self.delivered = top.offset;
                 self.forget_recent();
-                self.held.clear();
-                self.gap_since = None;
+                self.forget_gap();
                 false
             }
             (Some(top), Some(_)) if top.offset < self.delivered => {
@@ -254,7 +274,7 @@ impl Cursor {
                 self.roll_back_to(top.offset, Some(&top.epoch), out);
                 false
             }
-            (Some(top), Some(_)) if self.check.is_some() => {
+            (Some(top), Some(_)) if self.repair.as_ref().is_some_and(|r| r.check.is_some()) => {
                 // A check from an earlier renewal is still to be judged: it stays. What was
                 // delivered since may come from a rolled-back bus, so checking that instead
                 // could pass; and the earlier check's read covers it anyway (every recent
@@ -269,7 +289,7 @@ impl Cursor {
                 match last {
                     Some(&(offset, fingerprint)) => {
                         let check = Check { offset, fingerprint, since: now, asked: false };
-                        self.check = Some(check);
+                        self.repair().check = Some(check);
                         true
                     }
                     None => self.wants_read(now, top.offset),
@@ -289,21 +309,49 @@ impl Cursor {
         let epoch = epoch.map(str::to_owned).or_else(|| self.epoch.clone());
         out.push(Step::Reset { epoch, reason: "rolled_back" });
         self.delivered = offset;
-        self.held.clear();
+        self.forget_gap();
         self.forget_recent();
-        self.gap_since = None;
     }
 
     /// What was delivered so far can no longer be checked against the bus (the channel
     /// started over, or was reset): forget it, and any check of it.
     fn forget_recent(&mut self) {
         self.recent.clear();
-        self.check = None;
+        if let Some(repair) = &mut self.repair {
+            repair.check = None;
+        }
+        self.tidy();
+    }
+
+    /// What waited behind a gap is of no use any more: forget it, and the gap.
+    fn forget_gap(&mut self) {
+        if let Some(repair) = &mut self.repair {
+            repair.held.clear();
+            repair.gap_since = None;
+        }
+        self.tidy();
+    }
+
+    /// The repair state, made when first needed.
+    fn repair(&mut self) -> &mut Repair {
+        self.repair.get_or_insert_with(Box::default)
+    }
+
+    /// Lets the repair state go once nothing is left in it.
+    fn tidy(&mut self) {
+        if self.repair.as_ref().is_some_and(|r| r.is_empty()) {
+            self.repair = None;
+        }
+    }
+
+    /// How many messages wait behind a gap.
+    fn held(&self) -> usize {
+        self.repair.as_ref().map_or(0, |r| r.held.len())
     }
 
     fn wants_read(&mut self, now: Instant, top: u64) -> bool {
         if top > self.delivered {
-            self.gap_since.get_or_insert(now);
+            self.repair().gap_since.get_or_insert(now);
             true
         } else {
             false
@@ -316,8 +364,9 @@ impl Cursor {
         if self.reading || !self.ready {
             return None;
         }
-        let check = self.check.filter(|c| !c.asked).map(|c| c.since);
-        let since = match (self.gap_since, check) {
+        let repair = self.repair.as_ref()?;
+        let check = repair.check.filter(|c| !c.asked).map(|c| c.since);
+        let since = match (repair.gap_since, check) {
             (Some(gap), Some(check)) => gap.min(check),
             (gap, check) => gap.or(check)?,
         };
@@ -328,7 +377,7 @@ impl Cursor {
     /// the read must check that the bus still holds it).
     pub fn start_read(&mut self) -> u64 {
         self.reading = true;
-        match &mut self.check {
+        match self.repair.as_mut().and_then(|r| r.check.as_mut()) {
             Some(check) => {
                 check.asked = true;
                 (check.offset - 1).min(self.delivered)
@@ -341,21 +390,23 @@ impl Cursor {
     /// was due.
     pub fn read_failed(&mut self, now: Instant) {
         self.reading = false;
-        if let Some(check) = &mut self.check {
+        let repair = self.repair();
+        if let Some(check) = &mut repair.check {
             check.asked = false;
             check.since = now;
         }
-        if self.gap_since.is_some() || self.check.is_none() {
-            self.gap_since = Some(now);
+        if repair.gap_since.is_some() || repair.check.is_none() {
+            repair.gap_since = Some(now);
         }
     }
 
     /// A message was delivered before its position was known: its positioned copy is not
     /// delivered again.
     pub fn delivered_early(&mut self, id: Id) {
-        self.early.push_back(id);
-        if self.early.len() > MAX_EARLY {
-            self.early.pop_front();
+        let early = &mut self.repair().early;
+        early.push_back(id);
+        if early.len() > MAX_EARLY {
+            early.pop_front();
         }
     }
 
@@ -369,8 +420,11 @@ impl Cursor {
             self.recent.pop_front();
         }
         self.recent.push_back(delivery);
-        if let Some(at) = self.early.iter().position(|id| *id == message.id) {
-            self.early.remove(at);
+        if let Some(repair) = &mut self.repair
+            && let Some(at) = repair.early.iter().position(|id| *id == message.id)
+        {
+            repair.early.remove(at);
+            self.tidy();
             return;
         }
         out.push(Step::Deliver { epoch, offset, message });
@@ -378,7 +432,9 @@ impl Cursor {
 
     /// Delivers what was held, as long as it follows on.
     fn drain(&mut self, out: &mut Vec<Step>) {
-        while let Some(entry) = self.held.first_entry() {
+        loop {
+            let Some(repair) = &mut self.repair else { return };
+            let Some(entry) = repair.held.first_entry() else { break };
             let offset = *entry.key();
             if offset <= self.delivered {
                 entry.remove();
@@ -389,13 +445,16 @@ impl Cursor {
                 return;
             }
         }
-        self.gap_since = None;
+        if let Some(repair) = &mut self.repair {
+            repair.gap_since = None;
+        }
+        self.tidy();
     }
 
     /// The gap cannot be filled: tell the members, and go on from what is held.
     fn give_up_gap(&mut self, reason: &'static str, out: &mut Vec<Step>) {
         out.push(Step::Reset { epoch: self.epoch.clone(), reason });
-        match self.held.first_key_value() {
+        match self.repair.as_ref().and_then(|r| r.held.first_key_value()) {
             Some((&offset, _)) => self.delivered = offset - 1,
             None => {
                 self.epoch = None;
@@ -403,7 +462,9 @@ impl Cursor {
                 self.forget_recent();
             }
         }
-        self.gap_since = None;
+        if let Some(repair) = &mut self.repair {
+            repair.gap_since = None;
+        }
         self.drain(out);
     }
 }
