@@ -85,7 +85,7 @@ fn hub_with(n: u64, conversation: Option<&str>) -> Hub {
             }
         }
         let request = verify.expect("a token is verified");
-        let verdict = Ok(Principal::user(format!("user-{i}")));
+        let verdict = Ok(Principal::user(format!("user-{i}")).into());
         hub.handle_input(NOW, Input::AuthVerdict { request, verdict });
         let mut established = false;
         // A join is decided by the authorizer: granted here, as the adapter's would.

@@ -597,7 +597,8 @@ impl World {
                         expires_at_unix_ms: expires_in_s
                             .map(|s| self.wall_ms() + i64::from(s) * 1000),
                         ..Principal::user(USERS[user])
-                    }),
+                    }
+                    .into()),
                     Verdict::Deny => Err(AuthFailure::Signature),
                     Verdict::Expired => Err(AuthFailure::Expired),
                 };

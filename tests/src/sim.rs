@@ -595,6 +595,7 @@ impl World {
                 }
             }
             Event::Verdict { node, request, verdict } => {
+                let verdict = verdict.map(std::sync::Arc::new);
                 self.input(node, Input::AuthVerdict { request, verdict })
             }
             Event::Join { node, request, verdict } => {

@@ -154,7 +154,7 @@ fn the_clock_leeway_is_the_verifiers_and_the_hubs_alike() {
     let mut principal = Principal::user("alice");
     let wall = switchboard_tests::sim::WALL_START_MS + w.now.as_millis() as i64;
     principal.expires_at_unix_ms = Some(wall - 10_000);
-    w.input(0, Input::AuthVerdict { request, verdict: Ok(principal) });
+    w.input(0, Input::AuthVerdict { request, verdict: Ok(principal.into()) });
     w.settle();
     assert_eq!(state(&w, c), Some(ConnectionState::Active));
     w.run_for(Duration::from_millis(19_900));

@@ -308,7 +308,7 @@ fn an_expiring_token_closes_4001_unless_refreshed_in_band() {
         let request = w.nodes[0].hub_verifies().pop().expect("a verification was asked for");
         let mut principal = Principal::user(user);
         principal.expires_at_unix_ms = Some(wall0 + w.now.as_millis() as i64 + expires_in_s * 1000);
-        w.input(0, Input::AuthVerdict { request, verdict: Ok(principal) });
+        w.input(0, Input::AuthVerdict { request, verdict: Ok(principal.into()) });
         w.settle();
     };
     verify(&mut w, 300, "alice");
@@ -333,12 +333,12 @@ fn a_refresh_for_another_user_closes_4001() {
     let c = w.connect_new("alice", None, 0);
     w.settle();
     let request = w.nodes[0].hub_verifies().pop().unwrap();
-    w.input(0, Input::AuthVerdict { request, verdict: Ok(Principal::user("alice")) });
+    w.input(0, Input::AuthVerdict { request, verdict: Ok(Principal::user("alice").into()) });
     w.settle();
     w.client_send_message(c, types::AUTH_REFRESH, r#"{"token":"someone else's"}"#);
     w.settle();
     let request = w.nodes[0].hub_verifies().pop().unwrap();
-    w.input(0, Input::AuthVerdict { request, verdict: Ok(Principal::user("mallory")) });
+    w.input(0, Input::AuthVerdict { request, verdict: Ok(Principal::user("mallory").into()) });
     w.settle();
     assert_eq!(w.clients[c].closes, [Some(CloseCode::TOKEN_EXPIRED)]);
 }
@@ -352,7 +352,7 @@ fn a_late_verdict_for_a_closed_socket_is_a_no_op() {
     let request = w.nodes[0].hub_verifies().pop().unwrap();
     w.cut(c, Some(Duration::ZERO));
     w.settle();
-    w.input(0, Input::AuthVerdict { request, verdict: Ok(Principal::user("alice")) });
+    w.input(0, Input::AuthVerdict { request, verdict: Ok(Principal::user("alice").into()) });
     w.settle();
     assert_eq!(w.nodes[0].hub.stats().sessions, 0);
 }
@@ -618,7 +618,7 @@ fn a_resumed_session_takes_the_new_credentials_and_their_expiry() {
         let request = w.nodes[0].hub_verifies().pop().expect("a verification");
         let mut principal = Principal::user("alice");
         principal.expires_at_unix_ms = Some(wall0 + w.now.as_millis() as i64 + expires_in_s * 1000);
-        w.input(0, Input::AuthVerdict { request, verdict: Ok(principal) });
+        w.input(0, Input::AuthVerdict { request, verdict: Ok(principal.into()) });
         w.settle();
     };
     answer(&mut w, 100);

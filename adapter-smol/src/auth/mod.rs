@@ -61,9 +61,9 @@ pub struct Verifier {
     sessions: Arc<dyn SessionStore>,
     /// SHA-256 of a verified token → its principal, until the token expires. Bounded: cleared
     /// when full. A key removed from the JWKS stops new tokens at once; tokens it signed that
-    /// were already verified live out their (short) lifetime. (Boxed: the table keeps spare
-    /// slots, and a slot is then 40 bytes, not 140.)
-    verified: Mutex<HashMap<[u8; 32], Box<Principal>>>,
+    /// were already verified live out their (short) lifetime. (Shared with the sessions the
+    /// token opened: one copy of it, and the table's slots are 40 bytes, not 140.)
+    verified: Mutex<HashMap<[u8; 32], Arc<Principal>>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -103,10 +103,12 @@ impl Verifier {
         self: &Arc<Self>,
         credentials: Credentials,
         origin: Option<String>,
-    ) -> Answer<Result<Principal, AuthFailure>> {
+    ) -> Answer<Result<Arc<Principal>, AuthFailure>> {
         let token = match credentials {
             Credentials::Token(token) => token,
-            Credentials::Cookie(cookie) => return Answer::Now(self.verify_cookie(&cookie, origin)),
+            Credentials::Cookie(cookie) => {
+                return Answer::Now(self.verify_cookie(&cookie, origin).map(Arc::new));
+            }
         };
         let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
             .as_ref()
@@ -143,26 +145,30 @@ impl Verifier {
     }
 
     /// A remembered verdict for the token with this digest, if any.
-    fn remembered(&self, digest: &[u8; 32]) -> Option<Result<Principal, AuthFailure>> {
+    fn remembered(&self, digest: &[u8; 32]) -> Option<Result<Arc<Principal>, AuthFailure>> {
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         let principal = verified.get(digest)?;
         let leeway = self.rules.leeway.as_millis() as i64;
         if principal.expires_at_unix_ms.is_some_and(|exp| exp + leeway >= now_ms()) {
-            return Some(Ok(Principal::clone(principal)));
+            return Some(Ok(principal.clone()));
         }
         verified.remove(digest);
         Some(Err(AuthFailure::Expired))
     }
 
-    fn verify_with_keys(&self, token: &str, digest: [u8; 32]) -> Result<Principal, AuthFailure> {
+    fn verify_with_keys(
+        &self,
+        token: &str,
+        digest: [u8; 32],
+    ) -> Result<Arc<Principal>, AuthFailure> {
         let unverified = jwt::split(token)?;
         let key = self.keys.get(&unverified.kid).ok_or(AuthFailure::UnknownKey)?;
-        let principal = unverified.verify(&key, &self.rules, now_ms())?;
+        let principal = Arc::new(unverified.verify(&key, &self.rules, now_ms())?);
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if verified.len() >= CACHE_CAPACITY {
             verified.clear();
         }
-        verified.insert(digest, Box::new(principal.clone()));
+        verified.insert(digest, principal.clone());
         Ok(principal)
     }
 }

@@ -5,6 +5,7 @@ use crate::protocol::{CloseCode, Envelope, Id, Plane, SharedFrame};
 use crate::server::state::ConnectionState;
 use bytes::Bytes;
 use std::fmt;
+use std::sync::Arc;
 
 /// A socket, named by the adapter: unique for the adapter's lifetime and never reused, so an
 /// event that arrives after its socket was closed cannot reach another connection.
@@ -182,7 +183,7 @@ impl fmt::Display for AuthFailure {
 pub struct JoinRequest {
     pub request: JoinId,
     pub socket: SocketId,
-    pub principal: Principal,
+    pub principal: Arc<Principal>,
     pub conversation_id: Id,
     pub definition_id: Option<String>,
 }
@@ -246,7 +247,11 @@ pub enum Input {
     /// The socket ended (with the peer's close code, if it sent one).
     Closed { socket: SocketId, code: Option<CloseCode> },
     /// The answer to an [`Output::Verify`].
-    AuthVerdict { request: VerifyId, verdict: Result<Principal, AuthFailure> },
+    ///
+    /// The principal is shared: the session keeps it, and so may the adapter (a cache of
+    /// verified tokens), without a copy each (a principal is about 112 bytes and a few strings,
+    /// and every connection has one).
+    AuthVerdict { request: VerifyId, verdict: Result<Arc<Principal>, AuthFailure> },
     /// The answer to an [`Output::Authorize`].
     JoinVerdict { request: JoinId, verdict: Result<JoinGrant, JoinRefusal> },
     /// What the bus between instances said: shard (an index into the buses, 0 with one) and

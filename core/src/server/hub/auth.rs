@@ -25,6 +25,7 @@ use crate::server::router::Rejection;
 use crate::server::state::ConnectionState;
 use crate::server::timers::TimerKind;
 use crate::time::Instant;
+use std::sync::Arc;
 
 /// What a request to the adapter was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +94,7 @@ impl Hub {
         &mut self,
         now: Instant,
         request: VerifyId,
-        verdict: Result<Principal, AuthFailure>,
+        verdict: Result<Arc<Principal>, AuthFailure>,
     ) {
         let Some(&(key, purpose)) = self.requests.get(&request.0) else { return };
         if !matches!(purpose, Purpose::Open | Purpose::Refresh) {
@@ -138,8 +139,12 @@ impl Hub {
                 let deadline = self.expiry_of(&principal);
                 if let Some(session) = self.sessions.get_mut(&key) {
                     // The grants that decided the join stay those of the join.
-                    let grants = session.principal.take().map(|p| p.grants).unwrap_or_default();
-                    session.principal = Some(Principal { grants, ..principal });
+                    let grants = session.principal.take().map(|p| p.grants.clone());
+                    let principal = Principal {
+                        grants: grants.unwrap_or_default(),
+                        ..Arc::unwrap_or_clone(principal)
+                    };
+                    session.principal = Some(Arc::new(principal));
                 }
                 self.set_deadline(key, TimerKind::TokenExpiry, deadline);
                 let expires_at =
@@ -161,7 +166,7 @@ impl Hub {
 
     /// The credentials were accepted: the user is known. Its sessions are capped; then the
     /// session joins its conversation (asking first) or, without one, becomes active.
-    pub(super) fn authenticate(&mut self, now: Instant, key: Key, principal: Principal) {
+    pub(super) fn authenticate(&mut self, now: Instant, key: Key, principal: Arc<Principal>) {
         let Some(session) = self.sessions.get_mut(&key) else { return };
         if session.state() != ConnectionState::Connected {
             return;
@@ -340,7 +345,7 @@ impl Hub {
         self.set_deadline(key, TimerKind::Heartbeat, Some(now + self.config.heartbeat_interval));
 
         let Some(session) = self.sessions.get(&key) else { return };
-        let user_id = principal.user_id;
+        let user_id = principal.user_id.clone();
         let established = ConnectionEstablished {
             connection_id: session.connection_id.clone(),
             conversation_id: conversation_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),

@@ -15,6 +15,7 @@ use crate::server::state::{ConnectionState, StateMachine};
 use crate::server::timers::TimerKind;
 use crate::time::Instant;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// Internal handle of a session; increasing, never reused.
 pub(super) type Key = u64;
@@ -25,7 +26,7 @@ pub(super) struct Session {
     pub(super) connection_id: Id,
     pub(super) socket: Option<SocketId>,
     pub(super) machine: StateMachine,
-    pub(super) principal: Option<Principal>,
+    pub(super) principal: Option<Arc<Principal>>,
     pub(super) conversation_id: Option<Id>,
     pub(super) definition_id: Option<String>,
     /// Whether the join verdict let this member write into its conversation.
