@@ -9,8 +9,9 @@ use std::process::Command;
 type Read = fn(&serde_json::Value) -> Option<f64>;
 
 /// The figures compared: a name, where it is in the JSON report, and whether more is better.
-const FIGURES: [(&str, Read, bool); 6] = [
+const FIGURES: [(&str, Read, bool); 7] = [
     ("connects per second", |r| r["connects_per_second"].as_f64(), true),
+    ("connects per server CPU-second", |r| r["connects_per_cpu_second"].as_f64(), true),
     ("idle KiB per connection", |r| r["idle_kib_per_connection"].as_f64(), false),
     ("fan-out 1 × 1 000 per server CPU-second", |r| per_cpu(&r["fan_out_1x1000"]), true),
     (

@@ -708,6 +708,7 @@ fn main() {
     let worker_share = (args.connections - own_end).div_ceil((planned - 1).max(1));
     eprintln!("connecting {} more in {planned} process(es) ...", args.connections - args.baseline);
     let started = Instant::now();
+    let cpu_before = server.cpu_seconds();
     let workers: Vec<Worker> = (own_end..args.connections)
         .step_by(worker_share.max(1))
         .map(|first| {
@@ -727,6 +728,10 @@ fn main() {
         children.push(child);
     }
     let connects_per_second = opened as f64 / started.elapsed().as_secs_f64();
+    // Per core: what the server spent on them. The load generator has one core too, and may
+    // be what bounds the rate.
+    let connect_cpu_seconds = server.cpu_seconds() - cpu_before;
+    let connects_per_cpu_second = opened as f64 / connect_cpu_seconds.max(0.01);
     std::thread::sleep(Duration::from_millis(500));
     let rss_full = server.rss_kib();
     latencies.sort_unstable();
@@ -806,6 +811,9 @@ fn main() {
         args.concurrency, connects_per_second
     );
     println!(
+        "| connects per server CPU-second | {connects_per_cpu_second:.0} ({connect_cpu_seconds:.2} CPU-s) |"
+    );
+    println!(
         "| server RSS: empty / {} / {} connections | {} / {} / {} KiB |",
         args.baseline, args.connections, rss_empty, rss_baseline, rss_full
     );
@@ -845,6 +853,7 @@ fn main() {
             "connect_p50_us": percentile(&latencies, 0.5),
             "connect_p99_us": percentile(&latencies, 0.99),
             "connects_per_second": connects_per_second,
+            "connects_per_cpu_second": connects_per_cpu_second,
             "rss_kib": {"empty": rss_empty, "baseline": rss_baseline, "full": rss_full,
                 "after_fan_out": rss_after},
             "idle_kib_per_connection": per_connection_kib,
