@@ -98,7 +98,7 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// A machine in `Connecting`, keeping the last `history_len` transitions (in room that
-    /// grows with them: most connections make three or four).
+    /// grows with them: most connections make three, an idle one no more).
     pub fn new(history_len: usize) -> Self {
         StateMachine { state: ConnectionState::Connecting, history: VecDeque::new(), history_len }
     }
@@ -126,6 +126,11 @@ impl StateMachine {
         if self.history_len > 0 {
             if self.history.len() == self.history_len {
                 self.history.pop_front();
+            } else if self.history.len() == self.history.capacity() {
+                // Room for three first (a connection's way to `Active`; an idle one makes no
+                // more), then doubling up to the bound, never past it.
+                let room = (self.history.capacity() * 2).max(3).min(self.history_len);
+                self.history.reserve_exact(room - self.history.len());
             }
             self.history.push_back(Transition { from: self.state, to, at, reason });
         }
@@ -176,5 +181,23 @@ mod tests {
         assert_eq!(reasons, ["auth", "established"]);
         m.transition(Closed, Instant::ZERO, "gone").unwrap();
         assert!(m.transition(Closed, Instant::ZERO, "again").is_err());
+    }
+
+    /// The history's room: three for the way to `Active` (all an idle connection keeps), then
+    /// doubling, never past the bound.
+    #[test]
+    fn the_history_takes_the_room_it_needs_up_to_its_bound() {
+        let mut m = StateMachine::new(8);
+        m.transition(Connected, Instant::ZERO, "open").unwrap();
+        m.transition(Authenticated, Instant::ZERO, "auth").unwrap();
+        m.transition(Active, Instant::ZERO, "established").unwrap();
+        assert_eq!(m.history.capacity(), 3);
+        for _ in 0..20 {
+            m.transition(Paused, Instant::ZERO, "flow_pause").unwrap();
+            m.transition(Active, Instant::ZERO, "flow_resume").unwrap();
+            assert!(m.history.capacity() <= 8, "{}", m.history.capacity());
+        }
+        assert_eq!(m.history().count(), 8);
+        assert_eq!(m.history().last().map(|t| t.reason), Some("flow_resume"));
     }
 }
