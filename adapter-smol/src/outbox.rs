@@ -117,10 +117,11 @@ impl<T> OutboxReceiver<T> {
     }
 
     /// Takes everything waiting (the mailbox keeps no room: an idle socket holds none); the
-    /// writer is writing until it says [`Self::written`].
+    /// writer is writing until it says [`Self::written`], even if it took nothing (it may be
+    /// writing something of its own, such as a pong, which the sender must not cut into).
     pub fn take_all(&self) -> VecDeque<T> {
         let mut state = self.0.lock();
-        state.writing = !state.items.is_empty();
+        state.writing = true;
         std::mem::take(&mut state.items)
     }
 
@@ -191,5 +192,16 @@ mod tests {
         assert!(sender.is_idle());
         receiver.written(true);
         assert!(!sender.is_idle(), "after a close, nobody writes");
+    }
+
+    #[test]
+    fn a_writer_that_took_nothing_still_keeps_the_sender_from_writing_until_it_is_done() {
+        // The writer writes its own replies (a pong) in a batch of its own: the sender must not
+        // write into the middle of it.
+        let (sender, receiver) = outbox::<u8>();
+        assert!(receiver.take_all().is_empty());
+        assert!(!sender.is_idle(), "the writer is writing its pong");
+        receiver.written(false);
+        assert!(sender.is_idle());
     }
 }
