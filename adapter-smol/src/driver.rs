@@ -52,6 +52,9 @@ pub enum Write {
     /// The rest of a frame of `frame_len` bytes (the hub's count) that the driver began to
     /// write itself and the socket did not take whole.
     Rest { bytes: Bytes, frame_len: usize },
+    /// Bytes that go before any frame: the HTTP `101` answer that opened the socket (or what
+    /// is left of it), held back to leave in the same write as the first frame.
+    Head(Bytes),
 }
 
 /// A socket's connection, which the driver writes to itself when it can (see [`Driver::flush`]).
@@ -255,10 +258,13 @@ impl Driver {
             }
             for socket in std::mem::take(&mut self.dirty) {
                 let Some(held) = self.sockets.get_mut(&socket) else { continue };
-                let pending = std::mem::take(&mut held.pending);
+                let mut pending = std::mem::take(&mut held.pending);
                 if !held.writer.is_idle() {
                     held.writer.push_all(pending);
                     continue;
+                }
+                if let Some(head) = held.writer.take_held() {
+                    pending.insert(0, head);
                 }
                 let written = frames::write_now(held.stream.get_ref(), &pending).unwrap_or(0);
                 let left = frames::after_written(pending, written);

@@ -79,20 +79,32 @@ pub fn write_now(socket: &std::net::TcpStream, writes: &[Write]) -> io::Result<u
     Ok(total)
 }
 
-/// What is left of `writes` (frames only) once their first `written` bytes went out.
+/// What is left of `writes` (frames, and maybe the socket's head first) once their first
+/// `written` bytes went out.
 #[derive(Debug, Default)]
 pub struct Left {
     /// The hub's frames written whole, and their bytes (as the hub counts them).
     pub frames: usize,
     pub bytes: usize,
-    /// The rest, in order: the frame begun as [`Write::Rest`], then the others.
+    /// The rest, in order: what is left of the head, or the frame begun as [`Write::Rest`],
+    /// then the others.
     pub rest: VecDeque<Write>,
 }
 
-/// Splits `writes` (frames only) after their first `written` bytes.
+/// Splits `writes` (frames, and maybe the socket's head first) after their first `written`
+/// bytes.
 pub fn after_written(writes: Vec<Write>, mut written: usize) -> Left {
     let mut left = Left::default();
     for write in writes {
+        if let Write::Head(head) = &write {
+            // Not a frame of the hub's: nothing to count, only what is left to write.
+            let taken = written.min(head.len());
+            written -= taken;
+            if taken < head.len() {
+                left.rest.push_back(Write::Head(head.slice(taken..)));
+            }
+            continue;
+        }
         let Write::Frame(frame) = &write else {
             left.rest.push_back(write);
             continue;
@@ -179,6 +191,7 @@ impl<'a> Encoded<'a> {
                 own.extend_from_slice(&code.0.to_be_bytes());
                 own.extend_from_slice(reason.as_bytes());
             }
+            Write::Head(head) => own.extend_from_slice(head),
             Write::Rest { .. } => {}
         }
         if let Some(shared) = shared_part(write) {
@@ -205,7 +218,7 @@ fn shared_part(write: &Write) -> Option<&[u8]> {
         Write::Frame(Frame::Whole(bytes)) => Some(bytes),
         Write::Frame(Frame::Sequenced(shared, _)) => Some(shared.body()),
         Write::Rest { bytes, .. } => Some(bytes),
-        Write::Pong(_) | Write::Close(..) => None,
+        Write::Pong(_) | Write::Close(..) | Write::Head(_) => None,
     }
 }
 
@@ -360,7 +373,9 @@ mod tests {
 
     #[test]
     fn a_batch_cut_anywhere_goes_on_from_where_it_was_cut() {
+        let head = Bytes::from_static(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
         let writes = vec![
+            Write::Head(head.clone()),
             Write::Frame(Frame::Sequenced(shared(r#"{"a":1}"#), 7)),
             Write::Frame(Frame::Whole(Bytes::from(format!(r#"{{"x":"{}"}}"#, "y".repeat(300))))),
             Write::Frame(Frame::Sequenced(shared(r#"{"b":2}"#), 12)),
@@ -369,9 +384,9 @@ mod tests {
             Encoded::new(&writes).slices().iter().flat_map(|s| s.to_vec()).collect();
         let lens: Vec<usize> = writes
             .iter()
-            .map(|w| match w {
-                Write::Frame(frame) => frame.len(),
-                _ => unreachable!(),
+            .filter_map(|w| match w {
+                Write::Frame(frame) => Some(frame.len()),
+                _ => None,
             })
             .collect();
         for cut in 0..=whole.len() {
@@ -385,14 +400,16 @@ mod tests {
                 .rest
                 .iter()
                 .map(|w| match w {
-                    Write::Frame(_) => 0,
+                    Write::Frame(_) | Write::Head(_) => 0,
                     Write::Rest { frame_len, .. } => *frame_len,
                     _ => unreachable!(),
                 })
                 .sum();
             let whole_frames = lens.iter().take(left.frames).sum::<usize>();
             assert_eq!(left.bytes, whole_frames, "cut at {cut}");
-            assert_eq!(left.frames + left.rest.len(), 3, "cut at {cut}");
+            let head_left = matches!(left.rest.front(), Some(Write::Head(_)));
+            assert_eq!(head_left, cut < head.len(), "cut at {cut}");
+            assert_eq!(left.frames + left.rest.len() - usize::from(head_left), 3, "cut at {cut}");
             assert!(begun == 0 || matches!(left.rest.front(), Some(Write::Rest { .. })));
         }
     }

@@ -145,8 +145,11 @@ pub fn serve(accepted: Accepted, app: Rc<App>) -> impl Future<Output = ()> {
 /// the WebSocket upgrade a request answered with 101, if one did.
 async fn serve_http(accepted: Accepted, app: Rc<App>) -> Option<Box<Upgrade>> {
     let Accepted { stream, peer, listener, pending, from_ip } = accepted;
-    let connection =
-        Rc::new(HttpConnection { from_ip: RefCell::new(from_ip), upgrade: Cell::new(None) });
+    let connection = Rc::new(HttpConnection {
+        from_ip: RefCell::new(from_ip),
+        upgrade: Cell::new(None),
+        upgraded: Arc::new(AtomicBool::new(false)),
+    });
     let metrics = app.metrics.clone();
     let header_timeout = app.admission.limits().header_timeout;
     let service = hyper::service::service_fn({
@@ -165,7 +168,7 @@ async fn serve_http(accepted: Accepted, app: Rc<App>) -> Option<Box<Upgrade>> {
         // Bounds both a request's headers and the idle time before the next request on a
         // keep-alive connection: a silent or trickling socket is let go.
         .header_read_timeout(header_timeout)
-        .serve_connection(FuturesIo::new(HttpIo(stream)), service)
+        .serve_connection(FuturesIo::new(HttpIo::new(stream, &connection)), service)
         .with_upgrades();
     match http.await {
         Err(error) if error.is_timeout() => metrics.refused_socket("header_timeout"),
@@ -182,6 +185,9 @@ struct HttpConnection {
     from_ip: RefCell<Option<FromIp>>,
     /// The WebSocket upgrade a request answered with 101, to run once hyper is done.
     upgrade: Cell<Option<Box<Upgrade>>>,
+    /// Whether a request was answered with 101: then what hyper writes (the answer) is kept
+    /// to go out with the socket's first frame, instead of in a packet of its own.
+    upgraded: Arc<AtomicBool>,
 }
 
 /// An accepted WebSocket upgrade.
@@ -229,11 +235,15 @@ impl Upgrade {
         // (usually nothing), so the buffer is not kept for the socket's whole life.
         let prefix = Bytes::copy_from_slice(&parts.read_buf);
         drop(parts.read_buf);
-        let HttpIo(stream) = parts.io.into_inner();
+        let HttpIo { stream, head, .. } = parts.io.into_inner();
         // Counted as open (in the metrics, and against its address) while the socket runs.
         let counted = (app.metrics.socket_opened(), from_ip);
         let socket = SocketId(app.next_socket.fetch_add(1, Ordering::Relaxed));
-        let (writer, writes) = crate::outbox::outbox::<Write>();
+        let (writer, writes) = if head.is_empty() {
+            crate::outbox::outbox()
+        } else {
+            crate::outbox::outbox_holding(Write::Head(Bytes::from(head)))
+        };
         let open = Command::Open { socket, writer, stream: stream.clone(), request };
         if !socket::send(&app.commands, open).await {
             return None;
@@ -381,6 +391,9 @@ impl App {
         };
         let on_upgrade = hyper::upgrade::on(&mut request);
         connection.upgrade.set(Some(Box::new(Upgrade { on_upgrade, request: open, from_ip })));
+        // The 101 goes out with the socket's first frame (the hub answers every upgrade with
+        // one: `established`, or an error and a close): one packet for both, and one write.
+        connection.upgraded.store(true, Ordering::Relaxed);
 
         let mut response = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
         let accept = derive_accept_key(key.as_bytes());
@@ -596,8 +609,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The accepted connection as hyper reads and writes it: through the socket's shared handle,
 /// which waits for readiness in one waker slot per direction. (async-net's `TcpStream` waits
 /// with futures that take a slot in a list its registration keeps for the socket's life: 96
-/// bytes, for a list only the HTTP phase used.)
-struct HttpIo(Stream);
+/// bytes, for a list only the HTTP phase used.) Once a request is answered with 101, what
+/// hyper writes is kept in `head` rather than sent.
+struct HttpIo {
+    stream: Stream,
+    /// The connection's [`HttpConnection::upgraded`] (hyper wants an I/O it can send).
+    upgraded: Arc<AtomicBool>,
+    head: Vec<u8>,
+}
+
+impl HttpIo {
+    fn new(stream: Stream, connection: &HttpConnection) -> Self {
+        HttpIo { stream, upgraded: connection.upgraded.clone(), head: Vec::new() }
+    }
+}
 
 impl futures_util::AsyncRead for HttpIo {
     fn poll_read(
@@ -605,23 +630,27 @@ impl futures_util::AsyncRead for HttpIo {
         cx: &mut std::task::Context<'_>,
         buf: &mut [u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut &*self.0).poll_read(cx, buf)
+        std::pin::Pin::new(&mut &*self.stream).poll_read(cx, buf)
     }
 }
 
 impl futures_util::AsyncWrite for HttpIo {
     fn poll_write(
-        self: std::pin::Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut &*self.0).poll_write(cx, buf)
+        if self.upgraded.load(Ordering::Relaxed) {
+            self.head.extend_from_slice(buf);
+            return std::task::Poll::Ready(Ok(buf.len()));
+        }
+        std::pin::Pin::new(&mut &*self.stream).poll_write(cx, buf)
     }
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut &*self.0).poll_flush(cx)
+        std::pin::Pin::new(&mut &*self.stream).poll_flush(cx)
     }
     /// Shuts the write side down, as async-net's `TcpStream` does (async-io's handle only
     /// flushes): the peer hears the end when hyper closes, not when the task is dropped.
@@ -629,7 +658,7 @@ impl futures_util::AsyncWrite for HttpIo {
         self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(self.0.get_ref().shutdown(std::net::Shutdown::Write))
+        std::task::Poll::Ready(self.stream.get_ref().shutdown(std::net::Shutdown::Write))
     }
 }
 

@@ -10,6 +10,10 @@
 //!
 //! Unbounded here; bounded by the hub, which never lets a socket's unflushed frames or bytes
 //! exceed its outbound window (and cuts the socket off with 4013 instead).
+//!
+//! A mailbox may start with a held item ([`outbox_holding`]): it wakes nobody and is written in
+//! front of whatever is written first, by either end. The socket's HTTP `101` answer waits
+//! there, so that it leaves in the same write as the first frame (one packet, not two).
 
 use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
@@ -37,12 +41,31 @@ struct State<T> {
     closed: bool,
     /// The writer holds a batch it has not finished writing, or has finished for good.
     writing: bool,
+    /// The first of `items` is held: it waits for something to go out with.
+    held: bool,
+}
+
+impl<T> State<T> {
+    /// The items that are not held.
+    fn ready(&self) -> usize {
+        self.items.len() - usize::from(self.held)
+    }
 }
 
 /// A new, empty mailbox.
 pub fn outbox<T>() -> (OutboxSender<T>, OutboxReceiver<T>) {
+    new(VecDeque::new(), false)
+}
+
+/// A new mailbox holding `first`, to be written in front of the first thing either end
+/// writes (see [`OutboxSender::take_held`] and [`OutboxReceiver::take_all`]).
+pub fn outbox_holding<T>(first: T) -> (OutboxSender<T>, OutboxReceiver<T>) {
+    new(VecDeque::from([first]), true)
+}
+
+fn new<T>(items: VecDeque<T>, held: bool) -> (OutboxSender<T>, OutboxReceiver<T>) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { items: VecDeque::new(), closed: false, writing: false }),
+        state: Mutex::new(State { items, closed: false, writing: false, held }),
         waker: AtomicWaker::new(),
     });
     (OutboxSender(shared.clone()), OutboxReceiver(shared))
@@ -61,9 +84,9 @@ impl<T> OutboxSender<T> {
     pub fn push_all(&self, items: impl IntoIterator<Item = T>) {
         let was_empty = {
             let mut state = self.0.lock();
-            let before = state.items.len();
+            let before = state.ready();
             state.items.extend(items);
-            before == 0 && !state.items.is_empty()
+            before == 0 && state.ready() > 0
         };
         if was_empty {
             self.0.waker.wake();
@@ -72,10 +95,25 @@ impl<T> OutboxSender<T> {
 
     /// Whether the writer has nothing waiting, nothing half written and has not finished (a
     /// close written): then the sender may write to the socket itself, and what it writes
-    /// comes after everything before it.
+    /// comes after everything before it (and after the held item, [`Self::take_held`]).
     pub fn is_idle(&self) -> bool {
         let state = self.0.lock();
-        state.items.is_empty() && !state.writing
+        state.ready() == 0 && !state.writing
+    }
+
+    /// The held item, if it is still here: a sender that writes itself writes it first.
+    pub fn take_held(&self) -> Option<T> {
+        let mut state = self.0.lock();
+        if !state.held {
+            return None;
+        }
+        state.held = false;
+        let held = state.items.pop_front();
+        if state.items.is_empty() {
+            // An idle socket keeps no room.
+            state.items = VecDeque::new();
+        }
+        held
     }
 }
 
@@ -93,7 +131,7 @@ impl<T> OutboxReceiver<T> {
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<bool> {
         self.0.waker.register(cx.waker());
         let state = self.0.lock();
-        if !state.items.is_empty() {
+        if state.ready() > 0 {
             Poll::Ready(true)
         } else if state.closed {
             Poll::Ready(false)
@@ -116,12 +154,14 @@ impl<T> OutboxReceiver<T> {
         .await
     }
 
-    /// Takes everything waiting (the mailbox keeps no room: an idle socket holds none); the
-    /// writer is writing until it says [`Self::written`], even if it took nothing (it may be
-    /// writing something of its own, such as a pong, which the sender must not cut into).
+    /// Takes everything waiting, the held item first (the mailbox keeps no room: an idle
+    /// socket holds none); the writer is writing until it says [`Self::written`], even if it
+    /// took nothing (it may be writing something of its own, such as a pong, which the sender
+    /// must not cut into).
     pub fn take_all(&self) -> VecDeque<T> {
         let mut state = self.0.lock();
         state.writing = true;
+        state.held = false;
         std::mem::take(&mut state.items)
     }
 
@@ -203,5 +243,31 @@ mod tests {
         assert!(!sender.is_idle(), "the writer is writing its pong");
         receiver.written(false);
         assert!(sender.is_idle());
+    }
+
+    #[test]
+    fn a_held_item_wakes_nobody_and_goes_first_whoever_writes_first() {
+        // The writer writes first.
+        let (sender, receiver) = outbox_holding(0);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(receiver.poll_ready(&mut cx).is_pending(), "a held item alone is not ready");
+        assert!(sender.is_idle(), "the sender may write (the held item first)");
+        sender.push_all([1, 2]);
+        assert!(receiver.poll_ready(&mut cx).is_ready());
+        assert_eq!(receiver.take_all(), [0, 1, 2]);
+        receiver.written(false);
+        assert_eq!(sender.take_held(), None, "written once");
+
+        // The sender writes first.
+        let (sender, receiver) = outbox_holding(0);
+        assert_eq!(sender.take_held(), Some(0));
+        assert_eq!(sender.take_held(), None);
+        sender.push_all([1]);
+        assert_eq!(receiver.take_all(), [1]);
+
+        // Nothing ever follows it: it is not written.
+        let (sender, receiver) = outbox_holding(0);
+        drop(sender);
+        assert_eq!(receiver.poll_ready(&mut cx), Poll::Ready(false));
     }
 }

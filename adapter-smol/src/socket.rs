@@ -92,8 +92,9 @@ impl Batch {
         let mut writes = outbox.take_all();
         let Replies { pong, close } = std::mem::take(&mut *replies.borrow_mut());
         // The replies go first (the peer's close is answered before anything else: it reads
-        // nothing more), but after the rest of a frame the driver began: a frame is never cut.
-        let at = usize::from(matches!(writes.front(), Some(Write::Rest { .. })));
+        // nothing more), but after the socket's head, or after the rest of a frame the driver
+        // began: a frame is never cut.
+        let at = usize::from(matches!(writes.front(), Some(Write::Rest { .. } | Write::Head(_))));
         if let Some(code) = close {
             writes.insert(at, Write::Close(code, ""));
         }
@@ -109,7 +110,7 @@ impl Batch {
                     closes = true;
                     break;
                 }
-                Write::Pong(_) => {}
+                Write::Pong(_) | Write::Head(_) => {}
             }
         }
         Batch { writes, frames, bytes, closes }

@@ -189,6 +189,49 @@ fn a_frame_sent_with_the_upgrade_request_is_read() {
     assert_eq!(pong.as_deref(), Some(&b"early"[..]));
 }
 
+/// The upgrade's `101` is held back and leaves in the same write as the `established` frame:
+/// one packet for both, where it took two (a packet costs both ends' kernels a trip through
+/// the network stack on every connect). Counted by the kernel: `ss` (iproute2) reads the
+/// client socket's `data_segs_in`.
+#[test]
+fn the_upgrade_answer_and_the_first_frame_arrive_in_one_packet() {
+    use async_tungstenite::tungstenite::Message;
+    use async_tungstenite::tungstenite::protocol::{Role, WebSocket};
+    use std::io::{Read, Write};
+    let (server, keys) = server(&[]);
+    let token = sign(&keys.primary, &claims("alice"));
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let port = stream.local_addr().unwrap().port();
+    let request = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut ws = WebSocket::from_raw_socket(stream, Role::Client, None);
+    let Message::Text(text) = ws.read().unwrap() else { panic!("a text frame first") };
+    let envelope = Envelope::parse(text.as_bytes(), usize::MAX).unwrap();
+    assert_eq!(envelope.message_type, types::CONNECTION_ESTABLISHED);
+
+    let ss = std::process::Command::new("ss")
+        .args(["-tinH", "state", "established", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let info = String::from_utf8_lossy(&ss.stdout);
+    let packets = info
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("data_segs_in:"))
+        .unwrap_or_else(|| panic!("no data_segs_in in ss's answer: {info}"));
+    assert_eq!(packets, "1", "the 101 and the established frame came in {packets} packets");
+}
+
 #[test]
 fn test_connection_with_conversation_id() {
     let (server, keys) = server(&["--api-key", "k3y"]);
