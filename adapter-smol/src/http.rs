@@ -365,6 +365,11 @@ impl App {
         if !is_upgrade {
             return text(StatusCode::BAD_REQUEST, "a WebSocket upgrade is expected here\n");
         }
+        // hyper upgrades HTTP/1.1 only (and RFC 6455 asks for it): a 101 to an older request
+        // would be held for a socket that never comes (see `HttpConnection::upgraded`).
+        if request.version() != hyper::Version::HTTP_11 {
+            return text(StatusCode::BAD_REQUEST, "a WebSocket upgrade needs HTTP/1.1\n");
+        }
         if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
             let mut response = text(StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only\n");
             response

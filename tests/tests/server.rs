@@ -232,6 +232,26 @@ fn the_upgrade_answer_and_the_first_frame_arrive_in_one_packet() {
     assert_eq!(packets, "1", "the 101 and the established frame came in {packets} packets");
 }
 
+/// An upgrade asked in HTTP/1.0 is refused with 400: hyper upgrades HTTP/1.1 only, and the
+/// server holds a 101 back until the socket's first frame, which would never come.
+#[test]
+fn an_upgrade_asked_in_http_1_0_is_refused_with_400() {
+    use std::io::{Read, Write};
+    let (server, keys) = server(&[]);
+    let token = sign(&keys.primary, &claims("alice"));
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let request = format!(
+        "GET /ws?token={token} HTTP/1.0\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(answer.split_whitespace().nth(1), Some("400"), "{answer}");
+}
+
 #[test]
 fn test_connection_with_conversation_id() {
     let (server, keys) = server(&["--api-key", "k3y"]);
