@@ -59,6 +59,20 @@ struct ChannelState {
     pending: usize,
     /// The channel's deadline in `Link::timers` (a gap read, the end of lingering).
     deadline: Option<Instant>,
+    /// Where its subscription is: asked whenever a member joins, so kept here rather than
+    /// found by looking through every batch on its way (a connect storm has many).
+    subscription: Subscription,
+}
+
+/// Where a channel's subscription to the bus is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subscription {
+    /// Waiting to be asked for (in `Link::unconfirmed`).
+    Waiting,
+    /// Asked for in the subscribe batch with this id.
+    Asked(u64),
+    /// Confirmed by the batch that asked last (or in process: always).
+    Confirmed,
 }
 
 #[derive(Debug)]
@@ -227,8 +241,10 @@ impl Link {
             degraded: false,
             pending: 0,
             deadline: None,
+            subscription: Subscription::Waiting,
         };
         if let Some(local) = &self.local {
+            state.subscription = Subscription::Confirmed;
             let top = local.top(&channel.name(&self.prefix));
             state.cursor.start_at(now, top.as_ref(), &mut self.steps);
         } else {
@@ -257,9 +273,10 @@ impl Link {
     pub fn is_subscribed(&self, channel: &Channel) -> bool {
         self.local.is_some()
             || (self.up
-                && self.channels.contains_key(channel)
-                && !self.unconfirmed.contains(channel)
-                && !self.batches.values().any(|(channels, _, _)| channels.contains(channel)))
+                && self
+                    .channels
+                    .get(channel)
+                    .is_some_and(|state| state.subscription == Subscription::Confirmed))
     }
 
     /// Whether a member of `channel` is to wait before it is told it is in: the bus is up and
@@ -610,6 +627,9 @@ impl Link {
             return;
         }
         self.unconfirmed = self.channels.keys().cloned().collect();
+        for state in self.channels.values_mut() {
+            state.subscription = Subscription::Waiting;
+        }
         self.probe.confirmed = false;
         self.batches.clear();
         self.subscribe_retry_at = None;
@@ -647,6 +667,11 @@ impl Link {
                 names.push(self.probe.channel.clone());
             }
             let batch = self.next_id();
+            for channel in &channels {
+                if let Some(state) = self.channels.get_mut(channel) {
+                    state.subscription = Subscription::Asked(batch);
+                }
+            }
             let deadline = now + self.config.subscribe_timeout;
             self.batches.insert(batch, (channels, with_probe, deadline));
             self.commands.push_back(BusCommand::Subscribe { batch, channels: names });
@@ -660,8 +685,12 @@ impl Link {
             Ok(tops) => tops,
             Err(error) => {
                 tracing::warn!(target: "switchboard::bus", %error, channels = channels.len(), "subscribe failed; retrying");
-                self.unconfirmed
-                    .extend(channels.into_iter().filter(|c| self.channels.contains_key(c)));
+                for channel in channels {
+                    if let Some(state) = self.channels.get_mut(&channel) {
+                        state.subscription = Subscription::Waiting;
+                        self.unconfirmed.insert(channel);
+                    }
+                }
                 self.subscribe_retry_at = Some(now + self.config.retry_max);
                 return;
             }
@@ -675,6 +704,10 @@ impl Link {
                 gone.push(channel.name(&self.prefix));
                 continue;
             };
+            // Not if it was asked for again since (let go and wanted again, or resynced).
+            if state.subscription == Subscription::Asked(batch) {
+                state.subscription = Subscription::Confirmed;
+            }
             if state.cursor.sweep(now, top.as_ref(), &mut self.steps) {
                 reads.push(channel.clone());
             }
@@ -1005,6 +1038,66 @@ mod tests {
         }
         while link.poll_command().is_some() {}
         link
+    }
+
+    /// The subscribe batches the link sent since it was last asked.
+    fn subscribes(link: &mut Link) -> Vec<(u64, usize)> {
+        std::iter::from_fn(|| link.poll_command())
+            .filter_map(|command| match command {
+                BusCommand::Subscribe { batch, channels } => Some((batch, channels.len())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn confirm(link: &mut Link, now: Instant, (batch, channels): (u64, usize)) {
+        let result = Ok(vec![None; channels]);
+        link.handle_event(now, BusEvent::Subscribed { batch, result });
+    }
+
+    /// A channel is subscribed once the batch that asked for it last is confirmed: not by an
+    /// earlier batch (it was let go and wanted again meanwhile), not after a resync asked for
+    /// it again, and again once that is confirmed.
+    #[test]
+    fn a_channel_is_subscribed_by_the_batch_that_asked_for_it_last() {
+        let mut link = link();
+        // Let go well before the first batch would time out.
+        link.config.linger = Duration::from_millis(100);
+        link.handle_event(T0, BusEvent::LinkUp);
+        while link.poll_command().is_some() {}
+        link.want(T0, conversation());
+        let [first] = subscribes(&mut link)[..] else { panic!("one batch") };
+        assert!(!link.is_subscribed(&conversation()), "asked, not confirmed");
+
+        // Let go (the last member left, and the linger ran out), then wanted again.
+        link.release(T0, &conversation());
+        let later = T0 + link.config.linger;
+        link.handle_timeout(later);
+        while link.poll_command().is_some() {}
+        link.want(later, conversation());
+        let [second] = subscribes(&mut link)[..] else { panic!("asked again") };
+        confirm(&mut link, later, first);
+        assert!(!link.is_subscribed(&conversation()), "the first batch asked for the old one");
+        confirm(&mut link, later, second);
+        assert!(link.is_subscribed(&conversation()));
+
+        // A lagged receive queue renews every subscription: not subscribed until confirmed.
+        link.handle_event(later, BusEvent::Lagged);
+        let batches = subscribes(&mut link);
+        assert!(!link.is_subscribed(&conversation()));
+        for batch in batches {
+            confirm(&mut link, later, batch);
+        }
+        assert!(link.is_subscribed(&conversation()));
+
+        // A batch that fails puts it back to wait.
+        link.handle_event(later, BusEvent::Lagged);
+        let batches = subscribes(&mut link);
+        for (batch, _) in batches {
+            let result = Err(BusError("no".into()));
+            link.handle_event(later, BusEvent::Subscribed { batch, result });
+        }
+        assert!(!link.is_subscribed(&conversation()));
     }
 
     /// Found by the hub fuzz target: a gap whose history read cannot be asked for (the link is
