@@ -2,7 +2,11 @@
 //! negative token table signed as Keycloak signs, key rotation, frames the hub refuses, the
 //! publish API, resume, metrics, and shutdown by SIGTERM.
 
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocket};
 use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use switchboard_core::protocol::{
     CloseCode, Envelope, MessageType, Payload, Source, SystemMessage, Timestamp, types,
 };
@@ -106,6 +110,32 @@ fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// A plain socket that has sent an upgrade request for `token` in `version` ("1.1"), followed
+/// by `after` in the same write.
+fn raw_upgrade(server: &ServerProcess, token: &str, version: &str, after: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let request = format!(
+        "GET /ws?token={token} HTTP/{version}\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(after);
+    stream.write_all(&bytes).unwrap();
+    stream
+}
+
+/// The HTTP answer's head, a byte at a time (nothing of the frames after it is taken).
+fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
 /// The server lets go of its frame parser while a socket has nothing part-read (an idle
 /// connection keeps none of its state): a frame cut inside its header, a message in fragments
 /// with a ping between them, each part after a pause (so that the socket has gone quiet in
@@ -151,28 +181,11 @@ fn a_message_that_arrives_in_pieces_is_read_whole() {
 /// server's HTTP side first and handed to the WebSocket's reader: it is not lost.
 #[test]
 fn a_frame_sent_with_the_upgrade_request_is_read() {
-    use async_tungstenite::tungstenite::Message;
-    use async_tungstenite::tungstenite::protocol::{Role, WebSocket};
-    use std::io::{Read, Write};
     let (server, keys) = server(&[]);
     let token = sign(&keys.primary, &claims("alice"));
-    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-    let request = format!(
-        "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.addr
-    );
-    let mut bytes = request.into_bytes();
-    bytes.extend(masked_frame(true, 0x9, b"early"));
-    stream.write_all(&bytes).unwrap();
-    // The response's head, a byte at a time (nothing of the frames after it is taken).
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0];
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut stream = raw_upgrade(&server, &token, "1.1", &masked_frame(true, 0x9, b"early"));
+    let head = read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let mut ws = WebSocket::from_raw_socket(stream, Role::Client, None);
     let mut pong = None;
     let mut established = false;
@@ -195,26 +208,12 @@ fn a_frame_sent_with_the_upgrade_request_is_read() {
 /// client socket's `data_segs_in`.
 #[test]
 fn the_upgrade_answer_and_the_first_frame_arrive_in_one_packet() {
-    use async_tungstenite::tungstenite::Message;
-    use async_tungstenite::tungstenite::protocol::{Role, WebSocket};
-    use std::io::{Read, Write};
     let (server, keys) = server(&[]);
     let token = sign(&keys.primary, &claims("alice"));
-    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut stream = raw_upgrade(&server, &token, "1.1", &[]);
     let port = stream.local_addr().unwrap().port();
-    let request = format!(
-        "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.addr
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0];
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let head = read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let mut ws = WebSocket::from_raw_socket(stream, Role::Client, None);
     let Message::Text(text) = ws.read().unwrap() else { panic!("a text frame first") };
     let envelope = Envelope::parse(text.as_bytes(), usize::MAX).unwrap();
@@ -236,16 +235,9 @@ fn the_upgrade_answer_and_the_first_frame_arrive_in_one_packet() {
 /// server holds a 101 back until the socket's first frame, which would never come.
 #[test]
 fn an_upgrade_asked_in_http_1_0_is_refused_with_400() {
-    use std::io::{Read, Write};
     let (server, keys) = server(&[]);
     let token = sign(&keys.primary, &claims("alice"));
-    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-    let request = format!(
-        "GET /ws?token={token} HTTP/1.0\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.addr
-    );
-    stream.write_all(request.as_bytes()).unwrap();
+    let mut stream = raw_upgrade(&server, &token, "1.0", &[]);
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer);
