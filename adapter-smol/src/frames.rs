@@ -148,8 +148,8 @@ const COPY_AT_MOST: usize = 1024;
 
 impl<'a> Encoded<'a> {
     fn new(writes: &'a [Write]) -> Self {
-        let copied = |write| shared_part(write).filter(|body| copy_in(body)).map_or(0, <[u8]>::len);
-        let size: usize = writes.iter().map(|write| 16 + copied(write)).sum();
+        // Sized exactly: a buffer that grows at its last frame copies the whole batch again.
+        let size: usize = writes.iter().map(own_len).sum();
         let mut batch = Encoded { own: Vec::with_capacity(size), cuts: Vec::new() };
         for write in writes {
             batch.push(write);
@@ -204,6 +204,18 @@ impl<'a> Encoded<'a> {
         if let Write::Frame(Frame::Sequenced(_, sequence)) = write {
             SharedFrame::write_sequence_suffix(*sequence, own);
         }
+    }
+}
+
+/// The bytes `write` puts in a batch's own buffer (see [`Encoded::push`]).
+fn own_len(write: &Write) -> usize {
+    let read_in_place = shared_part(write).filter(|body| !copy_in(body)).map_or(0, <[u8]>::len);
+    match write {
+        Write::Frame(frame) => header_len(frame.len()) + frame.len() - read_in_place,
+        Write::Pong(payload) => 2 + payload.len().min(MAX_CONTROL_PAYLOAD),
+        Write::Close(_, reason) => 4 + reason.len().min(MAX_CONTROL_PAYLOAD - 2),
+        Write::Head(head) => head.len(),
+        Write::Rest { bytes, .. } => bytes.len() - read_in_place,
     }
 }
 
@@ -369,6 +381,25 @@ mod tests {
         // The small frames and the long one's header, its body in place, its suffix.
         assert_eq!(slices.len(), 3);
         assert!(std::ptr::eq(slices[1].as_ptr(), long.body().as_ptr()));
+    }
+
+    #[test]
+    fn a_batch_buffer_is_made_the_size_it_ends() {
+        let long = shared(&format!(r#"{{"x":"{}"}}"#, "y".repeat(COPY_AT_MOST)));
+        let writes = [
+            Write::Head(Bytes::from_static(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")),
+            Write::Frame(Frame::Sequenced(shared(&format!(r#"{{"y":"{}"}}"#, "z".repeat(200))), 7)),
+            Write::Frame(Frame::Sequenced(shared(r#"{"a":1}"#), u64::MAX)),
+            Write::Frame(Frame::Sequenced(long.clone(), 12_345)),
+            Write::Frame(Frame::Whole(Bytes::from(format!(r#"{{"w":"{}"}}"#, "w".repeat(70_000))))),
+            Write::Pong(Bytes::from(vec![b'p'; 200])),
+            Write::Rest { bytes: Bytes::from_static(b"st of a frame"), frame_len: 20 },
+            Write::Close(CloseCode(4013), "slow_consumer"),
+        ];
+        for n in 1..=writes.len() {
+            let batch = Encoded::new(&writes[..n]);
+            assert_eq!(batch.own.capacity(), batch.own.len(), "the first {n} writes");
+        }
     }
 
     #[test]
