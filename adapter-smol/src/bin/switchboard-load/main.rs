@@ -241,6 +241,10 @@ impl Drop for Server {
 static PHASE: AtomicU64 = AtomicU64::new(0);
 /// Messages that arrived after their phase ended.
 static LATE: AtomicU64 = AtomicU64::new(0);
+/// Sockets of this process the server closed, and of them those it cut off as slow consumers
+/// (4013): a generator that cannot keep up shows here, not only as missing deliveries.
+static CLOSED_BY_SERVER: AtomicU64 = AtomicU64::new(0);
+static CUT_AS_SLOW: AtomicU64 = AtomicU64::new(0);
 
 /// A connection's receive side in the current phase: the latency of each message, which ones
 /// it got (by number), and how many it got twice.
@@ -325,6 +329,12 @@ async fn open(
     let latency = started.elapsed();
     smol::spawn(async move {
         while let Some(Ok(message)) = ws.next().await {
+            if let Message::Close(frame) = &message {
+                CLOSED_BY_SERVER.fetch_add(1, Ordering::Relaxed);
+                if frame.as_ref().is_some_and(|f| u16::from(f.code) == 4013) {
+                    CUT_AS_SLOW.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             let Message::Text(text) = message else { continue };
             if text.contains("\"system.ping\"") {
                 let pong = format!(
@@ -345,6 +355,7 @@ async fn open(
 
 /// Publishes over one keep-alive HTTP connection.
 struct Publisher {
+    addr: String,
     stream: std::net::TcpStream,
 }
 
@@ -352,7 +363,13 @@ impl Publisher {
     fn connect(addr: &str) -> Publisher {
         let stream = std::net::TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
-        Publisher { stream }
+        Publisher { addr: addr.to_owned(), stream }
+    }
+
+    /// A fresh connection: the server closes a keep-alive connection that stays idle long
+    /// enough (a phase that waited for lost deliveries), which must not fail the next phase.
+    fn reconnect(&mut self) {
+        *self = Publisher::connect(&self.addr);
     }
 
     /// Publishes message `n` of `phase`, stamped `t` (µs: when it is sent, or when it was
@@ -475,6 +492,7 @@ fn fan_out(
     let origin = micros() + 100_000;
     let published = AtomicU64::new(0);
     let count = publishers.len();
+    publishers.iter_mut().for_each(Publisher::reconnect);
     std::thread::scope(|scope| {
         for (p, publisher) in publishers.iter_mut().enumerate() {
             let published = &published;
@@ -832,6 +850,11 @@ fn main() {
         "| late deliveries (of an earlier phase, counted in none) | {} |",
         LATE.load(Ordering::Relaxed)
     );
+    println!(
+        "| sockets the server closed (as slow consumers, 4013) | {} ({}) |",
+        CLOSED_BY_SERVER.load(Ordering::Relaxed),
+        CUT_AS_SLOW.load(Ordering::Relaxed)
+    );
     println!("| processes holding connections | {processes} |");
     println!("| publish requests in flight | {} |", args.publishers);
     println!(
@@ -862,6 +885,8 @@ fn main() {
             "fixed_rate_1x1000": fan(&fixed),
             "fixed_rate_per_second": args.rate,
             "late_deliveries": LATE.load(Ordering::Relaxed),
+            "closed_by_server": CLOSED_BY_SERVER.load(Ordering::Relaxed),
+            "cut_as_slow_consumers": CUT_AS_SLOW.load(Ordering::Relaxed),
             "publishers": args.publishers,
             "processes": processes,
             "distinct_tokens": args.distinct_tokens,
