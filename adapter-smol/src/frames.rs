@@ -213,7 +213,7 @@ fn own_len(write: &Write) -> usize {
     match write {
         Write::Frame(frame) => header_len(frame.len()) + frame.len() - read_in_place,
         Write::Pong(payload) => 2 + payload.len().min(MAX_CONTROL_PAYLOAD),
-        Write::Close(_, reason) => 4 + reason.len().min(MAX_CONTROL_PAYLOAD - 2),
+        Write::Close(_, reason) => 4 + truncated(reason, MAX_CONTROL_PAYLOAD - 2).len(),
         Write::Head(head) => head.len(),
         Write::Rest { bytes, .. } => bytes.len() - read_in_place,
     }
@@ -395,6 +395,8 @@ mod tests {
             Write::Pong(Bytes::from(vec![b'p'; 200])),
             Write::Rest { bytes: Bytes::from_static(b"st of a frame"), frame_len: 20 },
             Write::Close(CloseCode(4013), "slow_consumer"),
+            // A reason cut to fit a control frame, on a character's boundary.
+            Write::Close(CloseCode(4000), "é".repeat(80).leak()),
         ];
         for n in 1..=writes.len() {
             let batch = Encoded::new(&writes[..n]);
