@@ -480,6 +480,8 @@ fn fan_out(
     expected_each: u64,
     pace: Pace,
 ) -> FanOut {
+    // Before the phase's clock and CPU are read: the connects are not the phase's work.
+    publishers.iter_mut().for_each(Publisher::reconnect);
     let phase = PHASE.fetch_add(1, Ordering::Relaxed) + 1;
     for r in receivers {
         r.clear();
@@ -492,7 +494,6 @@ fn fan_out(
     let origin = micros() + 100_000;
     let published = AtomicU64::new(0);
     let count = publishers.len();
-    publishers.iter_mut().for_each(Publisher::reconnect);
     std::thread::scope(|scope| {
         for (p, publisher) in publishers.iter_mut().enumerate() {
             let published = &published;
