@@ -26,6 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use switchboard_core::protocol::CloseCode;
 use switchboard_smol::auth::DevIssuer;
 
 #[derive(Parser, Debug)]
@@ -331,7 +332,7 @@ async fn open(
         while let Some(Ok(message)) = ws.next().await {
             if let Message::Close(frame) = &message {
                 CLOSED_BY_SERVER.fetch_add(1, Ordering::Relaxed);
-                if frame.as_ref().is_some_and(|f| u16::from(f.code) == 4013) {
+                if frame.as_ref().is_some_and(|f| u16::from(f.code) == CloseCode::SLOW_CONSUMER.0) {
                     CUT_AS_SLOW.fetch_add(1, Ordering::Relaxed);
                 }
             }
