@@ -318,9 +318,7 @@ impl Frame {
     pub fn len(&self) -> usize {
         match self {
             Frame::Whole(bytes) => bytes.len(),
-            Frame::Sequenced(shared, sequence) => {
-                shared.body().len() + SharedFrame::sequence_suffix_len(*sequence)
-            }
+            Frame::Sequenced(shared, sequence) => shared.len_with_sequence(*sequence),
         }
     }
 
