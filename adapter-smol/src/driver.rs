@@ -148,6 +148,9 @@ pub struct Driver {
     sockets: HashMap<SocketId, Socket, foldhash::fast::FixedState>,
     /// Sockets with pending frames.
     dirty: Vec<SocketId>,
+    /// Room for the frames of one socket at a time, taken from the hub (kept between
+    /// flushes: one socket's batch, not every socket's).
+    frames: Vec<Frame>,
     /// Answers decided on the spot, fed to the hub once the outputs at hand are carried out.
     ready: VecDeque<Input>,
     /// Frames and bytes handed to writers since the metrics were last told (once per drain,
@@ -187,6 +190,7 @@ impl Driver {
             buses: Vec::new(),
             sockets: HashMap::default(),
             dirty: Vec::new(),
+            frames: Vec::new(),
             ready: VecDeque::new(),
             sent: (0, 0),
         }
@@ -205,7 +209,7 @@ impl Driver {
         // Whether the other tasks ran since the driver last had something to do.
         let mut yielded = false;
         loop {
-            if !self.dirty.is_empty() && self.commands.is_empty() && self.written.is_empty() {
+            if self.has_frames() && self.commands.is_empty() && self.written.is_empty() {
                 // Nothing else to do: the sockets' frames are written, once the other tasks
                 // ran (a publisher may be handing over more), so that a write carries all
                 // there is.
@@ -253,6 +257,7 @@ impl Driver {
     fn flush(&mut self) -> bool {
         // Each round's reports may let the hub write more (a window that had filled up).
         for _ in 0..FLUSH_ROUNDS {
+            self.take_frames();
             if self.dirty.is_empty() {
                 return false;
             }
@@ -284,10 +289,41 @@ impl Driver {
 
     /// Gives every socket's pending frames to its writer.
     fn hand_over(&mut self) {
+        self.take_frames();
         for socket in std::mem::take(&mut self.dirty) {
             if let Some(held) = self.sockets.get_mut(&socket) {
                 held.writer.push_all(std::mem::take(&mut held.pending));
             }
+        }
+    }
+
+    /// Whether some socket has frames to write.
+    fn has_frames(&self) -> bool {
+        !self.dirty.is_empty() || self.hub.has_transmit()
+    }
+
+    /// Takes the frames the hub handed to sockets, after what each socket has pending.
+    fn take_frames(&mut self) {
+        let mut frames = std::mem::take(&mut self.frames);
+        while let Some(socket) = self.hub.poll_transmit(&mut frames) {
+            let Some(held) = self.sockets.get_mut(&socket) else {
+                frames.clear();
+                continue;
+            };
+            if held.pending.is_empty() {
+                self.dirty.push(socket);
+            }
+            self.sent.0 += frames.len() as u64;
+            held.pending.reserve(frames.len());
+            for frame in frames.drain(..) {
+                self.sent.1 += frame.len() as u64;
+                held.pending.push(Write::Frame(frame));
+            }
+        }
+        self.frames = frames;
+        if self.sent.0 > 0 {
+            let (frames, bytes) = std::mem::take(&mut self.sent);
+            self.metrics.sent(frames, bytes);
         }
     }
 

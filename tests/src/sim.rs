@@ -775,11 +775,18 @@ impl World {
         self.queue.push(Reverse((at, id as u64, id)));
     }
 
-    /// Carries out hub `node`'s outputs, checking the invariants on each.
+    /// Carries out hub `node`'s outputs, checking the invariants on each, then writes the
+    /// frames its sockets were handed.
     pub fn drain(&mut self, node: usize) {
+        let mut frames = Vec::new();
         loop {
             while let Some(output) = self.nodes[node].hub.poll_output() {
                 self.carry_out(node, output);
+            }
+            while let Some(socket) = self.nodes[node].hub.poll_transmit(&mut frames) {
+                for frame in std::mem::take(&mut frames) {
+                    self.carry_out(node, Output::Send { socket, frame });
+                }
             }
             let Some(input) = self.nodes[node].pending_inputs.pop_front() else { break };
             let now = self.now;

@@ -339,7 +339,10 @@ impl Frame {
 /// The outputs, drained with [`super::Hub::poll_output`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// Send this text frame.
+    /// Write this text frame, before what the outputs that follow ask of the socket. The hub
+    /// gives frames this way when they must go ahead of a close (an error, a shutdown notice)
+    /// or of the socket carrying another session's sequence on; every other frame waits for
+    /// [`super::Hub::poll_transmit`], which hands over a socket's frames together.
     Send { socket: SocketId, frame: Frame },
     /// Close the socket with this code; the hub sends nothing more to it.
     Close { socket: SocketId, code: CloseCode, reason: &'static str },

@@ -17,6 +17,11 @@
 //!   [`Hub::poll_timeout`] for the next deadline and feed [`Input::Timeout`] when it passes (a
 //!   late timeout is fine: deadlines compare with the `now` passed in). Asking for the deadline
 //!   before draining, or feeding two inputs without draining, is the classic sans-IO bug.
+//! - **Before writing to the sockets, take their frames with [`Hub::poll_transmit`]** until it
+//!   returns `None`: each call names one socket and gives all it was handed since the last
+//!   call, in order, after any [`Output::Send`] already given for it. How often is the
+//!   adapter's choice: the later, the more frames one write carries (the smol driver takes
+//!   them when it has no input waiting). Frames wait in the hub, inside each socket's window.
 //! - Sockets are named by the adapter with [`SocketId`]s it never reuses, so an event that
 //!   arrives for a socket the hub already closed is a harmless no-op.
 //!

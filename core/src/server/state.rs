@@ -88,8 +88,10 @@ pub struct IllegalTransition {
     pub to: ConnectionState,
 }
 
-/// A state with its bounded history.
+/// A state with its bounded history. The state comes first (`repr(C)`): fan-out reads it for
+/// every recipient, at the start of the session's first cache line.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub struct StateMachine {
     state: ConnectionState,
     history: VecDeque<Transition>,

@@ -2,12 +2,12 @@
 //! for replay, and written as far as each socket's outbound window allows.
 
 use super::Hub;
-use super::session::{Key, Session, send_on, window_has_room};
+use super::session::{Key, Session, hand_message, hand_system, window_has_room};
 use crate::protocol::ChannelReset;
 use crate::protocol::{CloseCode, Id, SharedFrame, SystemMessage};
 use crate::server::bus::{Channel, Delivery, RemoteMessage};
 use crate::server::config::HubConfig;
-use crate::server::io::{Frame, HubEvent, Output, RefusedSend};
+use crate::server::io::{HubEvent, Output, RefusedSend};
 use crate::server::router::{Outgoing, Target};
 use crate::server::state::ConnectionState;
 use crate::time::Instant;
@@ -28,22 +28,26 @@ enum Pump {
     FellBehind,
 }
 
-/// Writes `session`'s unsent application messages, in order, as far as its socket's window
-/// allows; the rest wait in the replay buffer for [`crate::server::Input::Flushed`].
-fn pump_session(config: &HubConfig, session: &mut Session, outputs: &mut VecDeque<Output>) -> Pump {
-    if session.state() != ConnectionState::Active {
+/// Hands `session`'s unsent application messages to its socket, in order, as far as the
+/// socket's window allows; the rest wait in the replay buffer for
+/// [`crate::server::Input::Flushed`].
+fn pump_session(
+    config: &HubConfig,
+    key: Key,
+    session: &mut Session,
+    transmit: &mut VecDeque<Key>,
+) -> Pump {
+    if session.state() != ConnectionState::Active || session.socket.is_none() {
         return Pump::Done;
     }
-    let Some(socket) = session.socket else { return Pump::Done };
     while session.sent_through + 1 < session.next_sequence {
         let sequence = session.sent_through + 1;
         let Some(frame) = session.replay.get(sequence) else { return Pump::FellBehind };
-        let frame = Frame::Sequenced(frame.clone(), sequence);
-        if !window_has_room(config, session, frame.len()) {
+        let len = frame.len_with_sequence(sequence);
+        if !window_has_room(config, session, len) {
             break;
         }
-        session.sent_through = sequence;
-        send_on(session, socket, frame, sequence, outputs);
+        hand_message(session, key, sequence, len, transmit);
     }
     Pump::Done
 }
@@ -283,7 +287,7 @@ impl Hub {
             let outcome = if is_stuck(&self.config, session) {
                 Pump::Stuck
             } else {
-                pump_session(&self.config, session, &mut self.outputs)
+                pump_session(&self.config, key, session, &mut self.transmit)
             };
             self.after_pump(now, key, outcome);
         }
@@ -294,7 +298,7 @@ impl Hub {
     /// window allows; the rest wait in the replay buffer for [`crate::server::Input::Flushed`].
     pub(super) fn pump(&mut self, now: Instant, key: Key) {
         let Some(session) = self.sessions.get_mut(&key) else { return };
-        let outcome = pump_session(&self.config, session, &mut self.outputs);
+        let outcome = pump_session(&self.config, key, session, &mut self.transmit);
         self.after_pump(now, key, outcome);
     }
 
@@ -341,14 +345,16 @@ impl Hub {
     /// frame was written.
     pub(super) fn write(&mut self, now: Instant, key: Key, frame: Bytes) -> bool {
         let Some(session) = self.sessions.get_mut(&key) else { return false };
-        let Some(socket) = session.socket else { return false };
+        if session.socket.is_none() {
+            return false;
+        }
         if !window_has_room(&self.config, session, frame.len()) {
             let connection_id = session.connection_id.clone();
             self.outputs.push_back(Output::Event(HubEvent::SlowConsumer { connection_id }));
             self.close(now, key, CloseCode::SLOW_CONSUMER, "slow_consumer");
             return false;
         }
-        send_on(session, socket, Frame::Whole(frame), 0, &mut self.outputs);
+        hand_system(session, key, frame, &mut self.transmit);
         true
     }
 

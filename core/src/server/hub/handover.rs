@@ -253,11 +253,13 @@ impl Hub {
         // replay brings it again with its place).
         self.rename(key, old_id);
         if let Some(session) = self.sessions.get_mut(&key) {
+            // What the socket was handed goes out before the sequence starts again.
+            session.spill(&mut self.outputs);
             session.next_sequence = last + 1;
             session.sent_through = last;
             session.replay = Default::default();
             session.unacked_bytes = 0;
-            session.acknowledge_through(last);
+            session.acknowledge_through(last, &mut self.outputs);
             for sequence in &mut session.in_flight {
                 *sequence = 0;
             }

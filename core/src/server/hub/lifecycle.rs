@@ -67,6 +67,9 @@ impl Hub {
                 last_ping_at: None,
                 next_sequence: 1,
                 sent_through: 0,
+                taken_through: 0,
+                queued: false,
+                system_frames: VecDeque::new(),
                 acked_through: 0,
                 in_flight: VecDeque::new(),
                 unacked_bytes: 0,
@@ -143,6 +146,8 @@ impl Hub {
     /// session by what the code advises a client.
     pub(super) fn close(&mut self, now: Instant, key: Key, code: CloseCode, reason: &'static str) {
         let Some(session) = self.sessions.get_mut(&key) else { return };
+        // What the socket was handed goes before its close (an error, a shutdown notice).
+        session.spill(&mut self.outputs);
         if let Some(socket) = session.socket.take() {
             self.sockets.remove(&socket);
             self.closing.insert(socket);
@@ -246,6 +251,7 @@ impl Hub {
         let Some(key) = self.sockets.remove(&socket) else { return };
         if let Some(session) = self.sessions.get_mut(&key) {
             session.socket = None;
+            session.spill(&mut self.outputs); // Nothing writes it now: dropped.
         }
         let deliberate = code == Some(CloseCode::NORMAL);
         self.end_session(

@@ -26,7 +26,7 @@ mod shutdown;
 
 use super::bus::{BusEvent, Channel, Links};
 use super::config::{HubConfig, InvalidConfig};
-use super::io::{HubEvent, Input, Output, SocketId};
+use super::io::{Frame, HubEvent, Input, Output, SocketId};
 use super::members::Members;
 use super::router::{Action, Router};
 use super::state::{ConnectionState, Transition};
@@ -135,6 +135,9 @@ pub struct Hub {
     pending_auths: usize,
     timers: Timers<Key>,
     outputs: VecDeque<Output>,
+    /// Sessions whose sockets have frames handed and not taken ([`Hub::poll_transmit`]), each
+    /// once (its `queued` flag): at most one entry per session.
+    transmit: VecDeque<Key>,
     next_key: Key,
     next_request: u64,
     shutting_down: bool,
@@ -179,6 +182,7 @@ impl Hub {
             pending_auths: 0,
             timers: Timers::default(),
             outputs: VecDeque::new(),
+            transmit: VecDeque::new(),
             next_key: 1,
             next_request: 1,
             shutting_down: false,
@@ -249,6 +253,30 @@ impl Hub {
     /// The next output, or `None` when there is nothing more to do now.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
+    }
+
+    /// The next socket with frames to write, whose frames (in order, after any
+    /// [`Output::Send`] already given for it) are appended to `frames`; `None` when no socket
+    /// has any. Call it when about to write to the sockets, as late as suits the adapter:
+    /// frames handed to a socket wait here, so that everything one socket got from many inputs
+    /// is taken at once, one socket at a time, and written in one go.
+    pub fn poll_transmit(&mut self, frames: &mut Vec<Frame>) -> Option<SocketId> {
+        while let Some(key) = self.transmit.pop_front() {
+            let Some(session) = self.sessions.get_mut(&key) else { continue };
+            session.queued = false;
+            let Some(socket) = session.socket else { continue };
+            let before = frames.len();
+            session.take_handed(frames);
+            if frames.len() > before {
+                return Some(socket);
+            }
+        }
+        None
+    }
+
+    /// Whether [`Hub::poll_transmit`] may have a socket to give.
+    pub fn has_transmit(&self) -> bool {
+        !self.transmit.is_empty()
     }
 
     /// When the hub next wants [`Input::Timeout`], and why. Ask after draining the outputs.

@@ -103,6 +103,8 @@ impl Hub {
         // Move the new socket, its credentials and what is in flight on it onto the old
         // session; the new session ends (the application hears so: it was told it opened).
         let Some(fresh) = self.sessions.get_mut(&key) else { return };
+        // What the new session handed its socket goes out before the old one's frames.
+        fresh.spill(&mut self.outputs);
         let Some(socket) = fresh.socket.take() else { return };
         let principal = fresh.principal.clone();
         // Frames in flight on the new socket are the new session's: they acknowledge nothing
@@ -120,6 +122,9 @@ impl Hub {
             code: CloseCode::NORMAL,
             reason: "resumed_other_session",
         }));
+        if let Some(session) = self.sessions.get_mut(&old) {
+            session.spill(&mut self.outputs);
+        }
         if let Some(stale) = self.sessions.get_mut(&old).and_then(|s| s.socket.take()) {
             self.sockets.remove(&stale);
             self.closing.insert(stale);
@@ -136,7 +141,7 @@ impl Hub {
         session.outbound_bytes = outbound_bytes;
         session.last_heard = now;
         session.can_write = grant.write && session.conversation_id.is_some();
-        session.acknowledge_through(last);
+        session.acknowledge_through(last, &mut self.outputs);
         // The credentials just verified replace the old ones: their expiry governs now.
         if let Some(principal) = principal {
             session.principal = Some(principal);
@@ -195,7 +200,7 @@ impl Hub {
         }
         let Some(session) = self.sessions.get_mut(&key) else { return };
         // What was evicted is gone; the client is told, and starts over from here.
-        session.acknowledge_through(session.next_sequence - 1);
+        session.acknowledge_through(session.next_sequence - 1, &mut self.outputs);
         self.answer_resume(now, key, None, 0, false);
     }
 

@@ -14,6 +14,7 @@ use crate::server::replay::ReplayBuffer;
 use crate::server::state::{ConnectionState, StateMachine};
 use crate::server::timers::TimerKind;
 use crate::time::Instant;
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -21,19 +22,17 @@ use std::sync::Arc;
 pub(super) type Key = u64;
 
 /// One connection's session: it outlives its socket for the resume window.
+///
+/// Laid out by hand (`repr(C)`), with what fan-out reads and writes for every recipient first
+/// and together, from a cache line's start: a broadcast to a thousand sessions touches each of
+/// them once, cold, and each line of a session it touches is a miss. Left to the compiler, the
+/// fields a delivery needs were spread over eight cache lines; here they take the first four.
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub(super) struct Session {
-    pub(super) connection_id: Id,
-    pub(super) socket: Option<SocketId>,
+    // What a delivery reads and writes.
     pub(super) machine: StateMachine,
-    pub(super) principal: Option<Arc<Principal>>,
-    pub(super) conversation_id: Option<Id>,
-    pub(super) definition_id: Option<String>,
-    /// Whether the join verdict let this member write into its conversation.
-    pub(super) can_write: bool,
-    pub(super) created_at: Instant,
-    pub(super) last_heard: Instant,
-    pub(super) last_ping_at: Option<Instant>,
+    pub(super) socket: Option<SocketId>,
     /// The sequence the next application message gets (from 1).
     pub(super) next_sequence: u64,
     /// The highest sequence handed to the current socket.
@@ -41,12 +40,35 @@ pub(super) struct Session {
     /// The highest sequence the adapter reported written to a socket of this session. Every
     /// message after it is still in the replay buffer while the socket lives.
     pub(super) acked_through: u64,
-    /// The sequence of each frame in the window, oldest first (0: a system frame).
-    pub(super) in_flight: VecDeque<u64>,
     /// The bytes (in the replay buffer's count) of the messages after `acked_through`.
     pub(super) unacked_bytes: usize,
     pub(super) outbound_bytes: usize,
+    /// The highest sequence the adapter took ([`super::Hub::poll_transmit`]): the ones after
+    /// it, through `sent_through`, are handed to the socket and wait there.
+    pub(super) taken_through: u64,
+    /// A resume of a session another instance held, under way (see `handover`).
+    pub(super) handover: Option<Box<super::handover::Handover>>,
+    /// After a resume on this instance: per channel, the offset through which the client has
+    /// the channel already (its own position, or what the resume replayed). Deliveries at or
+    /// below it are skipped; the first one past it removes it.
+    pub(super) floors: Vec<(super::super::bus::Channel, u64)>,
+    /// The sequence of each frame in the window, oldest first (0: a system frame).
+    pub(super) in_flight: VecDeque<u64>,
     pub(super) replay: ReplayBuffer,
+    /// Whether the session is in the hub's queue of sockets with frames to take.
+    pub(super) queued: bool,
+
+    // The rest.
+    /// System frames handed to the socket and not taken yet, each with the `sent_through` it
+    /// was handed at: it goes after that application message.
+    pub(super) system_frames: VecDeque<(u64, Bytes)>,
+    pub(super) connection_id: Id,
+    pub(super) principal: Option<Arc<Principal>>,
+    pub(super) conversation_id: Option<Id>,
+    pub(super) definition_id: Option<String>,
+    pub(super) created_at: Instant,
+    pub(super) last_heard: Instant,
+    pub(super) last_ping_at: Option<Instant>,
     pub(super) rate_limiter: RateLimiter,
     /// By [`TimerKind`]; [`Instant::FAR_FUTURE`] for none (an `Option` would double each).
     pub(super) deadlines: [Instant; 4],
@@ -55,12 +77,8 @@ pub(super) struct Session {
     pub(super) pending_join: Option<u64>,
     /// A resume into another conversation, waiting for its join verdict.
     pub(super) pending_resume: Option<Box<ConnectionResume>>,
-    /// A resume of a session another instance held, under way (see `handover`).
-    pub(super) handover: Option<Box<super::handover::Handover>>,
-    /// After a resume on this instance: per channel, the offset through which the client has
-    /// the channel already (its own position, or what the resume replayed). Deliveries at or
-    /// below it are skipped; the first one past it removes it.
-    pub(super) floors: Vec<(super::super::bus::Channel, u64)>,
+    /// Whether the join verdict let this member write into its conversation.
+    pub(super) can_write: bool,
     /// Opened and not yet active (credentials or join pending): counted against
     /// `max_pending_auths`.
     pub(super) pending: bool,
@@ -125,13 +143,56 @@ impl Session {
     }
 
     /// The session's client has everything through `last` (it said so when resuming): the
-    /// rest is unacknowledged again, to be written to its new socket.
-    pub(super) fn acknowledge_through(&mut self, last: u64) {
+    /// rest is unacknowledged again, to be written to its new socket. What was handed to the
+    /// socket before goes out first (see [`Session::spill`]).
+    pub(super) fn acknowledge_through(&mut self, last: u64, outputs: &mut VecDeque<Output>) {
+        self.spill(outputs);
         self.acked_through = last;
         self.sent_through = last;
+        self.taken_through = last;
         self.unacked_bytes = (last + 1..self.next_sequence)
             .map(|sequence| self.replay.get(sequence).map_or(0, |f| f.len()))
             .sum();
+    }
+
+    /// Appends the frames handed to the socket and not taken yet to `frames`, in the order
+    /// they were handed: each system frame after the application message it followed.
+    pub(super) fn take_handed(&mut self, frames: &mut Vec<Frame>) {
+        let mut next = self.taken_through + 1;
+        let mut through = |end: u64, frames: &mut Vec<Frame>| {
+            for sequence in next..=end {
+                // Always kept: a handed message is unacknowledged, and a socket is cut off
+                // long before the replay buffer would evict one (see `pump_session`).
+                if let Some(shared) = self.replay.get(sequence) {
+                    frames.push(Frame::Sequenced(shared.clone(), sequence));
+                }
+            }
+            next = next.max(end + 1);
+        };
+        for (after, frame) in self.system_frames.drain(..) {
+            through(after, frames);
+            frames.push(Frame::Whole(frame));
+        }
+        through(self.sent_through, frames);
+        self.taken_through = self.sent_through;
+        // A burst's room is given back rather than kept for the session's life.
+        if self.system_frames.capacity() > 16 {
+            self.system_frames = VecDeque::new();
+        }
+    }
+
+    /// Gives what was handed to the socket and not taken yet to the adapter now, as
+    /// [`Output::Send`]s ahead of the outputs that follow (a close, or the socket carrying
+    /// another sequence on). Without a socket it is dropped: nothing will write it.
+    pub(super) fn spill(&mut self, outputs: &mut VecDeque<Output>) {
+        if self.taken_through == self.sent_through && self.system_frames.is_empty() {
+            return;
+        }
+        let mut frames = Vec::new();
+        self.take_handed(&mut frames);
+        if let Some(socket) = self.socket {
+            outputs.extend(frames.into_iter().map(|frame| Output::Send { socket, frame }));
+        }
     }
 }
 
@@ -141,17 +202,40 @@ pub(super) fn window_has_room(config: &HubConfig, session: &Session, bytes: usiz
         && session.outbound_bytes + bytes <= config.max_outbound_bytes
 }
 
-/// Hands `frame` (carrying application `sequence`, or 0 for a system frame) to `socket`,
-/// counting it in the session's outbound window (which the caller has checked has room) until
-/// the adapter reports it flushed.
-pub(super) fn send_on(
+/// Hands the application message `sequence` (the next after `sent_through`) to the session's
+/// socket, counting it in the outbound window (which the caller has checked has room) until
+/// the adapter reports it written. The frame itself is not made here: the replay buffer holds
+/// it, and the adapter takes it with the socket's other frames ([`super::Hub::poll_transmit`]).
+pub(super) fn hand_message(
     session: &mut Session,
-    socket: SocketId,
-    frame: Frame,
+    key: Key,
     sequence: u64,
-    outputs: &mut VecDeque<Output>,
+    len: usize,
+    transmit: &mut VecDeque<Key>,
 ) {
+    session.sent_through = sequence;
     session.in_flight.push_back(sequence);
+    session.outbound_bytes += len;
+    queue(session, key, transmit);
+}
+
+/// Hands a system frame to the session's socket, as [`hand_message`] does a message.
+pub(super) fn hand_system(
+    session: &mut Session,
+    key: Key,
+    frame: Bytes,
+    transmit: &mut VecDeque<Key>,
+) {
+    session.in_flight.push_back(0);
     session.outbound_bytes += frame.len();
-    outputs.push_back(Output::Send { socket, frame });
+    session.system_frames.push_back((session.sent_through, frame));
+    queue(session, key, transmit);
+}
+
+/// Puts the session in the queue of sockets with frames to take, once.
+fn queue(session: &mut Session, key: Key, transmit: &mut VecDeque<Key>) {
+    if !session.queued {
+        session.queued = true;
+        transmit.push_back(key);
+    }
 }
