@@ -69,7 +69,7 @@ impl Hub {
                 sent_through: 0,
                 taken_through: 0,
                 queued: false,
-                system_frames: VecDeque::new(),
+                system_frames: Vec::new(),
                 acked_through: 0,
                 in_flight: VecDeque::new(),
                 unacked_bytes: 0,

@@ -61,7 +61,7 @@ pub(super) struct Session {
     // The rest.
     /// System frames handed to the socket and not taken yet, each with the `sent_through` it
     /// was handed at: it goes after that application message.
-    pub(super) system_frames: VecDeque<(u64, Bytes)>,
+    pub(super) system_frames: Vec<(u64, Bytes)>,
     pub(super) connection_id: Id,
     pub(super) principal: Option<Arc<Principal>>,
     pub(super) conversation_id: Option<Id>,
@@ -169,16 +169,14 @@ impl Session {
             }
             next = next.max(end + 1);
         };
-        for (after, frame) in self.system_frames.drain(..) {
+        // Taken with its room: system frames are few (`established`, a pong, an error), and an
+        // idle session keeps no room for them.
+        for (after, frame) in std::mem::take(&mut self.system_frames) {
             through(after, frames);
             frames.push(Frame::Whole(frame));
         }
         through(self.sent_through, frames);
         self.taken_through = self.sent_through;
-        // A burst's room is given back rather than kept for the session's life.
-        if self.system_frames.capacity() > 16 {
-            self.system_frames = VecDeque::new();
-        }
     }
 
     /// Gives what was handed to the socket and not taken yet to the adapter now, as
@@ -228,7 +226,7 @@ pub(super) fn hand_system(
 ) {
     session.in_flight.push_back(0);
     session.outbound_bytes += frame.len();
-    session.system_frames.push_back((session.sent_through, frame));
+    session.system_frames.push((session.sent_through, frame));
     queue(session, key, transmit);
 }
 
