@@ -66,7 +66,9 @@ struct Socket {
     /// The socket's writer, for what the driver cannot write at once.
     writer: OutboxSender<Write>,
     stream: Stream,
-    /// The hub's frames since the last flush, in order (only frames).
+    /// Frames the hub gave as outputs ([`Output::Send`]: ahead of a close, or of another
+    /// session's sequence) since the last flush, in order. They go before any frame the hub
+    /// hands the socket later.
     pending: Vec<Write>,
 }
 
@@ -148,9 +150,10 @@ pub struct Driver {
     sockets: HashMap<SocketId, Socket, foldhash::fast::FixedState>,
     /// Sockets with pending frames.
     dirty: Vec<SocketId>,
-    /// Room for the frames of one socket at a time, taken from the hub (kept between
-    /// flushes: one socket's batch, not every socket's).
+    /// Room for one socket's frames at a time, taken from the hub and written: kept between
+    /// flushes (at most one socket's window, not every socket's).
     frames: Vec<Frame>,
+    writes: Vec<Write>,
     /// Answers decided on the spot, fed to the hub once the outputs at hand are carried out.
     ready: VecDeque<Input>,
     /// Frames and bytes handed to writers since the metrics were last told (once per drain,
@@ -191,6 +194,7 @@ impl Driver {
             sockets: HashMap::default(),
             dirty: Vec::new(),
             frames: Vec::new(),
+            writes: Vec::new(),
             ready: VecDeque::new(),
             sent: (0, 0),
         }
@@ -249,36 +253,36 @@ impl Driver {
         }
     }
 
-    /// Writes the sockets' pending frames itself, where a socket's writer has nothing to write
-    /// and the socket takes them at once: no task woken, no report to wait for (the hub is
-    /// told they were written right away). The rest goes to the sockets' writers: what a
-    /// socket did not take (its writer waits until it can), and what came after a writer
-    /// began a batch (order). Returns whether the hub reported itself drained.
+    /// Writes the sockets' frames itself, where a socket's writer has nothing to write and the
+    /// socket takes them at once: no task woken, no report to wait for (the hub is told they
+    /// were written right away). The rest goes to the sockets' writers: what a socket did not
+    /// take (its writer waits until it can), and what came after a writer began a batch
+    /// (order). Each socket's frames are taken from the hub, written and dropped in one go, in
+    /// room kept for that. Returns whether the hub reported itself drained.
     fn flush(&mut self) -> bool {
         // Each round's reports may let the hub write more (a window that had filled up).
         for _ in 0..FLUSH_ROUNDS {
-            self.take_frames();
-            if self.dirty.is_empty() {
+            if !self.has_frames() {
                 return false;
             }
+            // What the hub gave as outputs goes before what it hands now (see `Socket::pending`).
             for socket in std::mem::take(&mut self.dirty) {
                 let Some(held) = self.sockets.get_mut(&socket) else { continue };
                 let mut pending = std::mem::take(&mut held.pending);
-                if !held.writer.is_idle() {
-                    held.writer.push_all(pending);
-                    continue;
-                }
-                if let Some(head) = held.writer.take_held() {
-                    pending.insert(0, head);
-                }
-                let written = frames::write_now(held.stream.get_ref(), &pending).unwrap_or(0);
-                let left = frames::after_written(pending, written);
-                held.writer.push_all(left.rest);
-                if left.frames > 0 {
-                    let (frames, bytes) = (left.frames, left.bytes);
-                    self.ready.push_back(Input::Flushed { socket, frames, bytes });
-                }
+                write(held, socket, &mut pending, &mut self.ready);
             }
+            let mut frames = std::mem::take(&mut self.frames);
+            let mut writes = std::mem::take(&mut self.writes);
+            while let Some(socket) = self.hub.poll_transmit(&mut frames) {
+                let Some(held) = self.sockets.get_mut(&socket) else {
+                    frames.clear();
+                    continue;
+                };
+                count(&mut self.sent, &frames);
+                writes.extend(frames.drain(..).map(Write::Frame));
+                write(held, socket, &mut writes, &mut self.ready);
+            }
+            (self.frames, self.writes) = (frames, writes);
             if self.drain() {
                 return true;
             }
@@ -287,14 +291,23 @@ impl Driver {
         false
     }
 
-    /// Gives every socket's pending frames to its writer.
+    /// Gives every socket's frames to its writer.
     fn hand_over(&mut self) {
-        self.take_frames();
         for socket in std::mem::take(&mut self.dirty) {
             if let Some(held) = self.sockets.get_mut(&socket) {
                 held.writer.push_all(std::mem::take(&mut held.pending));
             }
         }
+        let mut frames = std::mem::take(&mut self.frames);
+        while let Some(socket) = self.hub.poll_transmit(&mut frames) {
+            if let Some(held) = self.sockets.get_mut(&socket) {
+                count(&mut self.sent, &frames);
+                held.writer.push_all(frames.drain(..).map(Write::Frame));
+            }
+            frames.clear();
+        }
+        self.frames = frames;
+        self.report_sent();
     }
 
     /// Whether some socket has frames to write.
@@ -302,25 +315,8 @@ impl Driver {
         !self.dirty.is_empty() || self.hub.has_transmit()
     }
 
-    /// Takes the frames the hub handed to sockets, after what each socket has pending.
-    fn take_frames(&mut self) {
-        let mut frames = std::mem::take(&mut self.frames);
-        while let Some(socket) = self.hub.poll_transmit(&mut frames) {
-            let Some(held) = self.sockets.get_mut(&socket) else {
-                frames.clear();
-                continue;
-            };
-            if held.pending.is_empty() {
-                self.dirty.push(socket);
-            }
-            self.sent.0 += frames.len() as u64;
-            held.pending.reserve(frames.len());
-            for frame in frames.drain(..) {
-                self.sent.1 += frame.len() as u64;
-                held.pending.push(Write::Frame(frame));
-            }
-        }
-        self.frames = frames;
+    /// Tells the metrics what was handed to writers since they were last told.
+    fn report_sent(&mut self) {
         if self.sent.0 > 0 {
             let (frames, bytes) = std::mem::take(&mut self.sent);
             self.metrics.sent(frames, bytes);
@@ -405,10 +401,7 @@ impl Driver {
             let Some(input) = self.ready.pop_front() else { break };
             self.hub.handle_input(self.clock.now(), input);
         }
-        if self.sent.0 > 0 {
-            let (frames, bytes) = std::mem::take(&mut self.sent);
-            self.metrics.sent(frames, bytes);
-        }
+        self.report_sent();
         drained
     }
 
@@ -481,6 +474,37 @@ impl Driver {
             }
         }
     }
+}
+
+/// Writes `writes` (which it leaves empty) to the socket now, as far as it takes them, when its
+/// writer is idle; what is left, or everything when the writer is busy, goes to the writer.
+/// What was written whole is reported to the hub through `ready`.
+fn write(
+    held: &mut Socket,
+    socket: SocketId,
+    writes: &mut Vec<Write>,
+    ready: &mut VecDeque<Input>,
+) {
+    if !held.writer.is_idle() {
+        held.writer.push_all(writes.drain(..));
+        return;
+    }
+    if let Some(head) = held.writer.take_held() {
+        writes.insert(0, head);
+    }
+    let written = frames::write_now(held.stream.get_ref(), writes).unwrap_or(0);
+    let left = frames::after_written(writes.drain(..), written);
+    held.writer.push_all(left.rest);
+    if left.frames > 0 {
+        let (frames, bytes) = (left.frames, left.bytes);
+        ready.push_back(Input::Flushed { socket, frames, bytes });
+    }
+}
+
+/// Adds `frames` to the count of frames and bytes handed to writers.
+fn count(sent: &mut (u64, u64), frames: &[Frame]) {
+    sent.0 += frames.len() as u64;
+    sent.1 += frames.iter().map(|f| f.len() as u64).sum::<u64>();
 }
 
 /// Logs what the hub reports. A connection's opening and closing are at debug: at the default

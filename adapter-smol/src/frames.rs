@@ -93,7 +93,7 @@ pub struct Left {
 
 /// Splits `writes` (frames, and maybe the socket's head first) after their first `written`
 /// bytes.
-pub fn after_written(writes: Vec<Write>, mut written: usize) -> Left {
+pub fn after_written(writes: impl IntoIterator<Item = Write>, mut written: usize) -> Left {
     let mut left = Left::default();
     for write in writes {
         if let Write::Head(head) = &write {
