@@ -201,8 +201,8 @@ impl<'a> Encoded<'a> {
                 self.cuts.push((own.len(), shared));
             }
         }
-        if let Write::Frame(Frame::Sequenced(_, sequence)) = write {
-            SharedFrame::write_sequence_suffix(*sequence, own);
+        if let Write::Frame(Frame::Sequenced(sequenced)) = write {
+            SharedFrame::write_sequence_suffix(sequenced.sequence(), own);
         }
     }
 }
@@ -228,7 +228,7 @@ fn copy_in(shared: &[u8]) -> bool {
 fn shared_part(write: &Write) -> Option<&[u8]> {
     match write {
         Write::Frame(Frame::Whole(bytes)) => Some(bytes),
-        Write::Frame(Frame::Sequenced(shared, _)) => Some(shared.body()),
+        Write::Frame(Frame::Sequenced(sequenced)) => Some(sequenced.shared().body()),
         Write::Rest { bytes, .. } => Some(bytes),
         Write::Pong(_) | Write::Close(..) | Write::Head(_) => None,
     }
@@ -338,11 +338,11 @@ mod tests {
     fn a_batch_reads_back_as_the_same_frames_however_the_kernel_takes_it() {
         let long = |n: usize| format!(r#"{{"x":"{}"}}"#, "é".repeat(n));
         let writes = vec![
-            Write::Frame(Frame::Sequenced(shared(r#"{"a":1}"#), 7)),
+            Write::Frame(Frame::sequenced(shared(r#"{"a":1}"#), 7)),
             Write::Pong(Bytes::from_static(b"ping-payload")),
             Write::Frame(Frame::Whole(Bytes::from(long(100)))),
-            Write::Frame(Frame::Sequenced(shared(&long(40_000)), u64::MAX)),
-            Write::Frame(Frame::Sequenced(shared(r#"{"b":2}"#), 0)),
+            Write::Frame(Frame::sequenced(shared(&long(40_000)), u64::MAX)),
+            Write::Frame(Frame::sequenced(shared(r#"{"b":2}"#), 0)),
             Write::Frame(Frame::Whole(Bytes::from(long(30)))),
             Write::Close(CloseCode(4013), "slow_consumer"),
             Write::Frame(Frame::Whole(Bytes::from_static(b"{\"after\":\"close\"}"))),
@@ -370,12 +370,12 @@ mod tests {
     fn small_frames_go_out_as_one_slice_and_a_long_body_is_read_in_place() {
         let long = shared(&format!(r#"{{"x":"{}"}}"#, "y".repeat(COPY_AT_MOST)));
         let writes = vec![
-            Write::Frame(Frame::Sequenced(shared(r#"{"a":1}"#), 7)),
+            Write::Frame(Frame::sequenced(shared(r#"{"a":1}"#), 7)),
             Write::Pong(Bytes::from_static(b"p")),
             Write::Frame(Frame::Whole(Bytes::from_static(b"{}"))),
         ];
         assert_eq!(Encoded::new(&writes).slices().len(), 1);
-        let writes = [writes, vec![Write::Frame(Frame::Sequenced(long.clone(), 8))]].concat();
+        let writes = [writes, vec![Write::Frame(Frame::sequenced(long.clone(), 8))]].concat();
         let batch = Encoded::new(&writes);
         let slices = batch.slices();
         // The small frames and the long one's header, its body in place, its suffix.
@@ -388,9 +388,9 @@ mod tests {
         let long = shared(&format!(r#"{{"x":"{}"}}"#, "y".repeat(COPY_AT_MOST)));
         let writes = [
             Write::Head(Bytes::from_static(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")),
-            Write::Frame(Frame::Sequenced(shared(&format!(r#"{{"y":"{}"}}"#, "z".repeat(200))), 7)),
-            Write::Frame(Frame::Sequenced(shared(r#"{"a":1}"#), u64::MAX)),
-            Write::Frame(Frame::Sequenced(long.clone(), 12_345)),
+            Write::Frame(Frame::sequenced(shared(&format!(r#"{{"y":"{}"}}"#, "z".repeat(200))), 7)),
+            Write::Frame(Frame::sequenced(shared(r#"{"a":1}"#), u64::MAX)),
+            Write::Frame(Frame::sequenced(long.clone(), 12_345)),
             Write::Frame(Frame::Whole(Bytes::from(format!(r#"{{"w":"{}"}}"#, "w".repeat(70_000))))),
             Write::Pong(Bytes::from(vec![b'p'; 200])),
             Write::Rest { bytes: Bytes::from_static(b"st of a frame"), frame_len: 20 },
@@ -409,9 +409,9 @@ mod tests {
         let head = Bytes::from_static(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
         let writes = vec![
             Write::Head(head.clone()),
-            Write::Frame(Frame::Sequenced(shared(r#"{"a":1}"#), 7)),
+            Write::Frame(Frame::sequenced(shared(r#"{"a":1}"#), 7)),
             Write::Frame(Frame::Whole(Bytes::from(format!(r#"{{"x":"{}"}}"#, "y".repeat(300))))),
-            Write::Frame(Frame::Sequenced(shared(r#"{"b":2}"#), 12)),
+            Write::Frame(Frame::sequenced(shared(r#"{"b":2}"#), 12)),
         ];
         let whole: Vec<u8> =
             Encoded::new(&writes).slices().iter().flat_map(|s| s.to_vec()).collect();

@@ -310,15 +310,47 @@ pub enum Frame {
     /// A frame of its own (a system message, an answer).
     Whole(Bytes),
     /// A shared message with this recipient's `sequence` spliced in last.
-    Sequenced(SharedFrame, u64),
+    Sequenced(Sequenced),
+}
+
+/// A shared message for one recipient: the one encoding, the recipient's sequence, and the
+/// frame's length, counted once (an adapter asks for it several times per frame: to size the
+/// write, for the header, to count what was written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequenced {
+    shared: SharedFrame,
+    sequence: u64,
+    len: usize,
+}
+
+impl Sequenced {
+    pub fn new(shared: SharedFrame, sequence: u64) -> Self {
+        let len = shared.len_with_sequence(sequence);
+        Sequenced { shared, sequence, len }
+    }
+
+    /// The encoding every recipient shares.
+    pub fn shared(&self) -> &SharedFrame {
+        &self.shared
+    }
+
+    /// This recipient's sequence for it.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
 }
 
 impl Frame {
+    /// The shared message `shared` with the recipient's `sequence`.
+    pub fn sequenced(shared: SharedFrame, sequence: u64) -> Self {
+        Frame::Sequenced(Sequenced::new(shared, sequence))
+    }
+
     /// The frame's length in bytes.
     pub fn len(&self) -> usize {
         match self {
             Frame::Whole(bytes) => bytes.len(),
-            Frame::Sequenced(shared, sequence) => shared.len_with_sequence(*sequence),
+            Frame::Sequenced(sequenced) => sequenced.len,
         }
     }
 
@@ -331,7 +363,7 @@ impl Frame {
     pub fn to_bytes(&self) -> Bytes {
         match self {
             Frame::Whole(bytes) => bytes.clone(),
-            Frame::Sequenced(shared, sequence) => shared.with_sequence(*sequence),
+            Frame::Sequenced(sequenced) => sequenced.shared.with_sequence(sequenced.sequence),
         }
     }
 }
@@ -413,8 +445,7 @@ pub enum HubEvent {
 
 #[cfg(test)]
 mod tests {
-    /// Outputs are queued by the thousand in a broadcast: keep them small (the largest is a
-    /// bus publish with its shard).
+    /// Outputs are queued by the hundred (the largest is a bus publish with its shard).
     #[test]
     fn outputs_stay_small() {
         assert!(
@@ -422,5 +453,12 @@ mod tests {
             "{}",
             std::mem::size_of::<super::Output>()
         );
+    }
+
+    /// Frames are taken by the thousand in a fan-out, each a socket's next write: a sequenced
+    /// frame's length rides in the room a whole frame's `Bytes` takes anyway.
+    #[test]
+    fn frames_stay_four_words() {
+        assert_eq!(std::mem::size_of::<super::Frame>(), 32);
     }
 }

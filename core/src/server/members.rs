@@ -62,6 +62,18 @@ impl Members {
         }
     }
 
+    /// The keys, in increasing order, appended to `keys` (fan-out's list of recipients: a copy
+    /// of a slice, or one walk of the set, without an iterator chained over both).
+    pub fn append_to(&self, keys: &mut Vec<u64>) {
+        match self {
+            Members::Few(few) => keys.extend_from_slice(few),
+            Members::Many(many) => {
+                keys.reserve(many.len());
+                keys.extend(many.iter().copied());
+            }
+        }
+    }
+
     /// The keys, in increasing order.
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         let (few, many) = match self {
@@ -82,6 +94,9 @@ mod tests {
         assert!(members.insert(5) && members.insert(1) && members.insert(3));
         assert!(!members.insert(3), "already there");
         assert_eq!(members.iter().collect::<Vec<_>>(), [1, 3, 5]);
+        let mut appended = vec![9];
+        members.append_to(&mut appended);
+        assert_eq!(appended, [9, 1, 3, 5]);
         assert!(members.remove(3) && !members.remove(3));
         assert_eq!(members.iter().collect::<Vec<_>>(), [1, 5]);
         assert!(members.remove(1) && members.remove(5) && members.is_empty());
@@ -97,6 +112,9 @@ mod tests {
         assert!(!members.insert(7));
         let keys: Vec<u64> = members.iter().collect();
         assert_eq!(keys, (0..=Members::MANY as u64 * 2).collect::<Vec<_>>());
+        let mut appended = vec![u64::MAX];
+        members.append_to(&mut appended);
+        assert_eq!(appended[1..], keys[..]);
         assert!(members.remove(7) && !members.remove(7));
         for key in keys {
             members.remove(key);

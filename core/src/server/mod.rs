@@ -80,7 +80,7 @@ pub use config::{BusConfig, HubConfig, InvalidConfig, RateLimit};
 pub use hub::{ConnectionInfo, Hub, HubStats};
 pub use io::{
     AuthFailure, Credentials, Frame, HubEvent, Input, JoinGrant, JoinId, JoinRefusal, JoinRequest,
-    OpenRequest, Output, Principal, RefusedSend, SocketId, VerifyId,
+    OpenRequest, Output, Principal, RefusedSend, Sequenced, SocketId, VerifyId,
 };
 pub use rate_limit::{RateLimiter, RateVerdict};
 pub use replay::{Gap, ReplayBuffer};

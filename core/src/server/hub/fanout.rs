@@ -132,7 +132,11 @@ impl Hub {
         match channel {
             Channel::Conversation(id) => self.members_of(id, except),
             Channel::User(user) => {
-                self.by_user.get(user).map(|s| s.iter().collect()).unwrap_or_default()
+                let mut keys = Vec::new();
+                if let Some(members) = self.by_user.get(user) {
+                    members.append_to(&mut keys);
+                }
+                keys
             }
             Channel::Broadcast => self.all_members(),
         }
@@ -360,12 +364,14 @@ impl Hub {
 
     pub(super) fn members_of(&self, conversation_id: &Id, except: Option<&Id>) -> Vec<Key> {
         let Some(members) = self.by_conversation.get(conversation_id) else { return Vec::new() };
-        members
-            .iter()
-            .filter(|k| {
-                except.is_none_or(|e| self.sessions.get(k).is_none_or(|s| s.connection_id != *e))
-            })
-            .collect()
+        let mut keys = Vec::new();
+        members.append_to(&mut keys);
+        // The one connection skipped (the sender of a relayed message) is found once, not
+        // compared with every member's id.
+        if let Some(skipped) = except.and_then(|e| self.by_connection_id.get(e)) {
+            keys.retain(|k| k != skipped);
+        }
+        keys
     }
 
     pub(super) fn all_members(&self) -> Vec<Key> {

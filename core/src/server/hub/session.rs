@@ -164,7 +164,7 @@ impl Session {
                 // Always kept: a handed message is unacknowledged, and a socket is cut off
                 // long before the replay buffer would evict one (see `pump_session`).
                 if let Some(shared) = self.replay.get(sequence) {
-                    frames.push(Frame::Sequenced(shared.clone(), sequence));
+                    frames.push(Frame::sequenced(shared.clone(), sequence));
                 }
             }
             next = next.max(end + 1);
