@@ -467,18 +467,11 @@ impl World {
         self.drain();
     }
 
+    /// Carries out the outputs, then takes the frames the sockets were handed.
     fn drain(&mut self) {
         while let Some(output) = self.hub.poll_output() {
             match output {
-                Output::Send { socket, frame } => {
-                    let frame = frame.to_bytes();
-                    assert!(!self.dead.contains(&socket), "Send to closed {socket:?}: {frame:?}");
-                    let envelope = Envelope::parse(&frame, usize::MAX).unwrap_or_else(|e| {
-                        panic!("the hub sent an invalid frame ({e}): {frame:?}")
-                    });
-                    assert_eq!(envelope.source, Source::Server);
-                    self.unwritten.entry(socket).or_default().push_back(frame.len());
-                }
+                Output::Send { socket, frame } => self.sent(socket, frame),
                 Output::Close { socket, code, reason } => {
                     assert!(
                         self.dead.insert(socket),
@@ -503,6 +496,22 @@ impl World {
                 _ => {}
             }
         }
+        let mut frames = Vec::new();
+        while let Some(socket) = self.hub.poll_transmit(&mut frames) {
+            for frame in std::mem::take(&mut frames) {
+                self.sent(socket, frame);
+            }
+        }
+    }
+
+    /// A frame for `socket`: a valid server envelope, for a socket not closed.
+    fn sent(&mut self, socket: SocketId, frame: switchboard_core::server::Frame) {
+        let frame = frame.to_bytes();
+        assert!(!self.dead.contains(&socket), "Send to closed {socket:?}: {frame:?}");
+        let envelope = Envelope::parse(&frame, usize::MAX)
+            .unwrap_or_else(|e| panic!("the hub sent an invalid frame ({e}): {frame:?}"));
+        assert_eq!(envelope.source, Source::Server);
+        self.unwritten.entry(socket).or_default().push_back(frame.len());
     }
 
     fn frame(&mut self, frame: &Frame) -> Vec<u8> {
