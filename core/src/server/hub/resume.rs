@@ -122,10 +122,12 @@ impl Hub {
             code: CloseCode::NORMAL,
             reason: "resumed_other_session",
         }));
-        if let Some(session) = self.sessions.get_mut(&old) {
-            session.spill(&mut self.outputs);
-        }
-        if let Some(stale) = self.sessions.get_mut(&old).and_then(|s| s.socket.take()) {
+        // What the old socket was handed goes ahead of its close.
+        let stale = self.sessions.get_mut(&old).and_then(|s| {
+            s.spill(&mut self.outputs);
+            s.socket.take()
+        });
+        if let Some(stale) = stale {
             self.sockets.remove(&stale);
             self.closing.insert(stale);
             self.outputs.push_back(Output::Close {
