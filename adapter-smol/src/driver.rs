@@ -4,7 +4,7 @@
 use crate::answer::Answer;
 use crate::auth::Verifier;
 use crate::authorize::Authorizer;
-use crate::frames;
+use crate::frames::{self, Part};
 use crate::metrics::{BusStats, Metrics};
 use crate::outbox::OutboxSender;
 use async_channel::{Receiver, Sender};
@@ -14,8 +14,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use switchboard_core::protocol::CloseCode;
 use switchboard_core::server::{
-    AuthFailure, BusCommand, Frame, Hub, HubEvent, HubStats, Input, OpenRequest, Outgoing, Output,
-    RefusedSend, SocketId, Target,
+    AuthFailure, BusCommand, Frame, Frames, Hub, HubEvent, HubStats, Input, OpenRequest, Outgoing,
+    Output, RefusedSend, SocketId, Target,
 };
 use switchboard_core::time::Instant;
 
@@ -28,6 +28,10 @@ const COMMANDS_BETWEEN_YIELDS: u32 = 256;
 /// Rounds of writing and reporting in one [`Driver::flush`] before the rest is left to the
 /// sockets' writers.
 const FLUSH_ROUNDS: usize = 4;
+
+/// The most room for encoding kept between writes ([`Driver::buffer`]): a socket's backlog of
+/// many frames may need more for a moment, and gives it back.
+const KEEP_BUFFER_AT_MOST: usize = 256 * 1024;
 
 /// What wakes the driver.
 enum Wake {
@@ -150,10 +154,9 @@ pub struct Driver {
     sockets: HashMap<SocketId, Socket, foldhash::fast::FixedState>,
     /// Sockets with pending frames.
     dirty: Vec<SocketId>,
-    /// Room for one socket's frames at a time, taken from the hub and written: kept between
-    /// flushes (at most one socket's window, not every socket's).
-    frames: Vec<Frame>,
-    writes: Vec<Write>,
+    /// Where one socket's frames are encoded for a write: kept between writes (at most
+    /// [`KEEP_BUFFER_AT_MOST`] of it), one for the hub, not one per socket.
+    buffer: Vec<u8>,
     /// Answers decided on the spot, fed to the hub once the outputs at hand are carried out.
     ready: VecDeque<Input>,
     /// Frames and bytes handed to writers since the metrics were last told (once per drain,
@@ -193,8 +196,7 @@ impl Driver {
             buses: Vec::new(),
             sockets: HashMap::default(),
             dirty: Vec::new(),
-            frames: Vec::new(),
-            writes: Vec::new(),
+            buffer: Vec::new(),
             ready: VecDeque::new(),
             sent: (0, 0),
         }
@@ -268,21 +270,20 @@ impl Driver {
             // What the hub gave as outputs goes before what it hands now (see `Socket::pending`).
             for socket in std::mem::take(&mut self.dirty) {
                 let Some(held) = self.sockets.get_mut(&socket) else { continue };
-                let mut pending = std::mem::take(&mut held.pending);
-                write(held, socket, &mut pending, &mut self.ready);
+                let pending = std::mem::take(&mut held.pending);
+                let parts = pending.iter().map(Write::part);
+                write(held, socket, parts, &mut self.ready, &mut self.buffer);
             }
-            let mut frames = std::mem::take(&mut self.frames);
-            let mut writes = std::mem::take(&mut self.writes);
-            while let Some(socket) = self.hub.poll_transmit(&mut frames) {
-                let Some(held) = self.sockets.get_mut(&socket) else {
-                    frames.clear();
-                    continue;
-                };
-                count(&mut self.sent, &frames);
-                writes.extend(frames.drain(..).map(Write::Frame));
-                write(held, socket, &mut writes, &mut self.ready);
+            while let Some(transmit) = self.hub.poll_transmit() {
+                let socket = transmit.socket();
+                let Some(held) = self.sockets.get_mut(&socket) else { continue };
+                count(&mut self.sent, transmit.frames());
+                let parts = transmit.frames().map(Part::Frame);
+                write(held, socket, parts, &mut self.ready, &mut self.buffer);
             }
-            (self.frames, self.writes) = (frames, writes);
+            if self.buffer.capacity() > KEEP_BUFFER_AT_MOST {
+                self.buffer = Vec::new();
+            }
             if self.drain() {
                 return true;
             }
@@ -298,15 +299,12 @@ impl Driver {
                 held.writer.push_all(std::mem::take(&mut held.pending));
             }
         }
-        let mut frames = std::mem::take(&mut self.frames);
-        while let Some(socket) = self.hub.poll_transmit(&mut frames) {
-            if let Some(held) = self.sockets.get_mut(&socket) {
-                count(&mut self.sent, &frames);
-                held.writer.push_all(frames.drain(..).map(Write::Frame));
+        while let Some(transmit) = self.hub.poll_transmit() {
+            if let Some(held) = self.sockets.get_mut(&transmit.socket()) {
+                count(&mut self.sent, transmit.frames());
+                held.writer.push_all(transmit.frames().map(|frame| Write::Frame(frame.to_owned())));
             }
-            frames.clear();
         }
-        self.frames = frames;
         self.report_sent();
     }
 
@@ -476,24 +474,25 @@ impl Driver {
     }
 }
 
-/// Writes `writes` (which it leaves empty) to the socket now, as far as it takes them, when its
-/// writer is idle; what is left, or everything when the writer is busy, goes to the writer.
-/// What was written whole is reported to the hub through `ready`.
-fn write(
+/// Writes `parts` to the socket now, as far as it takes them, when its writer is idle (encoded
+/// in `buffer`); what is left, or everything when the writer is busy, goes to the writer. What
+/// was written whole is reported to the hub through `ready`.
+fn write<'a>(
     held: &mut Socket,
     socket: SocketId,
-    writes: &mut Vec<Write>,
+    parts: impl Iterator<Item = Part<'a>> + Clone,
     ready: &mut VecDeque<Input>,
+    buffer: &mut Vec<u8>,
 ) {
     if !held.writer.is_idle() {
-        held.writer.push_all(writes.drain(..));
+        held.writer.push_all(parts.map(Part::to_write));
         return;
     }
-    if let Some(head) = held.writer.take_held() {
-        writes.insert(0, head);
-    }
-    let written = frames::write_now(held.stream.get_ref(), writes).unwrap_or(0);
-    let left = frames::after_written(writes.drain(..), written);
+    let head = held.writer.take_held();
+    #[expect(clippy::map_identity, reason = "the map shortens each part's loan to `head`'s")]
+    let parts = head.iter().map(Write::part).chain(parts.map(|part| part));
+    let written = frames::write_now(held.stream.get_ref(), parts.clone(), buffer).unwrap_or(0);
+    let left = frames::after_written(parts, written);
     held.writer.push_all(left.rest);
     if left.frames > 0 {
         let (frames, bytes) = (left.frames, left.bytes);
@@ -502,9 +501,11 @@ fn write(
 }
 
 /// Adds `frames` to the count of frames and bytes handed to writers.
-fn count(sent: &mut (u64, u64), frames: &[Frame]) {
-    sent.0 += frames.len() as u64;
-    sent.1 += frames.iter().map(|f| f.len() as u64).sum::<u64>();
+fn count(sent: &mut (u64, u64), frames: Frames<'_>) {
+    for frame in frames {
+        sent.0 += 1;
+        sent.1 += frame.len() as u64;
+    }
 }
 
 /// Logs what the hub reports. A connection's opening and closing are at debug: at the default

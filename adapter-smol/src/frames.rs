@@ -15,8 +15,8 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
 use std::pin::Pin;
-use switchboard_core::protocol::SharedFrame;
-use switchboard_core::server::Frame;
+use switchboard_core::protocol::{CloseCode, SharedFrame};
+use switchboard_core::server::FrameRef;
 
 const FIN: u8 = 0x80;
 const TEXT: u8 = 0x1;
@@ -25,6 +25,44 @@ const PONG: u8 = 0xA;
 
 /// Control frames carry at most 125 bytes (RFC 6455, 5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// One thing to write, lent: a [`Write`] ([`Write::part`]) or a frame the hub lends
+/// ([`switchboard_core::server::Transmit`]). Only what a socket does not take at once is made
+/// into a [`Write`] of its own ([`Part::to_write`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Part<'a> {
+    Frame(FrameRef<'a>),
+    Close(CloseCode, &'static str),
+    Pong(&'a Bytes),
+    Rest { bytes: &'a Bytes, frame_len: usize },
+    Head(&'a Bytes),
+}
+
+impl Part<'_> {
+    /// The part, to keep.
+    pub fn to_write(self) -> Write {
+        match self {
+            Part::Frame(frame) => Write::Frame(frame.to_owned()),
+            Part::Close(code, reason) => Write::Close(code, reason),
+            Part::Pong(payload) => Write::Pong(payload.clone()),
+            Part::Rest { bytes, frame_len } => Write::Rest { bytes: bytes.clone(), frame_len },
+            Part::Head(head) => Write::Head(head.clone()),
+        }
+    }
+}
+
+impl Write {
+    /// The write, lent.
+    pub fn part(&self) -> Part<'_> {
+        match self {
+            Write::Frame(frame) => Part::Frame(frame.as_ref()),
+            Write::Close(code, reason) => Part::Close(*code, reason),
+            Write::Pong(payload) => Part::Pong(payload),
+            Write::Rest { bytes, frame_len } => Part::Rest { bytes, frame_len: *frame_len },
+            Write::Head(head) => Part::Head(head),
+        }
+    }
+}
 
 /// Writes `writes` in order, up to and including the first close (nothing follows a close).
 pub async fn write_all<W>(io: &mut W, writes: &[Write]) -> io::Result<()>
@@ -35,7 +73,7 @@ where
         Some(close) => &writes[..=close],
         None => writes,
     };
-    let batch = Encoded::new(writes);
+    let batch = Encoded::new(writes.iter().map(Write::part), Vec::new());
     let mut slices = batch.slices();
     let mut slices = &mut slices[..];
     while !slices.is_empty() {
@@ -48,12 +86,27 @@ where
     Ok(())
 }
 
-/// Writes as much of `writes` (frames, no close) as the socket takes now, without waiting;
-/// returns how many bytes went out ([`after_written`] says what is left).
-pub fn write_now(socket: &std::net::TcpStream, writes: &[Write]) -> io::Result<usize> {
-    let batch = Encoded::new(writes);
-    let mut slices = batch.slices();
-    let mut slices = &mut slices[..];
+/// Writes as much of `parts` (frames, no close) as the socket takes now, without waiting;
+/// returns how many bytes went out ([`after_written`] says what is left). The batch is
+/// encoded in `buffer`, which the caller keeps between writes.
+pub fn write_now<'a>(
+    socket: &std::net::TcpStream,
+    parts: impl Iterator<Item = Part<'a>> + Clone,
+    buffer: &mut Vec<u8>,
+) -> io::Result<usize> {
+    let batch = Encoded::new(parts, std::mem::take(buffer));
+    let written = if batch.cuts.is_empty() {
+        // A batch of small frames, the usual case: one slice, and no list of slices to make.
+        write_slices(socket, &mut [IoSlice::new(&batch.own)])
+    } else {
+        write_slices(socket, &mut batch.slices())
+    };
+    *buffer = batch.own;
+    written
+}
+
+/// Writes `slices` as far as the socket takes them now; returns how many bytes went out.
+fn write_slices(socket: &std::net::TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<usize> {
     let mut total = 0;
     while !slices.is_empty() {
         // One slice (a batch of small frames) is a plain `write`: the kernel's `writev` first
@@ -79,7 +132,7 @@ pub fn write_now(socket: &std::net::TcpStream, writes: &[Write]) -> io::Result<u
     Ok(total)
 }
 
-/// What is left of `writes` (frames, and maybe the socket's head first) once their first
+/// What is left of a batch (frames, and maybe the socket's head first) once its first
 /// `written` bytes went out.
 #[derive(Debug, Default)]
 pub struct Left {
@@ -91,12 +144,12 @@ pub struct Left {
     pub rest: VecDeque<Write>,
 }
 
-/// Splits `writes` (frames, and maybe the socket's head first) after their first `written`
-/// bytes.
-pub fn after_written(writes: impl IntoIterator<Item = Write>, mut written: usize) -> Left {
+/// Splits `parts` (frames, and maybe the socket's head first) after their first `written`
+/// bytes; what is left is made into [`Write`]s to keep.
+pub fn after_written<'a>(parts: impl IntoIterator<Item = Part<'a>>, mut written: usize) -> Left {
     let mut left = Left::default();
-    for write in writes {
-        if let Write::Head(head) = &write {
+    for part in parts {
+        if let Part::Head(head) = part {
             // Not a frame of the hub's: nothing to count, only what is left to write.
             let taken = written.min(head.len());
             written -= taken;
@@ -105,8 +158,8 @@ pub fn after_written(writes: impl IntoIterator<Item = Write>, mut written: usize
             }
             continue;
         }
-        let Write::Frame(frame) = &write else {
-            left.rest.push_back(write);
+        let Part::Frame(frame) = part else {
+            left.rest.push_back(part.to_write());
             continue;
         };
         let len = header_len(frame.len()) + frame.len();
@@ -115,22 +168,21 @@ pub fn after_written(writes: impl IntoIterator<Item = Write>, mut written: usize
             left.frames += 1;
             left.bytes += frame.len();
         } else if written > 0 {
-            let one = Encoded::new(std::slice::from_ref(&write));
+            let one = Encoded::new(std::iter::once(part), Vec::new());
             let whole: Vec<u8> =
                 one.slices().iter().flat_map(|slice| slice.iter().copied()).collect();
             let bytes = Bytes::copy_from_slice(&whole[written..]);
             left.rest.push_back(Write::Rest { bytes, frame_len: frame.len() });
             written = 0;
         } else {
-            left.rest.push_back(write);
+            left.rest.push_back(part.to_write());
         }
     }
     left
 }
 
 /// A batch's own bytes (headers, suffixes, control frames, and the bodies short enough to
-/// copy) in one buffer made for it, and where the longer shared bodies go between them: an
-/// idle socket keeps no room for writing.
+/// copy) in one buffer, and where the longer shared bodies go between them.
 ///
 /// Each slice of a `writev` costs the kernel a setup of its own, more than copying a few
 /// hundred bytes here does: with a body of at most [`COPY_AT_MOST`] bytes copied into the
@@ -147,12 +199,16 @@ struct Encoded<'a> {
 const COPY_AT_MOST: usize = 1024;
 
 impl<'a> Encoded<'a> {
-    fn new(writes: &'a [Write]) -> Self {
-        // Sized exactly: a buffer that grows at its last frame copies the whole batch again.
-        let size: usize = writes.iter().map(own_len).sum();
-        let mut batch = Encoded { own: Vec::with_capacity(size), cuts: Vec::new() };
-        for write in writes {
-            batch.push(write);
+    /// Encodes `parts` into `own` (emptied first; the driver keeps one between writes, an
+    /// idle socket none).
+    fn new(parts: impl Iterator<Item = Part<'a>> + Clone, mut own: Vec<u8>) -> Self {
+        // Room for all of it first: a buffer that grows at its last frame copies the whole
+        // batch again.
+        own.clear();
+        own.reserve_exact(parts.clone().map(own_len).sum());
+        let mut batch = Encoded { own, cuts: Vec::new() };
+        for part in parts {
+            batch.push(part);
         }
         batch
     }
@@ -174,48 +230,48 @@ impl<'a> Encoded<'a> {
         slices
     }
 
-    /// Appends `write`: its header, its shared body (copied, or a cut where it goes), then the
+    /// Appends `part`: its header, its shared body (copied, or a cut where it goes), then the
     /// suffix of a sequenced frame or the payload of a control frame.
-    fn push(&mut self, write: &'a Write) {
+    fn push(&mut self, part: Part<'a>) {
         let own = &mut self.own;
-        match write {
-            Write::Frame(frame) => header(TEXT, frame.len(), own),
-            Write::Pong(payload) => {
+        match part {
+            Part::Frame(frame) => header(TEXT, frame.len(), own),
+            Part::Pong(payload) => {
                 let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
                 header(PONG, payload.len(), own);
                 own.extend_from_slice(payload);
             }
-            Write::Close(code, reason) => {
+            Part::Close(code, reason) => {
                 let reason = truncated(reason, MAX_CONTROL_PAYLOAD - 2);
                 header(CLOSE, 2 + reason.len(), own);
                 own.extend_from_slice(&code.0.to_be_bytes());
                 own.extend_from_slice(reason.as_bytes());
             }
-            Write::Head(head) => own.extend_from_slice(head),
-            Write::Rest { .. } => {}
+            Part::Head(head) => own.extend_from_slice(head),
+            Part::Rest { .. } => {}
         }
-        if let Some(shared) = shared_part(write) {
+        if let Some(shared) = shared_part(part) {
             if copy_in(shared) {
                 own.extend_from_slice(shared);
             } else {
                 self.cuts.push((own.len(), shared));
             }
         }
-        if let Write::Frame(Frame::Sequenced(sequenced)) = write {
-            SharedFrame::write_sequence_suffix(sequenced.sequence(), own);
+        if let Part::Frame(FrameRef::Sequenced(_, sequence)) = part {
+            SharedFrame::write_sequence_suffix(sequence, own);
         }
     }
 }
 
-/// The bytes `write` puts in a batch's own buffer (see [`Encoded::push`]).
-fn own_len(write: &Write) -> usize {
-    let read_in_place = shared_part(write).filter(|body| !copy_in(body)).map_or(0, <[u8]>::len);
-    match write {
-        Write::Frame(frame) => header_len(frame.len()) + frame.len() - read_in_place,
-        Write::Pong(payload) => 2 + payload.len().min(MAX_CONTROL_PAYLOAD),
-        Write::Close(_, reason) => 4 + truncated(reason, MAX_CONTROL_PAYLOAD - 2).len(),
-        Write::Head(head) => head.len(),
-        Write::Rest { bytes, .. } => bytes.len() - read_in_place,
+/// The bytes `part` puts in a batch's own buffer (see [`Encoded::push`]).
+fn own_len(part: Part<'_>) -> usize {
+    let read_in_place = shared_part(part).filter(|body| !copy_in(body)).map_or(0, <[u8]>::len);
+    match part {
+        Part::Frame(frame) => header_len(frame.len()) + frame.len() - read_in_place,
+        Part::Pong(payload) => 2 + payload.len().min(MAX_CONTROL_PAYLOAD),
+        Part::Close(_, reason) => 4 + truncated(reason, MAX_CONTROL_PAYLOAD - 2).len(),
+        Part::Head(head) => head.len(),
+        Part::Rest { bytes, .. } => bytes.len() - read_in_place,
     }
 }
 
@@ -224,13 +280,13 @@ fn copy_in(shared: &[u8]) -> bool {
     shared.len() <= COPY_AT_MOST
 }
 
-/// The part of `write` read in place from bytes the hub shares.
-fn shared_part(write: &Write) -> Option<&[u8]> {
-    match write {
-        Write::Frame(Frame::Whole(bytes)) => Some(bytes),
-        Write::Frame(Frame::Sequenced(sequenced)) => Some(sequenced.shared().body()),
-        Write::Rest { bytes, .. } => Some(bytes),
-        Write::Pong(_) | Write::Close(..) | Write::Head(_) => None,
+/// The part of `part` read in place from bytes the hub shares.
+fn shared_part(part: Part<'_>) -> Option<&[u8]> {
+    match part {
+        Part::Frame(FrameRef::Whole(bytes)) => Some(bytes),
+        Part::Frame(FrameRef::Sequenced(shared, _)) => Some(shared.body()),
+        Part::Rest { bytes, .. } => Some(bytes),
+        Part::Pong(_) | Part::Close(..) | Part::Head(_) => None,
     }
 }
 
@@ -273,7 +329,7 @@ mod tests {
     use async_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode as WsCode};
     use bytes::Bytes;
     use std::task::{Context, Poll};
-    use switchboard_core::protocol::CloseCode;
+    use switchboard_core::server::Frame;
 
     /// A peer that takes at most `max` bytes per call, and says "not now" every other call.
     struct Trickle {
@@ -314,6 +370,10 @@ mod tests {
         fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    fn encoded(writes: &[Write]) -> Encoded<'_> {
+        Encoded::new(writes.iter().map(Write::part), Vec::new())
     }
 
     fn shared(text: &str) -> SharedFrame {
@@ -374,9 +434,9 @@ mod tests {
             Write::Pong(Bytes::from_static(b"p")),
             Write::Frame(Frame::Whole(Bytes::from_static(b"{}"))),
         ];
-        assert_eq!(Encoded::new(&writes).slices().len(), 1);
+        assert_eq!(encoded(&writes).slices().len(), 1);
         let writes = [writes, vec![Write::Frame(Frame::sequenced(long.clone(), 8))]].concat();
-        let batch = Encoded::new(&writes);
+        let batch = encoded(&writes);
         let slices = batch.slices();
         // The small frames and the long one's header, its body in place, its suffix.
         assert_eq!(slices.len(), 3);
@@ -399,9 +459,30 @@ mod tests {
             Write::Close(CloseCode(4000), "é".repeat(80).leak()),
         ];
         for n in 1..=writes.len() {
-            let batch = Encoded::new(&writes[..n]);
+            let batch = encoded(&writes[..n]);
             assert_eq!(batch.own.capacity(), batch.own.len(), "the first {n} writes");
         }
+    }
+
+    #[test]
+    fn a_kept_buffer_is_emptied_before_the_next_batch_and_kept_after_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut receiver, _) = listener.accept().unwrap();
+        let writes = vec![
+            Write::Frame(Frame::sequenced(shared(r#"{"a":1}"#), 7)),
+            Write::Frame(Frame::Whole(Bytes::from_static(b"{}"))),
+        ];
+        let whole: Vec<u8> =
+            encoded(&writes).slices().iter().flat_map(|s| s.to_vec()).collect();
+        let mut buffer = b"what the last batch left".repeat(10);
+        let room = buffer.capacity();
+        let written = write_now(&sender, writes.iter().map(Write::part), &mut buffer).unwrap();
+        assert_eq!(written, whole.len());
+        assert_eq!(buffer.capacity(), room, "the room is kept for the next write");
+        let mut read = vec![0; whole.len()];
+        io::Read::read_exact(&mut receiver, &mut read).unwrap();
+        assert_eq!(read, whole);
     }
 
     #[test]
@@ -413,8 +494,7 @@ mod tests {
             Write::Frame(Frame::Whole(Bytes::from(format!(r#"{{"x":"{}"}}"#, "y".repeat(300))))),
             Write::Frame(Frame::sequenced(shared(r#"{"b":2}"#), 12)),
         ];
-        let whole: Vec<u8> =
-            Encoded::new(&writes).slices().iter().flat_map(|s| s.to_vec()).collect();
+        let whole: Vec<u8> = encoded(&writes).slices().iter().flat_map(|s| s.to_vec()).collect();
         let lens: Vec<usize> = writes
             .iter()
             .filter_map(|w| match w {
@@ -423,7 +503,7 @@ mod tests {
             })
             .collect();
         for cut in 0..=whole.len() {
-            let mut left = after_written(writes.clone(), cut);
+            let mut left = after_written(writes.iter().map(Write::part), cut);
             let mut rest = Trickle { bytes: Vec::new(), max: usize::MAX, calls: 0 };
             smol::block_on(write_all(&mut rest, left.rest.make_contiguous())).unwrap();
             let mut again = whole[..cut].to_vec();

@@ -53,11 +53,10 @@ fn flush_all(hub: &mut Hub, written: &mut [(usize, usize)]) {
 /// Takes every socket's frames (what an adapter does before it writes), adding each to its
 /// socket's count in `written`; returns how many there were.
 fn transmit(hub: &mut Hub, written: &mut [(usize, usize)]) -> usize {
-    let mut frames = Vec::new();
     let mut taken = 0;
-    while let Some(socket) = hub.poll_transmit(&mut frames) {
-        let count = &mut written[socket.0 as usize];
-        for frame in frames.drain(..) {
+    while let Some(transmit) = hub.poll_transmit() {
+        let count = &mut written[transmit.socket().0 as usize];
+        for frame in transmit.frames() {
             count.0 += 1;
             count.1 += frame.len();
             taken += 1;
@@ -77,10 +76,8 @@ fn drain(hub: &mut Hub) -> usize {
         }
         black_box(output);
     }
-    let mut frames = Vec::new();
-    while hub.poll_transmit(&mut frames).is_some() {
-        sends += frames.len();
-        black_box(frames.drain(..));
+    while let Some(transmit) = hub.poll_transmit() {
+        sends += transmit.frames().map(black_box).count();
     }
     sends
 }
@@ -127,9 +124,8 @@ fn hub_with(n: u64, conversation: Option<&str>) -> Hub {
                     _ => {}
                 }
             }
-            let mut frames = Vec::new();
-            while let Some(s) = hub.poll_transmit(&mut frames) {
-                established |= s == socket;
+            while let Some(transmit) = hub.poll_transmit() {
+                established |= transmit.socket() == socket;
             }
             let Some(request) = joins.pop() else { break };
             let verdict = Ok(JoinGrant { write: true });

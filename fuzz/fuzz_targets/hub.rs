@@ -497,7 +497,9 @@ impl World {
             }
         }
         let mut frames = Vec::new();
-        while let Some(socket) = self.hub.poll_transmit(&mut frames) {
+        while let Some(transmit) = self.hub.poll_transmit() {
+            let socket = transmit.socket();
+            transmit.to_frames(&mut frames);
             for frame in std::mem::take(&mut frames) {
                 self.sent(socket, frame);
             }

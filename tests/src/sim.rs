@@ -783,7 +783,9 @@ impl World {
             while let Some(output) = self.nodes[node].hub.poll_output() {
                 self.carry_out(node, output);
             }
-            while let Some(socket) = self.nodes[node].hub.poll_transmit(&mut frames) {
+            while let Some(transmit) = self.nodes[node].hub.poll_transmit() {
+                let socket = transmit.socket();
+                transmit.to_frames(&mut frames);
                 for frame in std::mem::take(&mut frames) {
                     self.carry_out(node, Output::Send { socket, frame });
                 }

@@ -30,11 +30,11 @@ fn outputs(hub: &mut Hub) -> Vec<Output> {
 /// Every socket's frames, taken as an adapter takes them, in the order it got them.
 fn transmit(hub: &mut Hub) -> BTreeMap<u64, Vec<(String, Option<u64>)>> {
     let mut taken = BTreeMap::new();
-    let mut frames = Vec::new();
-    while let Some(socket) = hub.poll_transmit(&mut frames) {
+    while let Some(transmit) = hub.poll_transmit() {
+        let socket = transmit.socket();
         let list: &mut Vec<_> = taken.entry(socket.0).or_default();
         assert!(list.is_empty(), "{socket:?} was given twice in one round");
-        list.extend(frames.drain(..).map(|f| what(&f)));
+        list.extend(transmit.frames().map(|f| what(&f.to_owned())));
     }
     taken
 }

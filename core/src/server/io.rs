@@ -340,6 +340,40 @@ impl Sequenced {
     }
 }
 
+/// A frame the hub holds, lent to the adapter while it writes ([`super::Transmit`]): nothing
+/// is made per recipient and no reference count is touched, which fan-out to a thousand
+/// sockets notices. [`FrameRef::to_owned`] makes a [`Frame`] of what must outlive the loan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameRef<'a> {
+    /// A frame of its own (a system message, an answer).
+    Whole(&'a Bytes),
+    /// A shared message with this recipient's `sequence` spliced in last.
+    Sequenced(&'a SharedFrame, u64),
+}
+
+impl FrameRef<'_> {
+    /// The frame's length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            FrameRef::Whole(bytes) => bytes.len(),
+            FrameRef::Sequenced(shared, sequence) => shared.len_with_sequence(*sequence),
+        }
+    }
+
+    /// Never true for a frame the hub sends; here for completeness.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame, to keep.
+    pub fn to_owned(self) -> Frame {
+        match self {
+            FrameRef::Whole(bytes) => Frame::Whole(bytes.clone()),
+            FrameRef::Sequenced(shared, sequence) => Frame::sequenced(shared.clone(), sequence),
+        }
+    }
+}
+
 impl Frame {
     /// The shared message `shared` with the recipient's `sequence`.
     pub fn sequenced(shared: SharedFrame, sequence: u64) -> Self {
@@ -357,6 +391,16 @@ impl Frame {
     /// Never true for a frame the hub sends; here for completeness.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The frame, lent.
+    pub fn as_ref(&self) -> FrameRef<'_> {
+        match self {
+            Frame::Whole(bytes) => FrameRef::Whole(bytes),
+            Frame::Sequenced(sequenced) => {
+                FrameRef::Sequenced(&sequenced.shared, sequenced.sequence)
+            }
+        }
     }
 
     /// The frame as one buffer (a copy for a sequenced frame).

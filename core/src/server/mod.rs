@@ -18,10 +18,12 @@
 //!   late timeout is fine: deadlines compare with the `now` passed in). Asking for the deadline
 //!   before draining, or feeding two inputs without draining, is the classic sans-IO bug.
 //! - **Before writing to the sockets, take their frames with [`Hub::poll_transmit`]** until it
-//!   returns `None`: each call names one socket and gives all it was handed since the last
-//!   call, in order, after any [`Output::Send`] already given for it. How often is the
-//!   adapter's choice: the later, the more frames one write carries (the smol driver takes
-//!   them when it has no input waiting). Frames wait in the hub, inside each socket's window.
+//!   returns `None`: each call names one socket and lends all it was handed since the last
+//!   call, in order, after any [`Output::Send`] already given for it ([`Transmit`]: read in
+//!   place, nothing made per recipient; what the adapter cannot write at once it makes its
+//!   own with [`FrameRef::to_owned`]). How often is the adapter's choice: the later, the more
+//!   frames one write carries (the smol driver takes them when it has no input waiting).
+//!   Frames wait in the hub, inside each socket's window.
 //! - Sockets are named by the adapter with [`SocketId`]s it never reuses, so an event that
 //!   arrives for a socket the hub already closed is a harmless no-op.
 //!
@@ -77,10 +79,10 @@ pub use bus::{
     shard_of,
 };
 pub use config::{BusConfig, HubConfig, InvalidConfig, RateLimit};
-pub use hub::{ConnectionInfo, Hub, HubStats};
+pub use hub::{ConnectionInfo, Frames, Hub, HubStats, Transmit};
 pub use io::{
-    AuthFailure, Credentials, Frame, HubEvent, Input, JoinGrant, JoinId, JoinRefusal, JoinRequest,
-    OpenRequest, Output, Principal, RefusedSend, Sequenced, SocketId, VerifyId,
+    AuthFailure, Credentials, Frame, FrameRef, HubEvent, Input, JoinGrant, JoinId, JoinRefusal,
+    JoinRequest, OpenRequest, Output, Principal, RefusedSend, Sequenced, SocketId, VerifyId,
 };
 pub use rate_limit::{RateLimiter, RateVerdict};
 pub use replay::{Gap, ReplayBuffer};

@@ -23,10 +23,11 @@ mod resume;
 mod routing;
 mod session;
 mod shutdown;
+mod transmit;
 
 use super::bus::{BusEvent, Channel, Links};
 use super::config::{HubConfig, InvalidConfig};
-use super::io::{Frame, HubEvent, Input, Output, SocketId};
+use super::io::{HubEvent, Input, Output, SocketId};
 use super::members::Members;
 use super::router::{Action, Router};
 use super::state::{ConnectionState, Transition};
@@ -37,6 +38,7 @@ use crate::time::{Instant, WallClock};
 use auth::Purpose;
 use session::{Key, Session};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+pub use transmit::{Frames, Transmit};
 
 /// The hasher of the hub's maps: keyed from the hub's seed, so that iteration order (should
 /// anything ever iterate them) is as deterministic as the rest of the hub, and so that keys an
@@ -255,23 +257,26 @@ impl Hub {
         self.outputs.pop_front()
     }
 
-    /// The next socket with frames to write, whose frames (in order, after any
-    /// [`Output::Send`] already given for it) are appended to `frames`; `None` when no socket
-    /// has any. Call it when about to write to the sockets, as late as suits the adapter:
-    /// frames handed to a socket wait here, so that everything one socket got from many inputs
-    /// is taken at once, one socket at a time, and written in one go.
-    pub fn poll_transmit(&mut self, frames: &mut Vec<Frame>) -> Option<SocketId> {
-        while let Some(key) = self.transmit.pop_front() {
+    /// The next socket with frames to write, and its frames (in order, after any
+    /// [`Output::Send`] already given for it), lent until the next call; `None` when no
+    /// socket has any. Call it when about to write to the sockets, as late as suits the
+    /// adapter: frames handed to a socket wait here, so that everything one socket got from
+    /// many inputs is taken at once, one socket at a time, and written in one go. They are
+    /// taken whether the adapter writes them or not: what it cannot write at once it keeps
+    /// ([`FrameRef::to_owned`](crate::server::FrameRef::to_owned)).
+    pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
+        let (key, socket) = loop {
+            let key = self.transmit.pop_front()?;
             let Some(session) = self.sessions.get_mut(&key) else { continue };
             session.queued = false;
-            let Some(socket) = session.socket else { continue };
-            let before = frames.len();
-            session.take_handed(frames);
-            if frames.len() > before {
-                return Some(socket);
+            match session.socket {
+                Some(socket) if session.has_handed() => break (key, socket),
+                _ => {}
             }
-        }
-        None
+        };
+        // Looked up again: a loan returned from inside the loop would hold the map for the
+        // loop's every turn.
+        self.sessions.get_mut(&key).map(|session| session.take_handed(socket))
     }
 
     /// Whether [`Hub::poll_transmit`] may have a socket to give.

@@ -6,9 +6,10 @@
 //! after that is still in the replay buffer, which is what makes cutting a slow socket off
 //! lossless for a client that resumes.
 
+use super::transmit::Transmit;
 use crate::protocol::{ConnectionResume, Id};
 use crate::server::config::HubConfig;
-use crate::server::io::{Frame, Output, Principal, SocketId};
+use crate::server::io::{Output, Principal, SocketId};
 use crate::server::rate_limit::RateLimiter;
 use crate::server::replay::ReplayBuffer;
 use crate::server::state::{ConnectionState, StateMachine};
@@ -155,42 +156,35 @@ impl Session {
             .sum();
     }
 
-    /// Appends the frames handed to the socket and not taken yet to `frames`, in the order
-    /// they were handed: each system frame after the application message it followed.
-    pub(super) fn take_handed(&mut self, frames: &mut Vec<Frame>) {
-        let mut next = self.taken_through + 1;
-        let mut through = |end: u64, frames: &mut Vec<Frame>| {
-            for sequence in next..=end {
-                // Always kept: a handed message is unacknowledged, and a socket is cut off
-                // long before the replay buffer would evict one (see `pump_session`).
-                if let Some(shared) = self.replay.get(sequence) {
-                    frames.push(Frame::sequenced(shared.clone(), sequence));
-                }
-            }
-            next = next.max(end + 1);
-        };
-        // Taken with its room: system frames are few (`established`, a pong, an error), and an
-        // idle session keeps no room for them.
-        for (after, frame) in std::mem::take(&mut self.system_frames) {
-            through(after, frames);
-            frames.push(Frame::Whole(frame));
-        }
-        through(self.sent_through, frames);
+    /// Whether the socket was handed frames that were not taken yet.
+    pub(super) fn has_handed(&self) -> bool {
+        self.taken_through < self.sent_through || !self.system_frames.is_empty()
+    }
+
+    /// Lends the frames handed to `socket` and not taken yet, which are taken with it.
+    pub(super) fn take_handed(&mut self, socket: SocketId) -> Transmit<'_> {
+        let first = self.taken_through + 1;
         self.taken_through = self.sent_through;
+        let system = std::mem::take(&mut self.system_frames);
+        Transmit::new(socket, &self.replay, first, self.sent_through, system)
     }
 
     /// Gives what was handed to the socket and not taken yet to the adapter now, as
     /// [`Output::Send`]s ahead of the outputs that follow (a close, or the socket carrying
     /// another sequence on). Without a socket it is dropped: nothing will write it.
     pub(super) fn spill(&mut self, outputs: &mut VecDeque<Output>) {
-        if self.taken_through == self.sent_through && self.system_frames.is_empty() {
+        if !self.has_handed() {
             return;
         }
-        let mut frames = Vec::new();
-        self.take_handed(&mut frames);
-        if let Some(socket) = self.socket {
-            outputs.extend(frames.into_iter().map(|frame| Output::Send { socket, frame }));
-        }
+        let Some(socket) = self.socket else {
+            self.taken_through = self.sent_through;
+            self.system_frames = Vec::new();
+            return;
+        };
+        let transmit = self.take_handed(socket);
+        outputs.extend(
+            transmit.frames().map(|frame| Output::Send { socket, frame: frame.to_owned() }),
+        );
     }
 }
 
