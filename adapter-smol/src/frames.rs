@@ -257,7 +257,7 @@ impl<'a> Encoded<'a> {
                 self.cuts.push((own.len(), shared));
             }
         }
-        if let Part::Frame(FrameRef::Sequenced(_, sequence)) = part {
+        if let Part::Frame(FrameRef::Sequenced { sequence, .. }) = part {
             SharedFrame::write_sequence_suffix(sequence, own);
         }
     }
@@ -284,7 +284,7 @@ fn copy_in(shared: &[u8]) -> bool {
 fn shared_part(part: Part<'_>) -> Option<&[u8]> {
     match part {
         Part::Frame(FrameRef::Whole(bytes)) => Some(bytes),
-        Part::Frame(FrameRef::Sequenced(shared, _)) => Some(shared.body()),
+        Part::Frame(FrameRef::Sequenced { shared, .. }) => Some(shared.body()),
         Part::Rest { bytes, .. } => Some(bytes),
         Part::Pong(_) | Part::Close(..) | Part::Head(_) => None,
     }
@@ -473,8 +473,7 @@ mod tests {
             Write::Frame(Frame::sequenced(shared(r#"{"a":1}"#), 7)),
             Write::Frame(Frame::Whole(Bytes::from_static(b"{}"))),
         ];
-        let whole: Vec<u8> =
-            encoded(&writes).slices().iter().flat_map(|s| s.to_vec()).collect();
+        let whole: Vec<u8> = encoded(&writes).slices().iter().flat_map(|s| s.to_vec()).collect();
         let mut buffer = b"what the last batch left".repeat(10);
         let room = buffer.capacity();
         let written = write_now(&sender, writes.iter().map(Write::part), &mut buffer).unwrap();

@@ -347,16 +347,22 @@ impl Sequenced {
 pub enum FrameRef<'a> {
     /// A frame of its own (a system message, an answer).
     Whole(&'a Bytes),
-    /// A shared message with this recipient's `sequence` spliced in last.
-    Sequenced(&'a SharedFrame, u64),
+    /// A shared message with this recipient's `sequence` spliced in last, and the frame's
+    /// length, counted once (see [`Sequenced`]).
+    Sequenced { shared: &'a SharedFrame, sequence: u64, len: usize },
 }
 
-impl FrameRef<'_> {
+impl<'a> FrameRef<'a> {
+    /// The shared message `shared` with the recipient's `sequence`.
+    pub fn sequenced(shared: &'a SharedFrame, sequence: u64) -> Self {
+        FrameRef::Sequenced { shared, sequence, len: shared.len_with_sequence(sequence) }
+    }
+
     /// The frame's length in bytes.
     pub fn len(&self) -> usize {
         match self {
             FrameRef::Whole(bytes) => bytes.len(),
-            FrameRef::Sequenced(shared, sequence) => shared.len_with_sequence(*sequence),
+            FrameRef::Sequenced { len, .. } => *len,
         }
     }
 
@@ -369,7 +375,9 @@ impl FrameRef<'_> {
     pub fn to_owned(self) -> Frame {
         match self {
             FrameRef::Whole(bytes) => Frame::Whole(bytes.clone()),
-            FrameRef::Sequenced(shared, sequence) => Frame::sequenced(shared.clone(), sequence),
+            FrameRef::Sequenced { shared, sequence, len } => {
+                Frame::Sequenced(Sequenced { shared: shared.clone(), sequence, len })
+            }
         }
     }
 }
@@ -398,7 +406,8 @@ impl Frame {
         match self {
             Frame::Whole(bytes) => FrameRef::Whole(bytes),
             Frame::Sequenced(sequenced) => {
-                FrameRef::Sequenced(&sequenced.shared, sequenced.sequence)
+                let Sequenced { shared, sequence, len } = sequenced;
+                FrameRef::Sequenced { shared, sequence: *sequence, len: *len }
             }
         }
     }

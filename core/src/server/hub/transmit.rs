@@ -78,7 +78,7 @@ impl<'t> Iterator for Frames<'t> {
             // Always kept: a handed message is unacknowledged, and a socket is cut off long
             // before the replay buffer would evict one (see `pump_session`).
             if let Some(shared) = self.replay.get(sequence) {
-                return Some(FrameRef::Sequenced(shared, sequence));
+                return Some(FrameRef::sequenced(shared, sequence));
             }
         }
     }
