@@ -84,12 +84,13 @@ impl DevIssuer {
     /// The public key, for the verifier.
     pub fn public_key(&self) -> RsaKey {
         let components = self.key_pair.public_key().to_components();
-        RsaKey { n: components.n, e: components.e }
+        RsaKey::from_components(&components.n, &components.e)
+            .expect("jwt-simple makes valid RSA keys")
     }
 
     /// The JWKS that verifies this issuer's tokens, as Keycloak serves one.
     pub fn jwks(&self) -> serde_json::Value {
-        let key = self.public_key();
+        let key = self.key_pair.public_key().to_components();
         serde_json::json!({ "keys": [{
             "kid": self.kid, "kty": "RSA", "alg": "RS256", "use": "sig",
             "n": URL_SAFE_NO_PAD.encode(&key.n), "e": URL_SAFE_NO_PAD.encode(&key.e),
@@ -118,7 +119,7 @@ impl DevIssuer {
 
 /// Keycloak's key id: base64url(SHA-256(the key's SPKI DER)).
 pub fn key_id(spki_der: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, spki_der))
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki_der))
 }
 
 #[cfg(unix)]

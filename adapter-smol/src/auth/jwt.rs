@@ -1,5 +1,5 @@
 //! Keycloak access tokens: a JWT signed RS256, read and checked by hand (the format is small;
-//! the checks are ours to get right), with the signature verified by ring.
+//! the checks are ours to get right), with the signature verified by aws-lc-rs.
 //!
 //! In order: size; three base64url parts; the header (`alg` RS256 only, `typ` absent, `JWT` or
 //! `at+jwt`, no `crit`, a `kid`); the key by `kid`; the signature; then the claims: issuer,

@@ -110,10 +110,11 @@ impl Verifier {
                 return Answer::Now(self.verify_cookie(&cookie, origin).map(Arc::new));
             }
         };
-        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-            .as_ref()
-            .try_into()
-            .unwrap_or([0; 32]);
+        let digest: [u8; 32] =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+                .as_ref()
+                .try_into()
+                .unwrap_or([0; 32]);
         if let Some(remembered) = self.remembered(&digest) {
             return Answer::Now(remembered);
         }
