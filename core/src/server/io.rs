@@ -324,11 +324,6 @@ pub struct Sequenced {
 }
 
 impl Sequenced {
-    pub fn new(shared: SharedFrame, sequence: u64) -> Self {
-        let len = shared.len_with_sequence(sequence);
-        Sequenced { shared, sequence, len }
-    }
-
     /// The encoding every recipient shares.
     pub fn shared(&self) -> &SharedFrame {
         &self.shared
@@ -385,20 +380,18 @@ impl<'a> FrameRef<'a> {
 impl Frame {
     /// The shared message `shared` with the recipient's `sequence`.
     pub fn sequenced(shared: SharedFrame, sequence: u64) -> Self {
-        Frame::Sequenced(Sequenced::new(shared, sequence))
+        let len = shared.len_with_sequence(sequence);
+        Frame::Sequenced(Sequenced { shared, sequence, len })
     }
 
     /// The frame's length in bytes.
     pub fn len(&self) -> usize {
-        match self {
-            Frame::Whole(bytes) => bytes.len(),
-            Frame::Sequenced(sequenced) => sequenced.len,
-        }
+        self.as_ref().len()
     }
 
     /// Never true for a frame the hub sends; here for completeness.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.as_ref().is_empty()
     }
 
     /// The frame, lent.
